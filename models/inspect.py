@@ -1,0 +1,90 @@
+"""Inspect presets: parameters (total and per component), GMACs and GFLOPs, on the meta device.
+
+    python -m models.inspect pixeldit_xl                        # one model, per-component breakdown
+    python -m models.inspect pixeldit_xl adaln=B compaction=1   # with overrides
+    python -m models.inspect pixeldit_xl --resolution 1024 --json
+    python -m models.inspect pixeldit_b pixeldit_l pixeldit_xl  # several: a comparison table
+    python -m models.inspect --all                              # every preset against its paper
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pandas as pd
+
+from .complexity import measure, with_resolution
+from .config import ConfigError
+from .presets import PUBLISHED, model_config, preset_names
+
+
+def inspect_preset(preset: str, overrides: list[str], resolution: int | None) -> dict:
+    cfg = model_config(preset, overrides)
+    if resolution:
+        cfg = with_resolution(cfg, resolution)
+        cfg.validate()
+    c = measure(cfg)
+    return dict(preset=preset, overrides=overrides, resolution=cfg.image_size, params=c.params,
+                repa_projector_params=c.repa_params, gmacs=c.gmacs, gflops=c.gflops,
+                components=c.components)
+
+
+def comparison_table(rows: list[dict]) -> pd.DataFrame:
+    """One row per preset; the paper's figures beside ours where the paper gives them."""
+    table = []
+    for row in rows:
+        paper = PUBLISHED.get(row["preset"], {}) if row["resolution"] == default_resolution(row["preset"]) else {}
+        table.append({
+            "preset": row["preset"], "res": row["resolution"],
+            "params (M)": row["params"] / 1e6,
+            "paper params (M)": f"{paper['params'] / 1e6:g}" if "params" in paper else "",
+            "GMACs": row["gmacs"], "GFLOPs": row["gflops"],
+            "paper": (f"{paper['gflops']:g} GFLOPs" if "gflops" in paper
+                      else f"{paper['gmacs']:g} GMACs" if "gmacs" in paper else ""),
+            "REPA proj (M)": row["repa_projector_params"] / 1e6,
+        })
+    return pd.DataFrame(table).set_index("preset")
+
+
+def default_resolution(preset: str) -> int:
+    return model_config(preset).image_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.inspect", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("items", nargs="*", metavar="PRESET|key=value",
+                        help=f"presets ({', '.join(preset_names())}) and overrides applied to each")
+    parser.add_argument("--resolution", type=int, help="image resolution in pixels (default: the preset's)")
+    parser.add_argument("--json", action="store_true", help="print JSON (one object, or a list for several)")
+    parser.add_argument("--all", action="store_true", help="every preset")
+    args = parser.parse_args(argv)
+    presets = [item for item in args.items if "=" not in item] + (preset_names() if args.all else [])
+    overrides = [item for item in args.items if "=" in item]
+    if not presets:
+        parser.error("name at least one preset, or --all")
+    try:
+        rows = [inspect_preset(preset, overrides, args.resolution) for preset in presets]
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+    elif len(rows) == 1:
+        row = rows[0]
+        print(f"{row['preset']} {' '.join(overrides)} at {row['resolution']}px")
+        print(f"  params        {row['params'] / 1e6:10.2f} M   (+ REPA projector "
+              f"{row['repa_projector_params'] / 1e6:.2f} M, training only)")
+        print(f"  forward       {row['gmacs']:10.2f} GMACs = {row['gflops']:.2f} GFLOPs")
+        print("  components (M params):")
+        for name, count in row["components"].items():
+            print(f"    {name:28s} {count / 1e6:10.3f}")
+    else:
+        with pd.option_context("display.float_format", "{:,.2f}".format, "display.width", 200):
+            print(comparison_table(rows).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
