@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ def validate(cfg: TrainConfig) -> None:
 
     cfg.model.validate()
     for key, choices in CHOICES.items():
-        value = OmegaConf.select(OmegaConf.structured(cfg), key)
+        value = functools.reduce(getattr, key.split("."), cfg)
         if value not in choices:
             raise ConfigError(f"{key}={value!r}: unknown value, expected one of {list(choices)}")
     validate_objective(cfg.objective, cfg.model)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import resource
 import signal
 import sys
@@ -47,6 +48,10 @@ class NonFiniteLoss(RuntimeError):
 
 class Interrupted(RuntimeError):
     """SIGTERM/SIGUSR2 arrived; a checkpoint has been written."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -254,6 +259,10 @@ class Trainer:
                 "signature": self.resolved.signature, "checkpoint": str(self.ckpt_path.resolve())}
         if self.encoder is not None and self.encoder.random_weights:
             tags["repa_encoder"] = "random"
+        if "SLURM_JOB_ID" in os.environ:
+            array = os.environ.get("SLURM_ARRAY_JOB_ID")
+            tags["slurm_job_id"] = (f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array
+                                    else os.environ["SLURM_JOB_ID"])
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tracker = Tracker(cfg.tracking, self.run_dir, cfg.run.name, self.run_id, tags, flatten(cfg))
@@ -310,6 +319,8 @@ class Trainer:
                     means["images_per_s"] = window_steps * cfg.train.global_batch / elapsed
                     means["peak_memory_gb"] = peak_memory_gb(self.device)
                     means["epoch"] = self.step / self.steps_per_epoch
+                    means["step"] = self.step
+                    means["heartbeat"] = time.time()          # lets `run_sweep.py status` age runs in one query
                     tracker.log_metrics(means, self.step)
                     progress.update(self.step, means)
                     window, window_start, window_steps = {}, time.perf_counter(), 0
@@ -320,7 +331,7 @@ class Trainer:
                 progress.note(f"step {self.step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             if stop.signal:
                 self.save()
-                raise Interrupted(f"signal {stop.signal} at step {self.step}; checkpoint {self.ckpt_path}")
+                raise Interrupted(f"signal {stop.signal} at step {self.step}; checkpoint {self.ckpt_path}", stop.signal)
         progress.close()
         return metrics
 

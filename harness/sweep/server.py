@@ -1,0 +1,109 @@
+"""The sweep's MLflow store and tracking server.
+
+Jobs never write one sqlite file concurrently: for the slurm and local executors they log over HTTP to
+an `mlflow server` that owns the store (sqlite under the sweep folder, or a PostgreSQL URI). The
+server runs detached, so `run_sweep.py` returns while jobs run; its pid and URL are in server.json.
+The database and the experiment are created before any job starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from ..tracking import ensure_experiment
+from .spec import SweepSpec
+
+
+def store_uri(spec: SweepSpec) -> str:
+    """Where status and tables read from: the configured URI, else the sweep's own sqlite file."""
+    return spec.tracking.uri or f"sqlite:///{spec.folder / 'mlflow.db'}"
+
+
+def prepare_store(spec: SweepSpec) -> str:
+    """Create the database and the experiment once, before any job fans out; returns the experiment id."""
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    return ensure_experiment(MlflowClient(store_uri(spec)), spec.experiment_name, spec.folder / "mlartifacts")
+
+
+def _info_path(spec: SweepSpec) -> Path:
+    return spec.folder / "server.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def running_server(spec: SweepSpec) -> str | None:
+    path = _info_path(spec)
+    if not path.exists():
+        return None
+    info = json.loads(path.read_text())
+    return info["url"] if _alive(info["pid"]) and _healthy(info["url"]) else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(spec: SweepSpec, backend_uri: str | None = None, host: str = "127.0.0.1",
+                 port: int | None = None, timeout: float = 90) -> str:
+    """Start (or find) the detached server of this sweep's store and return its URL."""
+    url = running_server(spec)
+    if url:
+        return url
+    prepare_store(spec)
+    port = port or free_port()
+    backend = backend_uri or store_uri(spec)
+    log = open(spec.folder / "mlflow-server.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", host,
+         "--port", str(port), "--workers", "1",
+         "--artifacts-destination", (spec.folder / "mlartifacts").resolve().as_uri()],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}"
+    deadline = time.time() + timeout
+    while not _healthy(url):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start; see {spec.folder / 'mlflow-server.log'}")
+        time.sleep(0.3)
+    _info_path(spec).write_text(json.dumps({"pid": proc.pid, "url": url, "backend": backend}))
+    return url
+
+
+def stop_server(spec: SweepSpec) -> bool:
+    path = _info_path(spec)
+    if not path.exists():
+        return False
+    info = json.loads(path.read_text())
+    if _alive(info["pid"]):
+        os.killpg(info["pid"], signal.SIGTERM)
+        for _ in range(100):
+            if not _alive(info["pid"]):
+                break
+            time.sleep(0.1)
+    path.unlink()
+    return True
