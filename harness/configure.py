@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -158,9 +159,8 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def flatten(cfg: Any) -> dict[str, Any]:
-    """Dotted keys -> leaf values of a config (dataclass or DictConfig)."""
-    container = OmegaConf.to_container(OmegaConf.structured(cfg) if not OmegaConf.is_config(cfg) else cfg,
-                                       resolve=True)
+    """Dotted keys -> leaf values of a config (a dataclass, or a DictConfig)."""
+    tree = _plain(cfg) if dataclasses.is_dataclass(cfg) else OmegaConf.to_container(cfg, resolve=True)
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -170,8 +170,19 @@ def flatten(cfg: Any) -> dict[str, Any]:
         else:
             out[prefix[:-1]] = node
 
-    walk("", container)
+    walk("", tree)
     return out
+
+
+def _plain(node: Any) -> Any:
+    """Nested dicts and lists of a dataclass tree, without copying it through OmegaConf (fast)."""
+    if dataclasses.is_dataclass(node):
+        return {f.name: _plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
+    if isinstance(node, dict):
+        return {key: _plain(value) for key, value in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(value) for value in node]
+    return node
 
 
 def affects_result(key: str) -> bool:

@@ -7,6 +7,7 @@ thousand runs takes seconds.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -73,37 +74,54 @@ def _composed(experiment: str, groups: tuple[tuple[str, str], ...]):
     return composed, preset
 
 
+_complexity_cache: dict[str, tuple[int, float]] = {}
+
+
+def complexity(model: ModelConfig) -> tuple[int, float]:
+    """(params, GFLOPs) of a model config, built once on the meta device."""
+    key = repr(model)
+    if key not in _complexity_cache:
+        result = measure(model)
+        _complexity_cache[key] = (result.params, result.gflops)
+    return _complexity_cache[key]
+
+
 @lru_cache(maxsize=4096)
-def _complexity(model_yaml: str) -> tuple[int, float]:
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.create(model_yaml)))
-    result = measure(cfg)
-    return result.params, result.gflops
-
-
-def resolve_fast(experiment: str, overrides: dict) -> TrainConfig:
-    """Equivalent to `configure.resolve` for plain `key: value` overrides, with composition cached."""
+def _resolve_cached(experiment: str, overrides_json: str) -> TrainConfig:
+    overrides = json.loads(overrides_json)
     groups = tuple((k, str(v)) for k, v in overrides.items() if k in GROUP_KEYS)
     composed, _ = _composed(experiment, groups)
     fields = [f"{k}={json.dumps(v)}" for k, v in overrides.items() if k not in GROUP_KEYS]
     try:
-        merged = OmegaConf.merge(composed, OmegaConf.from_dotlist(fields))
-        cfg = OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(OmegaConf.merge(composed, OmegaConf.from_dotlist(fields)))
     except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from None
     validate(cfg)
     return cfg
 
 
+def resolve_fast(experiment: str, overrides: dict) -> TrainConfig:
+    """Equivalent to `configure.resolve` for plain `key: value` overrides. Composition is cached per
+    model preset and resolution per distinct override set; runs that differ only in `run.seed` share
+    everything but their `run` section (the returned configs are read, never mutated)."""
+    seed = overrides.get("run.seed")
+    rest = {k: v for k, v in overrides.items() if k != "run.seed"}
+    cfg = _resolve_cached(experiment, json.dumps(rest))
+    if seed is None:
+        return cfg
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
+
+
 def _where(spec: SweepSpec, row: int, key: str | None) -> str:
-    """The place in the sweep file a failing config key came from."""
+    """The place in the sweep file a failing config key came from, as a prefix of the message."""
     if key is not None:
         if key in spec.rows[row].set or key.split(".")[0] in spec.rows[row].set:
-            return f"rows[{row}].set.{key}"
+            return f"rows[{row}].set."
         if key in spec.grid:
-            return f"grid.{key}"
+            return "grid."
         if key in spec.overrides:
-            return f"overrides.{key}"
-    return f"rows[{row}] ({spec.rows[row].label!r})"
+            return "overrides."
+    return f"rows[{row}] ({spec.rows[row].label!r}): "
 
 
 def _failing_key(message: str) -> str | None:
@@ -123,10 +141,10 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                 overrides = {**spec.overrides, **row.set, **point, "run.seed": seed}
                 try:
                     cfg = resolve_fast(spec.experiment, overrides)
-                    params, gflops = _complexity(OmegaConf.to_yaml(OmegaConf.structured(cfg.model)))
+                    params, gflops = complexity(cfg.model)
                 except ConfigError as err:
                     message = str(err).removeprefix("sweep: ")
-                    raise SweepError(f"{spec.path}: {_where(spec, row_index, _failing_key(message))}: "
+                    raise SweepError(f"{spec.path}: {_where(spec, row_index, _failing_key(message))}"
                                      f"{message}") from None
                 signature = config_signature(cfg)
                 grid_tag = "".join(f"-{slug(k.split('.')[-1])}{slug(str(v))}" for k, v in point.items())

@@ -38,12 +38,17 @@ def _info_path(spec: SweepSpec) -> Path:
     return spec.folder / "server.json"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True for a live process; False for none, or a zombie (ended, not yet reaped by its parent)."""
     try:
         os.kill(pid, 0)
-        return True
     except OSError:
         return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _healthy(url: str) -> bool:
@@ -59,7 +64,7 @@ def running_server(spec: SweepSpec) -> str | None:
     if not path.exists():
         return None
     info = json.loads(path.read_text())
-    return info["url"] if _alive(info["pid"]) and _healthy(info["url"]) else None
+    return info["url"] if pid_alive(info["pid"]) and _healthy(info["url"]) else None
 
 
 def free_port() -> int:
@@ -99,10 +104,10 @@ def stop_server(spec: SweepSpec) -> bool:
     if not path.exists():
         return False
     info = json.loads(path.read_text())
-    if _alive(info["pid"]):
+    if pid_alive(info["pid"]):
         os.killpg(info["pid"], signal.SIGTERM)
         for _ in range(100):
-            if not _alive(info["pid"]):
+            if not pid_alive(info["pid"]):
                 break
             time.sleep(0.1)
     path.unlink()

@@ -16,8 +16,10 @@ from mlflow.tracking import MlflowClient
 
 from .executors import JobRecord
 from .plan import PlannedRun
+from .server import pid_alive
 from .spec import SweepSpec
 
+ACCOUNTING_LAG_S = 600
 LIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
                      "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
 
@@ -102,22 +104,15 @@ def scheduler_states(records: list[dict]) -> dict[str, str]:
                 for r in records:
                     if r["job_id"].startswith(base + "_") and r["job_id"] not in states:
                         states[r["job_id"]] = states[line_id]
+        # accounting lags the controller by a moment: a just-submitted job sacct does not list yet is pending
+        now = time.time()
+        for r in records:
+            if r["executor"] == "slurm" and r["job_id"] not in states and now - r["submitted"] < ACCOUNTING_LAG_S:
+                states[r["job_id"]] = "PENDING"
     for record in records:
         if record["executor"] == "local":
-            states[record["job_id"]] = "RUNNING" if _pid_alive(int(record["job_id"])) else "ENDED"
+            states[record["job_id"]] = "RUNNING" if pid_alive(int(record["job_id"])) else "ENDED"
     return states
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:                                          # a finished child not yet reaped is a zombie
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def sweep_states(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient,
