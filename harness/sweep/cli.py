@@ -6,6 +6,9 @@
     python run_sweep.py cancel SWEEP.yaml
     python run_sweep.py logs SWEEP.yaml LABEL [--seed S]
     python run_sweep.py mlflow-server SWEEP.yaml [--backend-uri URI] [--host H] [--port P] [--stop]
+    python run_sweep.py table SWEEP.yaml [--metric NAME] [--at STEP_OR_EPOCH ...] [--format markdown|latex|html|csv]
+    python run_sweep.py report SWEEP.yaml [--metric NAME]
+    python run_sweep.py ui SWEEP.yaml [--port P]
 """
 from __future__ import annotations
 
@@ -22,12 +25,12 @@ from mlflow.tracking import MlflowClient
 from models.config import ConfigError
 
 from .executors import submit
-from .plan import PlannedRun, plan_sweep
+from .plan import PlannedRun, load_plan, plan_sweep, write_plan_cache
 from .server import prepare_store, start_server, stop_server, store_uri
 from .spec import EXECUTOR_KINDS, SweepSpec, load_sweep
 from .state import RunState, read_manifest, record_submission, scheduler_states, sweep_states
 
-COMMANDS = ("submit", "status", "cancel", "logs", "mlflow-server")
+COMMANDS = ("submit", "status", "cancel", "logs", "mlflow-server", "table", "report", "ui")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -42,6 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--retry", action="store_true", help="also resubmit failed runs")
     p.add_argument("--wait", action="store_true", help="follow progress until every run has ended")
     p.add_argument("--executor", choices=EXECUTOR_KINDS, help="override the file's executor.kind")
+    p.add_argument("--report", action="store_true", help="with --wait: then print the table and write the report")
     p = sub.add_parser("status", help="one line per run")
     p.add_argument("sweep")
     p = sub.add_parser("cancel", help="cancel the sweep's live jobs")
@@ -56,6 +60,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve compute nodes of a cluster")
     p.add_argument("--port", type=int)
     p.add_argument("--stop", action="store_true")
+    p = sub.add_parser("table", help="the ablation table, from MLflow")
+    p.add_argument("sweep")
+    p.add_argument("--metric", help="default: fid, else fd, else loss")
+    p.add_argument("--at", nargs="*", help="points of training: epoch_80, step_300, or a number (epochs first)")
+    p.add_argument("--format", default="markdown", choices=("markdown", "latex", "html", "csv"))
+    p.add_argument("--baseline", help="the row label differences are taken against (default: the file's)")
+    p = sub.add_parser("report", help="write, execute and render the report notebook; log it to MLflow")
+    p.add_argument("sweep")
+    p.add_argument("--metric")
+    p = sub.add_parser("ui", help="the MLflow UI of the sweep's store, on 127.0.0.1")
+    p.add_argument("sweep")
+    p.add_argument("--port", type=int)
     return parser.parse_args(argv)
 
 
@@ -65,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_sweep(args.sweep)
         if args.command == "mlflow-server":
             return server_command(spec, args)
-        runs = plan_sweep(spec)
+        if args.command in ("table", "report", "ui"):
+            return analysis_command(spec, args)
+        runs = plan_sweep(spec) if args.command == "submit" else load_plan(spec)
         return {"submit": submit_command, "status": status_command, "cancel": cancel_command,
                 "logs": logs_command}[args.command](spec, runs, args)
     except ConfigError as err:
@@ -82,6 +100,7 @@ def submit_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
         print_plan(spec, runs, states, kind)
         return 0
     experiment_id = prepare_store(spec)
+    write_plan_cache(spec, runs)
     client = MlflowClient(store_uri(spec))
     manifest = read_manifest(spec)
     states = sweep_states(spec, runs, client, manifest)
@@ -114,7 +133,12 @@ def submit_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
               f"{'array(s)' if kind == 'slurm' else 'job(s)'}; parent MLflow run {parent_id}; "
               f"manifest {spec.folder / 'manifest.json'}")
     if args.wait:
-        return wait_command(spec, runs)
+        code = wait_command(spec, runs)
+        if args.report:
+            analysis_command(spec, argparse.Namespace(command="table", metric=None, at=None, format="markdown",
+                                                      baseline=None))
+            analysis_command(spec, argparse.Namespace(command="report", metric=None))
+        return code
     return 0
 
 
@@ -216,4 +240,21 @@ def server_command(spec: SweepSpec, args) -> int:
         return 0
     url = start_server(spec, backend_uri=args.backend_uri, host=args.host, port=args.port)
     print(f"MLflow tracking server for {spec.name}: {url}  (set `tracking: {{uri: {url}}}` to share it)")
+    return 0
+
+
+def analysis_command(spec: SweepSpec, args) -> int:
+    """table / report / ui: everything is read back from MLflow (analysis/)."""
+    if args.command == "ui":
+        from analysis.ui import ui_command
+        return ui_command(spec, port=args.port)
+    from analysis.runs import load_sweep_runs
+    if args.command == "report":
+        from analysis.report import write_report
+        notebook, html = write_report(spec.path, metric=args.metric)
+        print(f"report: {html}\nnotebook: {notebook} (re-runs on its own: it reads MLflow)")
+        return 0
+    from analysis.table import build_table
+    table = build_table(load_sweep_runs(spec.path), metric=args.metric, at=args.at, baseline=args.baseline)
+    print(table.render(args.format))
     return 0

@@ -58,7 +58,9 @@ class TrainJob(submitit.helpers.Checkpointable):
 class RunQueue:
     """Several runs one after another in one local job (bounded local parallelism)."""
 
-    def __call__(self, batch: list[list[str]]) -> list[dict]:
+    def __call__(self, batch: list[list[str]], threads: int) -> list[dict]:
+        import torch
+        torch.set_num_threads(threads)            # lanes share the machine's cores instead of oversubscribing
         results = []
         for overrides in batch:
             try:
@@ -66,6 +68,10 @@ class RunQueue:
             except Exception as err:              # the run is FAILED in MLflow; go on with the next
                 results.append({"error": f"{type(err).__name__}: {err}"})
         return results
+
+
+def torch_threads(lanes: int = 1) -> int:
+    return max(1, (os.cpu_count() or 1) // lanes)
 
 
 def slurm_executor(spec: SweepSpec, executor: ExecutorSpec) -> submitit.AutoExecutor:
@@ -107,17 +113,14 @@ def submit(spec: SweepSpec, runs: list[PlannedRun], kind: str, tracking_uri: str
         lanes = max(1, min(spec.executor.max_parallel, len(runs)))
         for lane in range(lanes):
             members = runs[lane::lanes]
-            job = ex.submit(RunQueue(), [commands[run.run_name] for run in members])
+            job = ex.submit(RunQueue(), [commands[run.run_name] for run in members], torch_threads(lanes))
             records += [_record(run.run_name, job, kind) for run in members]
     else:                                         # debug: in-process, one after another, blocking
         ex = submitit.DebugExecutor(folder=spec.folder / "submitit" / "%j")
-        for run in runs:
-            job = ex.submit(TrainJob(), commands[run.run_name])
+        for run in runs:                          # through RunQueue: a failing run is recorded, not pdb'd
+            job = ex.submit(RunQueue(), [commands[run.run_name]], torch_threads())
             records.append(_record(run.run_name, job, kind))
-            try:
-                job.result()
-            except Exception:                     # recorded as FAILED in MLflow; the sweep goes on
-                pass
+            job.result()
     return records
 
 

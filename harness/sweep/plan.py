@@ -8,11 +8,13 @@ thousand runs takes seconds.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -38,7 +40,7 @@ class PlannedRun:
     run_name: str
     signature: str
     executor: ExecutorSpec
-    cfg: TrainConfig
+    cfg: TrainConfig | None             # None when the plan was read back from the plan cache
     params: int = 0
     gflops: float = 0.0
     paper: dict = field(default_factory=dict)
@@ -160,3 +162,42 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
         raise SweepError(f"{spec.path}: rows: two runs resolve to the same config ({duplicate}); "
                          f"make the rows differ")
     return runs
+
+
+# ---- the plan cache: status and tables of big sweeps without re-planning ----------------------------
+
+CACHED_FIELDS = ("index", "label", "row", "seed", "grid", "config_overrides", "run_name", "signature",
+                 "params", "gflops", "paper")
+
+
+def code_fingerprint() -> str:
+    """Hash of the sources that decide how a sweep resolves (configs, presets, validation)."""
+    root = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("models/*.py"), *root.glob("harness/*.py"), *root.glob("harness/conf/**/*.yaml")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _plan_key(spec: SweepSpec) -> str:
+    return hashlib.sha256(spec.text.encode()).hexdigest()[:16] + code_fingerprint()
+
+
+def write_plan_cache(spec: SweepSpec, runs: list[PlannedRun]) -> None:
+    path = spec.folder / "plan.json"
+    tmp = path.with_name(".plan.json.tmp")
+    tmp.write_text(json.dumps({"key": _plan_key(spec),
+                               "runs": [{name: getattr(run, name) for name in CACHED_FIELDS} for run in runs]}))
+    tmp.replace(path)
+
+
+def load_plan(spec: SweepSpec) -> list[PlannedRun]:
+    """The plan, from `<folder>/plan.json` when neither the sweep file nor the code changed since a
+    submission wrote it; otherwise planned (and validated) again."""
+    path = spec.folder / "plan.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == _plan_key(spec):
+            return [PlannedRun(**entry, executor=spec.executor_for(spec.rows[entry["row"]]), cfg=None)
+                    for entry in cached["runs"]]
+    return plan_sweep(spec)

@@ -66,6 +66,7 @@ class RunState:
     heartbeat_age_s: float | None = None
     job_id: str | None = None
     reason: str | None = None
+    mlflow_run: object | None = None  # the MLflow run (params, tags, latest metrics), when there is one
 
 
 def mlflow_runs(client: MlflowClient, experiment_name: str, sweep: str) -> dict[str, object]:
@@ -149,5 +150,5 @@ def sweep_states(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient,
             reason = f"job {job_id} ended ({job_state})" if job_id else None
         states.append(RunState(run, state, found.info.run_id if found else None,
                                int(metrics["step"]) if "step" in metrics else None, metrics.get("loss"),
-                               metrics, now - heartbeat if heartbeat else None, job_id, reason))
+                               metrics, now - heartbeat if heartbeat else None, job_id, reason, found))
     return states

@@ -1,0 +1,316 @@
+"""Figures of a sweep: training loss, the metric over training, the final metric per row, and quality
+against cost (GFLOPs, images/s). Each is written as PNG and PDF.
+
+Every row keeps one colour in every figure (tab10 by the row's index in the sweep file, so the same
+sweep always draws the same way); grid points of a row share its colour and differ by line style and
+marker. Curves and the cost scatter use the finished runs only (mean over seeds, with the seeds'
+min–max as a band); a row with no finished run is left out of them but keeps its slot in the bar
+chart, marked with its state. Figures are built with `matplotlib.figure.Figure` (no pyplot, no global
+backend switch), so this works headless and inside notebooks alike.
+
+Artists drawn for a row carry the row's label as their gid (`artist.get_gid()`), which is what the
+tests use to check the colours.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from .runs import SweepRuns, metric_history
+
+LINE_STYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+HIGHER_IS_BETTER = ("class_acc", "acc", "is", "inception_score", "precision", "recall", "images_per_s")
+DPI = 150
+
+
+@dataclass
+class Series:
+    """One line of the figures: a sweep row at one grid point (one row of the ablation table)."""
+    label: str
+    row: int
+    grid: str             # JSON, as in the frame's `grid` column
+    point: int            # index of the grid point within the row (line style / marker)
+    name: str             # what the legend and axes show
+
+    @property
+    def style(self) -> str:
+        return LINE_STYLES[self.point % len(LINE_STYLES)]
+
+    @property
+    def marker(self) -> str:
+        return MARKERS[self.point % len(MARKERS)]
+
+
+def row_colours(sweep: SweepRuns) -> dict[str, str]:
+    """label -> colour (hex), fixed by the row's index in the sweep file."""
+    n = len(sweep.labels)
+    cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"]
+    if n <= 20:
+        return {label: to_hex(cmap(i % cmap.N)) for i, label in enumerate(sweep.labels)}
+    return {label: to_hex(cmap(i / max(1, n - 1))) for i, label in enumerate(sweep.labels)}
+
+
+def sweep_series(sweep: SweepRuns) -> list[Series]:
+    """One per (row, grid point), in the sweep file's order."""
+    out, seen = [], {}
+    for label, grid in sweep.frame[["label", "grid"]].drop_duplicates().itertuples(index=False):
+        point = seen.setdefault(label, 0)
+        seen[label] += 1
+        values = json.loads(grid) if grid else {}
+        name = label + (" [" + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()) + "]"
+                        if values else "")
+        out.append(Series(label, sweep.labels.index(label), grid, point, name))
+    return sorted(out, key=lambda s: (s.row, s.point))
+
+
+def lower_is_better(metric: str) -> bool:
+    base = metric.split("/")[0]
+    try:                                         # the table's notion, when it has one for this metric
+        from .table import LOWER_IS_BETTER
+        if base in LOWER_IS_BETTER:
+            return LOWER_IS_BETTER[base]
+    except ImportError:
+        pass
+    return base not in HIGHER_IS_BETTER
+
+
+def axis_label(metric: str) -> str:
+    return f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)"
+
+
+def file_stem(metric: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", metric).strip("_") or "metric"
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+def _done(sweep: SweepRuns) -> pd.DataFrame:
+    return sweep.frame[sweep.frame["state"] == "done"]
+
+
+def finished_history(sweep: SweepRuns, key: str) -> pd.DataFrame:
+    """`metric_history` of the finished runs only (label, seed, grid, step, value)."""
+    done = _done(sweep)
+    if done.empty:
+        return pd.DataFrame(columns=["label", "seed", "grid", "step", "value"])
+    history = metric_history(sweep, key)
+    keep = set(zip(done["label"], done["seed"], done["grid"]))
+    mask = [k in keep for k in zip(history["label"], history["seed"], history["grid"])]
+    return history[mask] if len(history) else history
+
+
+def final_values(sweep: SweepRuns, metric: str) -> dict[tuple[str, str], pd.Series]:
+    """(label, grid) -> the finished runs' final metric values, indexed by seed."""
+    done = _done(sweep)
+    column = f"metric.{metric}"
+    out = {}
+    for s in sweep_series(sweep):
+        group = done[(done["label"] == s.label) & (done["grid"] == s.grid)]
+        values = group.set_index("seed")[column].dropna() if column in group else pd.Series(dtype=float)
+        out[(s.label, s.grid)] = values.astype(float)
+    return out
+
+
+def _state_text(sweep: SweepRuns, s: Series) -> str:
+    group = sweep.frame[(sweep.frame["label"] == s.label) & (sweep.frame["grid"] == s.grid)]
+    counts = group["state"].value_counts()
+    return ", ".join(f"{state}" + (f" ({n})" if n > 1 else "") for state, n in counts.items()) or "missing"
+
+
+# ---- figures -----------------------------------------------------------------------------------
+
+def _figure(width: float = 8.0, height: float = 4.5, ncols: int = 1) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _legend(fig: Figure, sweep: SweepRuns, series: list[Series], colours: dict[str, str],
+            lines: bool = True, markers: bool = True) -> None:
+    """One legend, always at the figure's right, listing every series in the file's order; those not
+    drawn (no finished run) are listed greyed with their state, so no row silently disappears."""
+    drawn = {(s.label, s.grid) for s in series}
+    handles = []
+    for s in sweep_series(sweep):
+        if (s.label, s.grid) in drawn:
+            handles.append(Line2D([], [], color=colours[s.label], linestyle=s.style if lines else "none",
+                                  marker=s.marker if markers else None, label=s.name))
+        else:
+            handles.append(Line2D([], [], color="none", label=f"{s.name}: {_state_text(sweep, s)}, not drawn"))
+    if handles:
+        legend = fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False,
+                            title=f"rows (baseline: {sweep.spec.baseline_label})", title_fontsize="small")
+        for text, handle in zip(legend.get_texts(), handles):
+            if handle.get_color() == "none":
+                text.set_color("0.5")
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def curve_figure(sweep: SweepRuns, key: str, colours: dict[str, str], ylabel: str, title: str,
+                 markers: bool = False) -> Figure:
+    """Mean over seeds against step for each series, with the seeds' min–max as a band."""
+    history = finished_history(sweep, key)
+    fig, (ax,) = _figure()
+    drawn = []
+    for s in sweep_series(sweep):
+        h = history[(history["label"] == s.label) & (history["grid"] == s.grid)]
+        if h.empty:
+            continue
+        table = h.pivot_table(index="step", columns="seed", values="value", aggfunc="last").sort_index()
+        steps = table.index.to_numpy(dtype=float)
+        mean, low, high = table.mean(axis=1), table.min(axis=1), table.max(axis=1)
+        colour = colours[s.label]
+        ax.plot(steps, mean.to_numpy(), color=colour, linestyle=s.style, marker=s.marker if markers else None,
+                markersize=4, label=s.name, gid=s.label)
+        if table.shape[1] > 1:
+            ax.fill_between(steps, low.to_numpy(), high.to_numpy(), color=colour, alpha=0.18, linewidth=0,
+                            gid=s.label)
+        drawn.append(s)
+    if not drawn:
+        _empty(ax, "no finished run yet")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.set_title(title + (" — mean over seeds, band: min–max" if drawn else ""), fontsize="medium")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend(fig, sweep, drawn, colours, markers=markers)
+    return fig
+
+
+def loss_figure(sweep: SweepRuns, colours: dict[str, str]) -> Figure:
+    return curve_figure(sweep, "loss", colours, "training loss", f"{sweep.spec.name}: training loss")
+
+
+def metric_curve_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figure:
+    key = metric.split("/")[0]
+    return curve_figure(sweep, key, colours, axis_label(key), f"{sweep.spec.name}: {key} during training",
+                        markers=True)
+
+
+def bar_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figure:
+    """Final metric per row (mean over finished seeds, error bar: std over seeds, dots: each seed);
+    rows without a finished run keep their slot, marked with their state."""
+    series = sweep_series(sweep)
+    values = final_values(sweep, metric)
+    fig, (ax,) = _figure(width=max(6.0, 1.1 * len(series) + 3.0), height=4.8)
+    x = np.arange(len(series))
+    missing = []
+    paper_handle = None
+    for i, s in enumerate(series):
+        v = values[(s.label, s.grid)]
+        colour = colours[s.label]
+        if len(v) == 0:
+            missing.append((i, _state_text(sweep, s)))
+            continue
+        std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        ax.bar(i, float(v.mean()), color=colour, edgecolor="black", linewidth=0.6, hatch=None if s.point == 0
+               else ["", "//", "..", "xx"][s.point % 4], gid=s.label)
+        if len(v) > 1:
+            ax.errorbar(i, float(v.mean()), yerr=std, color="black", capsize=4, linewidth=1)
+        ax.scatter(np.full(len(v), i) + np.linspace(-0.12, 0.12, len(v)), v.to_numpy(), s=12, color="black",
+                   zorder=3, alpha=0.7)
+        paper = sweep.spec.rows[s.row].paper.get(metric)
+        if paper is not None:
+            paper_handle = ax.scatter([i], [paper], marker="D", s=40, facecolor="white", edgecolor="black",
+                                      zorder=4, label="paper")
+    for i, text in missing:
+        ax.text(i, 0, f" {text}", rotation=90, ha="center", va="bottom", fontsize="small", color="0.3")
+    ax.set_xticks(x, [s.name for s in series], rotation=25 if len(series) > 3 else 0, ha="right"
+                  if len(series) > 3 else "center", fontsize="small")
+    for tick, s in zip(ax.get_xticklabels(), series):
+        tick.set_color(colours[s.label])
+    ax.set_xlim(-0.6, len(series) - 0.4)
+    ax.set_ylabel(axis_label(metric))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{sweep.spec.name}: final {metric} per row — mean ± std over seeds, dots: seeds",
+                 fontsize="medium")
+    if paper_handle is not None:
+        ax.legend(handles=[paper_handle], loc="upper right", fontsize="small")
+    return fig
+
+
+def cost_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figure:
+    """Final metric against GFLOPs per image (left) and training throughput (right)."""
+    series = sweep_series(sweep)
+    values = final_values(sweep, metric)
+    done = _done(sweep)
+    fig, axes = _figure(width=11.0, height=4.5, ncols=2)
+    drawn = []
+    for s in series:
+        v = values[(s.label, s.grid)]
+        if len(v) == 0:
+            continue
+        group = sweep.frame[(sweep.frame["label"] == s.label) & (sweep.frame["grid"] == s.grid)]
+        finished = done[(done["label"] == s.label) & (done["grid"] == s.grid)]
+        throughput = (finished["metric.images_per_s"].dropna().mean() if "metric.images_per_s" in finished
+                      else np.nan)
+        mean, std = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        for ax, xval in zip(axes, (float(group["gflops"].iloc[0]), throughput)):
+            if pd.isna(xval):
+                continue
+            ax.errorbar(xval, mean, yerr=std if len(v) > 1 else None, color=colours[s.label], capsize=3,
+                        linewidth=1, zorder=2)
+            ax.scatter([xval], [mean], color=colours[s.label], marker=s.marker, s=45, edgecolor="black",
+                       linewidth=0.5, zorder=3, gid=s.label)
+            ax.annotate(s.name, (xval, mean), xytext=(5, 4), textcoords="offset points", fontsize="x-small",
+                        color=colours[s.label])
+        drawn.append(s)
+    for ax, xlabel in zip(axes, ("GFLOPs per forward pass", "training throughput (images/s)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(axis_label(metric))
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.2, y=0.1)
+        if not drawn:
+            _empty(ax, "no finished run yet")
+    fig.suptitle(f"{sweep.spec.name}: final {metric} against cost (mean ± std over seeds)", fontsize="medium")
+    _legend(fig, sweep, drawn, colours, lines=False)
+    return fig
+
+
+def build_figures(sweep: SweepRuns, metric: str) -> dict[str, Figure]:
+    """name -> figure; names are the file stems `make_plots` writes."""
+    colours = row_colours(sweep)
+    stem = file_stem(metric)
+    figures = {"loss": loss_figure(sweep, colours)}
+    if metric.split("/")[0] != "loss":          # else it would repeat the loss figure
+        figures[f"{file_stem(metric.split('/')[0])}_during_training"] = metric_curve_figure(sweep, metric, colours)
+    figures[f"{stem}_per_row"] = bar_figure(sweep, metric, colours)
+    figures[f"{stem}_vs_cost"] = cost_figure(sweep, metric, colours)
+    return figures
+
+
+def make_plots(sweep: SweepRuns, out_dir: str | Path, metric: str) -> list[Path]:
+    """Write every figure as `<out_dir>/<name>.png` and `.pdf`; returns the paths, PNG then PDF per figure."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in build_figures(sweep, metric).items():
+        for suffix in (".png", ".pdf"):
+            path = out_dir / f"{name}{suffix}"
+            fig.savefig(path, dpi=DPI, metadata=None if suffix == ".png" else {"Creator": "ditlab analysis"})
+            paths.append(path)
+    return paths
+
+
+def log_plots(sweep: SweepRuns, paths: list[Path]) -> int:
+    """Log the files to the sweep's parent MLflow run (artifact folder `plots`); returns how many
+    were logged (0 when the sweep was never submitted)."""
+    if not sweep.parent_run_id:
+        return 0
+    for path in paths:
+        sweep.client.log_artifact(sweep.parent_run_id, str(path), "plots")
+    return len(paths)
