@@ -228,7 +228,7 @@ def bar_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figure
             paper_handle = ax.scatter([i], [paper], marker="D", s=40, facecolor="white", edgecolor="black",
                                       zorder=4, label="paper")
     for i, text in missing:
-        ax.text(i, 0, f" {text}", rotation=90, ha="center", va="bottom", fontsize="small", color="0.3")
+        ax.text(i, 0, f" no finished run: {text}", rotation=90, ha="center", va="bottom", fontsize="small", color="0.3")
     ax.set_xticks(x, [s.name for s in series], rotation=25 if len(series) > 3 else 0, ha="right"
                   if len(series) > 3 else "center", fontsize="small")
     for tick, s in zip(ax.get_xticklabels(), series):

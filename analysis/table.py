@@ -62,8 +62,8 @@ class AblationTable:
             out[point] = [self._cell(f.loc[i], point, i == best, bold) for i in f.index]
         last = self.points[-1]
         out[f"Δ {last}"] = [self._delta(f.loc[i], last) for i in f.index]
-        if f"paper {self.metric}" in f.columns:
-            out[f"paper {self.metric}"] = f[f"paper {self.metric}"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+        for column in [c for c in f.columns if c.startswith("paper ")]:
+            out[column] = f[column].map(lambda v: "" if v is None or pd.isna(v) else f"{v:g}")
         out["img/s"] = f["images_per_s"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
         out["runs"] = f["runs"]
         return out
@@ -130,7 +130,7 @@ def build_table(sweep: SweepRuns, metric: str | None = None, at: list[str] | Non
         raise ConfigError(f"--baseline {baseline!r}: no row has this label; rows are {sweep.labels}")
     frame = sweep.frame
     columns = [metric_column(sweep, metric, point) for point in (at or [None])]
-    paper = {row.label: row.paper.get(metric) for row in sweep.spec.rows}
+    paper_keys = sorted({key for row in sweep.spec.rows for key in row.paper})   # the paper's own metrics
     records = []
     for (label, grid), group in frame.groupby(["label", "grid"], sort=False):
         done = group[group["state"] == "done"]
@@ -147,8 +147,8 @@ def build_table(sweep: SweepRuns, metric: str | None = None, at: list[str] | Non
             record[f"{name} std"] = values.std(ddof=1) if len(values) > 1 else np.nan
             record[f"{name} n"] = int(len(values))
             record[f"{name} values"] = dict(zip(done.loc[values.index, "seed"], values))
-        if any(v is not None for v in paper.values()):
-            record[f"paper {metric}"] = paper.get(label)
+        paper = sweep.spec.rows[record["row"]].paper
+        record.update({f"paper {key}": paper.get(key) for key in paper_keys})
         records.append(record)
     table = pd.DataFrame(records).sort_values(["row"], kind="stable").reset_index(drop=True)
     for _, name in columns:                      # differences against the baseline at the same grid point

@@ -1,0 +1,328 @@
+"""A sweep's report: a generated notebook, executed headlessly with papermill and rendered to HTML.
+
+    from analysis.report import write_report
+    notebook, html = write_report("sweeps/tiny_table4.yaml")     # -> <sweep folder>/report/
+
+The notebook holds no numbers of its own: it reads MLflow through `load_sweep_runs(sweep_path)`, so it
+re-runs later on its own (`papermill <notebook> out.ipynb`, or top to bottom in Jupyter) and shows the
+sweep as it is then. Sections: the ablation table, the plots (`analysis.plots`), each row's resolved
+config difference from the baseline row, the failed and missing runs with their reasons, and the
+environment (versions, the runs' git commits). Both files are logged to the sweep's latest parent
+MLflow run under `report/` (the plots under `plots/`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from .runs import SweepRuns
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Bookkeeping keys that differ between any two runs and say nothing about what a row changes.
+BOOKKEEPING_KEYS = ("run.name", "run.out_dir", "run.resume", "run.seed", "tracking.")
+STATE_REASON = {"new": "not submitted", "pending": "queued, not started", "running": "still running"}
+
+
+# ---- what the notebook shows (functions, so the notebook's cells stay short) ---------------------
+
+def _is_bookkeeping(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in BOOKKEEPING_KEYS)
+
+
+def row_configs(sweep: SweepRuns) -> dict[str, dict[str, str]]:
+    """label -> resolved config (flattened, values as MLflow stores them) of the row's first run at
+    the first grid point, from the `param.*` columns; rows that never reached MLflow fall back to the
+    planned config."""
+    frame = sweep.frame
+    params = [c for c in frame.columns if c.startswith("param.")]
+    first_grid = frame["grid"].iloc[0] if len(frame) else "{}"
+    configs: dict[str, dict[str, str]] = {}
+    for label in sweep.labels:
+        group = frame[(frame["label"] == label) & (frame["grid"] == first_grid)]
+        with_params = group[group[params].notna().any(axis=1)] if params else group.iloc[0:0]
+        if len(with_params):
+            row = with_params.iloc[0]
+            configs[label] = {c.removeprefix("param."): str(row[c]) for c in params if pd.notna(row[c])}
+            continue
+        planned = next((r for r in sweep.plan if r.label == label and r.cfg is not None
+                        and json.dumps(r.grid, sort_keys=True) == first_grid), None)
+        if planned is not None:
+            from harness.configure import flatten
+            configs[label] = {k: str(v)[:6000] for k, v in flatten(planned.cfg).items()}
+        else:
+            configs[label] = {}
+    return configs
+
+
+def config_differences(sweep: SweepRuns) -> pd.DataFrame:
+    """Long frame (label, key, baseline, value): for every row but the baseline, the resolved config
+    keys whose value differs from the baseline row's (bookkeeping keys such as run names left out)."""
+    configs = row_configs(sweep)
+    baseline_label = sweep.spec.baseline_label
+    base = configs.get(baseline_label, {})
+    records = []
+    for label in sweep.labels:
+        if label == baseline_label:
+            continue
+        config = configs[label]
+        for key in sorted(set(base) | set(config)):
+            if _is_bookkeeping(key):
+                continue
+            a, b = base.get(key, "(unset)"), config.get(key, "(unset)")
+            if a != b:
+                records.append({"label": label, "key": key, "baseline": a, "value": b})
+    return pd.DataFrame(records, columns=["label", "key", "baseline", "value"])
+
+
+def differences_markdown(sweep: SweepRuns, differences: pd.DataFrame | None = None) -> str:
+    differences = config_differences(sweep) if differences is None else differences
+    baseline = sweep.spec.baseline_label
+    lines = [f"Baseline row: **{_md(baseline)}**. Listed: the resolved config keys whose value differs from "
+             f"the baseline's (first seed of each row; run names, paths and tracking left out).", ""]
+    for label in sweep.labels:
+        if label == baseline:
+            continue
+        rows = differences[differences["label"] == label]
+        lines.append(f"**{_md(label)}**" + ("" if len(rows) else ": same resolved config as the baseline"))
+        lines.append("")
+        if len(rows):
+            lines += ["| key | baseline | this row |", "| --- | --- | --- |"]
+            lines += [f"| `{r.key}` | {_md(r.baseline)} | {_md(r.value)} |" for r in rows.itertuples()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def failed_runs(sweep: SweepRuns) -> pd.DataFrame:
+    """Every planned run that did not finish: label, seed, grid, state, reason, run name, MLflow run."""
+    frame = sweep.frame
+    bad = frame[frame["state"] != "done"]
+    records = []
+    for r in bad.itertuples():
+        reason = r.failure_reason if isinstance(r.failure_reason, str) and r.failure_reason else None
+        records.append({"label": r.label, "seed": r.seed, "grid": r.grid, "state": r.state,
+                        "reason": reason or STATE_REASON.get(r.state, "no reason recorded"),
+                        "run_name": r.run_name, "mlflow_run_id": r.mlflow_run_id})
+    return pd.DataFrame(records, columns=["label", "seed", "grid", "state", "reason", "run_name", "mlflow_run_id"])
+
+
+def failed_markdown(sweep: SweepRuns, failed: pd.DataFrame | None = None) -> str:
+    failed = failed_runs(sweep) if failed is None else failed
+    total = len(sweep.frame)
+    if failed.empty:
+        return f"All {total} planned runs finished."
+    counts = failed["state"].value_counts()
+    lines = [f"{len(failed)} of {total} planned runs did not finish ("
+             + ", ".join(f"{n} {state}" for state, n in counts.items()) + ").", "",
+             "| row | seed | grid | state | reason | run |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in failed.itertuples():
+        grid = "" if r.grid in ("{}", "", None) else r.grid
+        lines.append(f"| {_md(r.label)} | {r.seed} | {_md(grid)} | {r.state} | {_md(r.reason)} | "
+                     f"{_md(r.run_name)} |")
+    return "\n".join(lines)
+
+
+def environment(sweep: SweepRuns) -> dict[str, str]:
+    """The report's interpreter and library versions, and where the runs came from (their git
+    commits and hosts, from the MLflow tags of one query)."""
+    import matplotlib
+    import mlflow
+    info = {"python": sys.version.split()[0], "interpreter": sys.executable, "platform": platform.platform()}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+    except ImportError:                           # pragma: no cover - torch is a dependency
+        info["torch"] = "not installed"
+    info.update({"mlflow": mlflow.__version__, "pandas": pd.__version__, "matplotlib": matplotlib.__version__})
+    tags = run_tags(sweep)
+    commits = sorted({t.get("git_commit", "unknown") for t in tags.values()})
+    hosts = sorted({t.get("host", "unknown") for t in tags.values()})
+    info["runs' git commit"] = ", ".join(commits) if commits else "no run in MLflow"
+    if len(commits) > 1:
+        info["runs' git commit"] += "  (the runs were made at different commits)"
+    info["runs' hosts"] = ", ".join(hosts) if hosts else "-"
+    info["report's git commit"] = _git_commit()
+    info["tracking store"] = str(sweep.client.tracking_uri)
+    info["parent MLflow run"] = sweep.parent_run_id or "none (never submitted)"
+    info["generated"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    return info
+
+
+def environment_markdown(sweep: SweepRuns) -> str:
+    info = environment(sweep)
+    return "\n".join(["| | |", "| --- | --- |", *(f"| {_md(k)} | {_md(v)} |" for k, v in info.items())])
+
+
+def run_tags(sweep: SweepRuns) -> dict[str, dict[str, str]]:
+    """MLflow run id -> tags, for the sweep's runs in the frame (one paged query)."""
+    from harness.sweep.state import mlflow_runs
+    ids = set(sweep.frame["mlflow_run_id"].dropna())
+    if not ids:
+        return {}
+    runs = mlflow_runs(sweep.client, sweep.spec.experiment_name, sweep.spec.name)
+    return {r.info.run_id: dict(r.data.tags) for r in runs.values() if r.info.run_id in ids}
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _md(value) -> str:
+    """A value as one markdown table cell."""
+    text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+# ---- the notebook --------------------------------------------------------------------------------
+
+def build_notebook(sweep_path: str | Path, out_dir: str | Path, metric: str | None = None,
+                   workdir: str | Path | None = None) -> nbformat.NotebookNode:
+    """The report notebook of a sweep (not executed). `workdir` is where a relative `output:` of the
+    sweep file resolves (the directory the sweep was submitted from)."""
+    from harness.sweep.spec import load_sweep
+    sweep_path = Path(sweep_path).resolve()
+    spec = load_sweep(sweep_path)
+    workdir = str(Path(workdir or os.getcwd()).resolve())
+    rows = "\n".join(f"{i + 1}. {row.label}" + (" (baseline)" if row.label == spec.baseline_label else "")
+                     for i, row in enumerate(spec.rows))
+    grid = f" crossed with the grid {json.dumps(spec.grid)}" if spec.grid else ""
+    cells = [
+        new_markdown_cell(
+            f"# Ablation report: {spec.name}\n\n"
+            f"Sweep file `{sweep_path}` (experiment `{spec.experiment}`): {len(spec.rows)} rows{grid}, "
+            f"seeds {spec.seeds}, compared against the baseline row **{spec.baseline_label}**.\n\n"
+            f"{rows}\n\n"
+            "Everything below is read from the sweep's MLflow store when the notebook runs "
+            "(`load_sweep_runs`), so re-running it shows the sweep as it is then: "
+            "`papermill this.ipynb out.ipynb -p metric fd`, or run all cells in Jupyter. "
+            "Generated by `analysis.report.write_report`."),
+        new_code_cell(
+            "# Parameters (papermill: -p sweep_path ... -p metric ...). metric None: fid, else fd, else loss.\n"
+            f"sweep_path = {str(sweep_path)!r}\n"
+            f"metric = {metric!r}\n"
+            f"out_dir = {str(Path(out_dir).resolve())!r}\n"
+            f"workdir = {workdir!r}",
+            metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "import os\n"
+            "import sys\n"
+            "import warnings\n"
+            "from pathlib import Path\n\n"
+            "warnings.filterwarnings(\"ignore\", message=\"IProgress not found\")   # tqdm, imported by mlflow\n"
+            f"sys.path.insert(0, {str(REPO_ROOT)!r})    # the ditlab checkout that generated this report\n"
+            "os.chdir(workdir)                 # where a relative `output:` of the sweep file resolves\n\n"
+            "import pandas as pd\n"
+            "from IPython.display import Image, Markdown, display\n\n"
+            "from analysis.plots import make_plots\n"
+            "from analysis.report import differences_markdown, environment_markdown, failed_markdown\n"
+            "from analysis.runs import load_sweep_runs\n"
+            "from analysis.table import build_table, default_metric\n\n"
+            "pd.set_option(\"display.max_columns\", 100)\n"
+            "pd.set_option(\"display.max_colwidth\", 200)"),
+        new_code_cell(
+            "sweep = load_sweep_runs(sweep_path)\n"
+            "metric = metric or default_metric(sweep)\n"
+            "states = sweep.frame[\"state\"].value_counts()\n"
+            "display(Markdown(f\"**{len(sweep.frame)} planned runs**: \"\n"
+            "                 + \", \".join(f\"{n} {state}\" for state, n in states.items())\n"
+            "                 + f\". Metric: **{metric}**; MLflow store `{sweep.client.tracking_uri}`, \"\n"
+            "                 f\"parent run `{sweep.parent_run_id}`.\"))"),
+        new_markdown_cell("## Ablation table\n\nMean ± std over the finished seeds (n), the difference "
+                          "against the baseline row with a paired test over seeds, and the runs' states."),
+        new_code_cell(
+            "table = build_table(sweep, metric)\n"
+            "display(Markdown(table.to_markdown()))"),
+        new_code_cell("table.frame    # the numbers behind the table"),
+        new_markdown_cell("## Plots\n\nOne colour per row in every figure; written as PNG and PDF next to "
+                          "this report."),
+        new_code_cell(
+            "plot_paths = make_plots(sweep, Path(out_dir) / \"plots\", metric)\n"
+            "for path in plot_paths:\n"
+            "    if path.suffix == \".png\":\n"
+            "        display(Markdown(f\"**{path.stem}** (`{path}`, and `.pdf`)\"))\n"
+            "        display(Image(filename=str(path)))"),
+        new_markdown_cell("## Config differences from the baseline"),
+        new_code_cell("display(Markdown(differences_markdown(sweep)))"),
+        new_markdown_cell("## Failed and missing runs"),
+        new_code_cell("display(Markdown(failed_markdown(sweep)))"),
+        new_markdown_cell("## Environment"),
+        new_code_cell("display(Markdown(environment_markdown(sweep)))"),
+    ]
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def render_html(notebook_path: Path, html_path: Path) -> Path:
+    from nbconvert import HTMLExporter
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    html_path.write_text(body, encoding="utf-8")
+    return html_path
+
+
+def _parent_run(spec):
+    """(client, parent run id or None) of the sweep's latest submission."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.sweep.server import store_uri
+    from harness.sweep.state import read_manifest
+    manifest = read_manifest(spec)
+    parent = manifest["submissions"][-1]["parent_run_id"] if manifest["submissions"] else None
+    return MlflowClient(store_uri(spec)), parent
+
+
+def write_report(sweep_path: str | Path, out_dir: Path | None = None, metric: str | None = None,
+                 execute: bool = True, log: bool = True) -> tuple[Path, Path]:
+    """Build the sweep's report notebook, execute it (papermill, the python3 kernel of this
+    interpreter), render it to HTML, and log both (and the plots) to the parent MLflow run.
+    Returns (notebook, html) under `out_dir` (default `<sweep folder>/report/`).
+
+    A cell that fails still leaves the executed notebook and its HTML (with the error) on disk; the
+    error is then raised and nothing is logged."""
+    from harness.sweep.spec import load_sweep
+    sweep_path = Path(sweep_path).resolve()
+    spec = load_sweep(sweep_path)
+    out_dir = Path(out_dir).resolve() if out_dir is not None else spec.folder / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path.cwd()
+    notebook_path, html_path = out_dir / f"{spec.name}_report.ipynb", out_dir / f"{spec.name}_report.html"
+    nb = build_notebook(sweep_path, out_dir, metric, workdir)
+    started = time.time() - 1
+    if execute:
+        import papermill
+        try:
+            papermill.execute_notebook(nb, str(notebook_path), kernel_name="python3", cwd=str(workdir),
+                                       parameters={"sweep_path": str(sweep_path), "metric": metric,
+                                                   "out_dir": str(out_dir), "workdir": str(workdir)},
+                                       progress_bar=False, log_output=False)
+        finally:
+            if notebook_path.exists():
+                render_html(notebook_path, html_path)
+    else:
+        nbformat.write(nb, notebook_path)
+        render_html(notebook_path, html_path)
+    if log:
+        client, parent = _parent_run(spec)
+        if parent:
+            for path in (notebook_path, html_path):
+                client.log_artifact(parent, str(path), "report")
+            for path in sorted((out_dir / "plots").glob("*")):     # the plots this execution wrote
+                if path.suffix in (".png", ".pdf") and path.stat().st_mtime >= started:
+                    client.log_artifact(parent, str(path), "plots")
+    return notebook_path, html_path
