@@ -33,6 +33,13 @@ def _remote(spec: SweepSpec) -> bool:
     return store_uri(spec).startswith(("http://", "https://"))
 
 
+def _remote_message(spec: SweepSpec) -> str:
+    uri = store_uri(spec)
+    if not _answers(uri.rstrip("/")):
+        return f"{spec.name} logs to the tracking server {uri}, which does not answer now"
+    return f"{spec.name} logs to the tracking server {uri}, which serves the UI: {runs_url(uri, experiment_id(spec))}"
+
+
 def experiment_id(spec: SweepSpec) -> str:
     """The id of the sweep's experiment; a SweepError when nothing has been logged yet."""
     uri = store_uri(spec)
@@ -70,8 +77,7 @@ def start_ui(spec: SweepSpec, host: str = "127.0.0.1", port: int | None = None,
     nothing yet or logs to a remote tracking server (which serves the UI itself), RuntimeError when the
     server does not start within `timeout` seconds."""
     if _remote(spec):
-        raise SweepError(f"{spec.path}: tracking.uri={store_uri(spec)} is a tracking server, which serves the "
-                         f"UI itself: open {runs_url(store_uri(spec), experiment_id(spec))}")
+        raise SweepError(f"{spec.path}: tracking.uri: {_remote_message(spec)}")
     experiment = experiment_id(spec)
     port = port or free_port()
     artifacts = (spec.folder / "mlartifacts").resolve()
@@ -140,8 +146,10 @@ def _group_alive(pgid: int) -> bool:
 def ui_command(spec: SweepSpec, port: int | None = None) -> int:
     """Start the UI, print its URL and how to compare runs, serve until Ctrl-C, SIGTERM or SIGHUP."""
     if _remote(spec):
-        print(f"{spec.name} logs to the tracking server {store_uri(spec)}, which serves the UI: "
-              f"{runs_url(store_uri(spec), experiment_id(spec))}")
+        message = _remote_message(spec)
+        print(message)
+        if message.endswith("does not answer now"):
+            return 1
         print(COMPARE_HINT)
         return 0
     proc, url = start_ui(spec, port=port)
