@@ -11,15 +11,17 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write
+
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -29,7 +31,5 @@ def load_checkpoint(path: Path) -> dict:
 def keep_copy(path: Path, name: str) -> Path:
     """Keep a named copy (e.g. at an evaluation point) beside the rolling checkpoint."""
     target = path.with_name(name)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+    atomic_write(target, lambda tmp: shutil.copyfile(path, tmp))
     return target

@@ -5,7 +5,6 @@ every class is equally represented.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -13,16 +12,16 @@ import torch.distributed as dist
 
 from .config import TrainConfig
 from .distributed import DistEnv
+from .metrics import InceptionFID, OfflineMetric, default_cache_dir
 from .sampling import sample
 
 
 def cache_dir(cfg: TrainConfig) -> Path:
-    return Path(cfg.eval.cache_dir or os.environ.get("DITLAB_CACHE") or Path.home() / ".cache" / "ditlab")
+    return Path(cfg.eval.cache_dir).expanduser() if cfg.eval.cache_dir else default_cache_dir()
 
 
 def build_metric(cfg: TrainConfig, dataset, device: torch.device):
     """The scorer for `eval.metric`; resolves weights and reference data before any run is created."""
-    from .metrics import InceptionFID, OfflineMetric
 
     key = f"{cfg.data.name}-{cfg.data.resolution}"
     if cfg.eval.metric == "offline":

@@ -19,7 +19,6 @@ import importlib.util
 import os
 import platform
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -32,6 +31,8 @@ from cleanfid.fid import frechet_distance, get_batch_features, get_folder_featur
 from cleanfid.resize import build_resizer
 
 from models.config import ConfigError
+
+from .files import atomic_write
 
 PathLike = Union[str, Path]
 
@@ -46,20 +47,6 @@ def default_cache_dir() -> Path:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "data"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then os.replace onto `path` (same directory, so the rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _frechet(mu1, sigma1, mu2, sigma2) -> float:
@@ -177,7 +164,7 @@ class OfflineMetric:
                 "accuracy_on_real": torch.tensor(self.accuracy_on_real, dtype=torch.float64),
                 "num_classes": torch.tensor(self.num_classes),
             }
-            _atomic_write(self.cache_path, lambda tmp: torch.save(blob, tmp))
+            atomic_write(self.cache_path, lambda tmp: torch.save(blob, tmp))
             self.trained_now = True
 
     # -----------------------------------------------------------------------------------------
@@ -449,7 +436,7 @@ class InceptionFID:
             with open(tmp, "wb") as fh:
                 np.savez(fh, mu=mu, sigma=sigma, n=np.array(n))
 
-        _atomic_write(self.cache_path, write)
+        atomic_write(self.cache_path, write)
 
     def _load_cache(self):
         if not self.cache_path.is_file():

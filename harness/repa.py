@@ -125,18 +125,9 @@ class RepaEncoder(torch.nn.Module):
             return build()
         except ConfigError:
             raise
-        except RuntimeError as exc:
-            msg = str(exc)
-            if "Unknown model" in msg or "Invalid pretrained tag" in msg:
+        except Exception as exc:  # timm: RuntimeError; hub: LocalEntryNotFoundError / OSError; file: unreadable
+            if isinstance(exc, RuntimeError) and ("Unknown model" in str(exc) or "Invalid pretrained tag" in str(exc)):
                 raise ConfigError(f"repa.encoder={name}: unknown timm model") from exc
-            if weights == "hub":
-                raise ConfigError(f"repa.encoder_weights=hub: no cached weights for {name} and the hub is "
-                                  "unreachable; give a local file or 'random'") from exc
-            if weights == "random":
-                raise
-            raise ConfigError(f"repa.encoder_weights='{weights}': cannot load into {name}: "
-                              f"{_first_line(exc)}") from exc
-        except Exception as exc:  # hub: LocalEntryNotFoundError / OSError / ...; file: unreadable
             if weights == "hub":
                 raise ConfigError(f"repa.encoder_weights=hub: no cached weights for {name} and the hub is "
                                   "unreachable; give a local file or 'random'") from exc

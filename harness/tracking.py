@@ -6,7 +6,6 @@ a sweep passes its tracking server or shared store, and its parent run id.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 from pathlib import Path
@@ -16,6 +15,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from .config import TrackingConfig
+from .files import atomic_write_text
 
 MAX_BATCH = 100   # MLflow's limit of params (and tags) per log_batch call
 
@@ -93,6 +93,4 @@ class NullTracker:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))

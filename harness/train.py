@@ -199,7 +199,8 @@ class Trainer:
             terms["loss"] = terms["loss"] + cfg.repa.weight * terms["repa"]
         return terms
 
-    def train_step(self) -> dict[str, torch.Tensor]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimizer step on this rank's batch of the current step."""
         cfg = self.cfg
         seed = step_seed(cfg.run.seed, self.env.rank, self.step)
         torch.manual_seed(seed)
@@ -207,7 +208,6 @@ class Trainer:
         lr = lr_at(self.step, cfg.optim, self.lr0, self.steps_per_epoch, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = self.batches.batch(self.step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         accum = cfg.train.grad_accum
         totals: dict[str, torch.Tensor] = {}
@@ -304,8 +304,9 @@ class Trainer:
         metrics: dict[str, float] = {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        batches = self.batches.iterate(self.step)      # prefetching workers for image folders
         while self.step < self.total_steps:
-            totals = self.train_step()
+            totals = self.train_step(*next(batches))
             for key, value in totals.items():
                 window[key] = window.get(key, 0) + value
             window_steps += 1

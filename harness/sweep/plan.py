@@ -24,6 +24,7 @@ from models.config import ConfigError, ModelConfig
 
 from ..config import TrainConfig
 from ..configure import _one_line, compose_config, config_signature, validate
+from ..files import atomic_write_text
 from .spec import ExecutorSpec, SweepError, SweepSpec
 
 GROUP_KEYS = ("model",)          # config groups a row may pick by name (hydra `model=<preset>`)
@@ -184,11 +185,8 @@ def _plan_key(spec: SweepSpec) -> str:
 
 
 def write_plan_cache(spec: SweepSpec, runs: list[PlannedRun]) -> None:
-    path = spec.folder / "plan.json"
-    tmp = path.with_name(".plan.json.tmp")
-    tmp.write_text(json.dumps({"key": _plan_key(spec),
-                               "runs": [{name: getattr(run, name) for name in CACHED_FIELDS} for run in runs]}))
-    tmp.replace(path)
+    atomic_write_text(spec.folder / "plan.json", json.dumps(
+        {"key": _plan_key(spec), "runs": [{name: getattr(run, name) for name in CACHED_FIELDS} for run in runs]}))
 
 
 def load_plan(spec: SweepSpec) -> list[PlannedRun]:

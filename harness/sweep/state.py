@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from ..files import atomic_write_text
 from .executors import JobRecord
 from .plan import PlannedRun
 from .server import pid_alive
@@ -47,10 +48,7 @@ def record_submission(spec: SweepSpec, manifest: dict, runs: list[PlannedRun], j
         run = by_name[job.run_name]
         manifest["runs"][job.run_name] = {"label": run.label, "seed": run.seed, "grid": run.grid,
                                           "signature": run.signature, "submitted": now, **asdict(job)}
-    path = manifest_path(spec)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(manifest_path(spec), json.dumps(manifest, indent=1))
 
 
 # ---- states --------------------------------------------------------------------------------------
