@@ -226,3 +226,22 @@ def test_interrupted_slurm_job_requeues_and_ends_identical_to_an_uninterrupted_r
     (kid,) = kids
     assert kid.info.status == "FINISHED" and kid.data.tags["resumed"] == "true"
     assert 0 < int(kid.data.tags["interrupted_at_step"]) < 40
+
+
+def test_cancel_stops_live_jobs_and_logs_shows_a_runs_output(sweep_dir, capsys):
+    path = write_sweep(sweep_dir, name="cancel", overrides={**SLOW, "train.steps": 400}, seeds=[0])
+    assert main([str(path)]) == 0
+    spec = load_sweep(path)
+    manifest = json.loads((spec.folder / "manifest.json").read_text())
+    run_dirs = [spec.folder / name for name in manifest["runs"]]
+    wait_until(lambda: all((d / "checkpoints" / "last.pt").exists() for d in run_dirs), what="checkpoints")
+    capsys.readouterr()
+    assert main(["cancel", str(path)]) == 0
+    assert "cancelled 0 SLURM and 2 local jobs" in capsys.readouterr().out
+    wait_until(lambda: all_ended(path), what="the cancelled runs to end")
+    ended = states(path)
+    assert {s.state for s in ended.values()} == {"failed"}
+    assert all(s.mlflow_run.info.status == "KILLED" for s in ended.values())   # checkpointed, then stopped
+    assert main(["logs", str(path), "pixel-wise", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "==> pixel-wise seed 0" in out and "step 5/400 loss" in out

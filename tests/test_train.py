@@ -218,3 +218,20 @@ def test_two_data_parallel_ranks_log_one_run(tmp_path, seed_store):
     _, run = mlflow_run(tmp_path / "runs" / "ddp")
     assert run.info.status == "FINISHED"
     assert weights(tmp_path / "runs" / "ddp")["step"] == 4
+
+
+def test_bf16_autocast_trains(tmp_path):
+    result = train(resolve(tiny_overrides(tmp_path, steps=2, **{"train.precision": "bf16"})))
+    _, run = mlflow_run(result.run_dir)
+    assert run.info.status == "FINISHED" and run.data.params["train.precision"] == "bf16"
+    assert torch.isfinite(torch.tensor(run.data.metrics["loss"]))
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(tmp_path):
+    """torch.compile (inductor, on the CPU here) changes the kernels, not the result: same weights up
+    to float reassociation after a few steps."""
+    eager = train(resolve(tiny_overrides(tmp_path, "eager", steps=4)))
+    compiled = train(resolve(tiny_overrides(tmp_path, "compiled", steps=4, **{"train.compile": True})))
+    a, b = weights(eager.run_dir)["model"], weights(compiled.run_dir)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
