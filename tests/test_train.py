@@ -220,10 +220,11 @@ def test_two_data_parallel_ranks_log_one_run(tmp_path, seed_store):
     assert weights(tmp_path / "runs" / "ddp")["step"] == 4
 
 
-def test_bf16_autocast_trains(tmp_path):
-    result = train(resolve(tiny_overrides(tmp_path, steps=2, **{"train.precision": "bf16"})))
+def test_bf16_autocast_with_gradient_accumulation_trains(tmp_path):
+    result = train(resolve(tiny_overrides(tmp_path, steps=2, **{"train.precision": "bf16", "train.grad_accum": 2})))
     _, run = mlflow_run(result.run_dir)
     assert run.info.status == "FINISHED" and run.data.params["train.precision"] == "bf16"
+    assert run.data.params["train.grad_accum"] == "2"
     assert torch.isfinite(torch.tensor(run.data.metrics["loss"]))
 
 
