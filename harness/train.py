@@ -30,7 +30,6 @@ from models.transformer import DiffusionTransformer
 
 from . import distributed
 from .checkpoint import keep_copy, load_checkpoint, save_checkpoint
-from .config import TrainConfig
 from .configure import ResolvedConfig, flatten, resolve, to_yaml
 from .data import StepBatches, build_dataset
 from .ema import EMA

@@ -6,7 +6,6 @@ accumulates ("Gflops" in their tables), PixelDiT reports FLOPs = 2 x MACs: we re
 """
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 

@@ -1,5 +1,4 @@
 """Samplers on fields whose exact solution is known: single-point data, Gaussian data; CFG; DDPM/DDIM."""
-import math
 
 import pytest
 import torch

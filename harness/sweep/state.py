@@ -6,7 +6,6 @@ run was submitted as; one `sacct` call (or a pid check for local jobs) knows whi
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass
