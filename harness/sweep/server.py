@@ -87,7 +87,8 @@ def start_server(spec: SweepSpec, backend_uri: str | None = None, host: str = "1
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", host,
          "--port", str(port), "--workers", "1",
          "--artifacts-destination", (spec.folder / "mlartifacts").resolve().as_uri()],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})   # no GenAI job workers
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}"
     deadline = time.time() + timeout
     while not _healthy(url):
