@@ -121,7 +121,7 @@ def validate(cfg: TrainConfig) -> None:
         if value not in choices:
             raise ConfigError(f"{key}={value!r}: unknown value, expected one of {list(choices)}")
     validate_objective(cfg.objective, cfg.model)
-    validate_sampler(cfg.eval.sampler, cfg.objective.kind)
+    validate_sampler(cfg.eval.sampler, cfg.objective.kind, cfg.objective.ddpm_steps)
     validate_data(cfg.data, cfg.model.image_size)
     if cfg.model.latent_downsample != 1:
         raise ConfigError(f"model.latent_downsample={cfg.model.latent_downsample}: training on VAE latents is not "

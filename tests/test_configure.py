@@ -37,6 +37,8 @@ def test_group_and_field_overrides_apply():
     (["+experiment=tiny_digits", "model.learn_sigma=true"], "model.learn_sigma"),
     (["+experiment=tiny_digits", "ema.eval_decay=0.5"], "ema.eval_decay=0.5"),
     (["+experiment=tiny_digits", "data.resolution=64"], "data.resolution=64"),
+    (["+experiment=tiny_digits", "model.prediction=noise", "objective.kind=ddpm", "eval.sampler.kind=ddpm",
+      "eval.sampler.steps=2000"], "eval.sampler.steps=2000: more than the objective.ddpm_steps=1000"),
     (["+experiment=pixeldit_xl_paper"], "data.path: required for data.name=imagefolder"),
     (["+experiment=pixeldit_xl_paper", "data.path=/does/not/exist"], "data.path='/does/not/exist'"),
     (["+experiment=dit_xl2_paper", "data.path=/tmp"], "model.latent_downsample=8: training on VAE latents"),
