@@ -27,10 +27,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .runs import SweepRuns, metric_history
+from .table import lower_is_better
 
 LINE_STYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-HIGHER_IS_BETTER = ("class_acc", "acc", "is", "inception_score", "precision", "recall", "images_per_s")
 DPI = 150
 
 
@@ -72,17 +72,6 @@ def sweep_series(sweep: SweepRuns) -> list[Series]:
                         if values else "")
         out.append(Series(label, sweep.labels.index(label), grid, point, name))
     return sorted(out, key=lambda s: (s.row, s.point))
-
-
-def lower_is_better(metric: str) -> bool:
-    base = metric.split("/")[0]
-    try:                                         # the table's notion, when it has one for this metric
-        from .table import LOWER_IS_BETTER
-        if base in LOWER_IS_BETTER:
-            return LOWER_IS_BETTER[base]
-    except ImportError:
-        pass
-    return base not in HIGHER_IS_BETTER
 
 
 def axis_label(metric: str) -> str:

@@ -16,8 +16,13 @@ from scipy import stats
 
 from .runs import SweepRuns
 
-LOWER_IS_BETTER = {"fid": True, "fd": True, "loss": True, "diffusion": True, "class_acc": False}
+HIGHER_IS_BETTER = ("class_acc", "acc", "is", "inception_score", "precision", "recall", "images_per_s")
 NOISE_P = 0.05          # a paired t-test over seeds with p above this: "within seed noise"
+
+
+def lower_is_better(metric: str) -> bool:
+    """FID, FD and losses go down; accuracies, precision/recall and throughput go up."""
+    return metric.split("/")[0] not in HIGHER_IS_BETTER
 
 
 def default_metric(sweep: SweepRuns) -> str:
@@ -123,7 +128,7 @@ class AblationTable:
 def build_table(sweep: SweepRuns, metric: str | None = None, at: list[str] | None = None,
                 baseline: str | None = None) -> AblationTable:
     metric = metric or default_metric(sweep)
-    lower = LOWER_IS_BETTER.get(metric.split("/")[0], True)
+    lower = lower_is_better(metric)
     baseline = baseline or sweep.spec.baseline_label
     if baseline not in sweep.labels:
         from models.config import ConfigError

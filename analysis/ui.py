@@ -11,18 +11,16 @@ SIGHUP), so no worker outlives it. Its log is <sweep folder>/mlflow-ui.log.
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from harness.sweep.server import free_port, pid_alive, store_uri
+from harness.sweep.server import answers, launch_mlflow_server, stop_group, store_uri
 from harness.sweep.spec import SweepError, SweepSpec
 
 COMPARE_HINT = ("To compare runs: tick their checkboxes and press Compare (params, metrics and charts side "
@@ -35,7 +33,7 @@ def _remote(spec: SweepSpec) -> bool:
 
 def _remote_message(spec: SweepSpec) -> str:
     uri = store_uri(spec)
-    if not _answers(uri.rstrip("/")):
+    if not answers(uri.rstrip("/")):
         return f"{spec.name} logs to the tracking server {uri}, which does not answer now"
     return f"{spec.name} logs to the tracking server {uri}, which serves the UI: {runs_url(uri, experiment_id(spec))}"
 
@@ -59,17 +57,6 @@ def runs_url(base: str, experiment: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment}/runs?{query}"
 
 
-def _answers(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-            if response.status != 200:
-                return False
-        with urllib.request.urlopen(f"{base}/", timeout=5) as response:    # the UI's page, not only the API
-            return response.status == 200 and b"<html" in response.read(4096).lower()
-    except OSError:
-        return False
-
-
 def start_ui(spec: SweepSpec, host: str = "127.0.0.1", port: int | None = None,
              timeout: float = 90) -> tuple[subprocess.Popen, str]:
     """Start an MLflow UI server on the sweep's store; wait until it answers. Returns the process (stop it
@@ -79,68 +66,15 @@ def start_ui(spec: SweepSpec, host: str = "127.0.0.1", port: int | None = None,
     if _remote(spec):
         raise SweepError(f"{spec.path}: tracking.uri: {_remote_message(spec)}")
     experiment = experiment_id(spec)
-    port = port or free_port()
-    artifacts = (spec.folder / "mlartifacts").resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
-    log_path = spec.folder / "mlflow-ui.log"
-    # The server's GenAI job runner (a pool of huey consumers) serves nothing a sweep shows: leave it off.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri(spec),
-             "--host", host, "--port", str(port), "--workers", "1",
-             # runs keep file:// artifact URIs under the experiment's artifact_location, which the server
-             # reads directly; runs and experiments created from the UI get proxied artifacts stored there too
-             "--artifacts-destination", artifacts.as_uri()],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '127.0.0.1', '::', 'localhost') else host}:{port}"
-    deadline = time.time() + timeout
-    while not _answers(base):
-        if proc.poll() is not None or time.time() > deadline:
-            stop_ui(proc)
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(f"the MLflow UI did not start within {timeout:.0f}s on port {port}; "
-                               f"see {log_path}:\n" + "\n".join(tail))
-        time.sleep(0.3)
+    proc, base = launch_mlflow_server(store_uri(spec), spec.folder / "mlartifacts", spec.folder / "mlflow-ui.log",
+                                      host, port, timeout)
     return proc, runs_url(base, experiment)
 
 
 def stop_ui(proc: subprocess.Popen, grace: float = 10) -> None:
-    """Stop the server and every process it started (its own process group): SIGTERM, then SIGKILL."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.time() + grace
-    while _group_alive(proc.pid) and time.time() < deadline:     # workers shut down after their parent
-        time.sleep(0.2)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """Stop the server and every process it started (its own process group)."""
+    stop_group(proc.pid, grace)
     proc.wait()
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while a live (not zombie) process of the group remains."""
-    if not os.path.isdir("/proc"):
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except OSError:
-            return False
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid and pid_alive(int(entry)):
-                    return True
-            except OSError:
-                continue
-    return False
 
 
 def ui_command(spec: SweepSpec, port: int | None = None) -> int:

@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from models.config import ModelConfig
 
@@ -29,3 +32,26 @@ def inputs(cfg: ModelConfig, batch: int = 2):
     t = torch.rand(batch)
     y = torch.randint(0, cfg.num_classes, (batch,))
     return x, t, y
+
+
+def run_evaluated_sweep(folder: Path, name: str, steps: int, eval_step: int, paper: dict, **more) -> Path:
+    """A real tiny sweep, run in-process (debug executor): 3 rows x 2 seeds — patch-wise and pixel-wise
+    AdaLN, and a row that diverges (lr 1e12) so its runs fail — with the offline metric at `eval_step`
+    and at the end. `paper` maps labels to their `paper:` numbers."""
+    from harness.sweep.cli import main
+    rows = [{"label": "patch-wise", "set": {"model.adaln": "B"}}, {"label": "pixel-wise", "set": {"model.adaln": "C"}},
+            {"label": "diverges", "set": {"optim.lr": 1.0e12, "optim.grad_clip": 0.0}}]
+    for row in rows:
+        if row["label"] in paper:
+            row["paper"] = paper[row["label"]]
+    sweep = {"name": name, "experiment": "tiny_digits", "output": str(folder / "out"),
+             "overrides": {"train.steps": steps, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
+                           "model.hidden_size": 32, "model.num_heads": 2, "checkpoint.every_steps": eval_step,
+                           "eval.metric": "offline", "eval.num_samples": 40, "eval.batch_size": 20,
+                           "eval.at_steps": [eval_step], "eval.sampler.steps": 3,
+                           "eval.cache_dir": str(folder / "cache")},
+             **more, "rows": rows, "seeds": [0, 1], "executor": {"kind": "debug"}}
+    path = folder / f"{name}.yaml"
+    path.write_text(f"# the {name} test sweep\n" + yaml.safe_dump(sweep, sort_keys=False))
+    assert main([str(path)]) == 0
+    return path

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 from matplotlib.colors import to_rgb
 
 from analysis.plots import build_figures, log_plots, make_plots, row_colours
 from analysis.report import config_differences, failed_runs, write_report
 from analysis.runs import load_sweep_runs
+from conftest import run_evaluated_sweep
 
 LABELS = ["patch-wise", "pixel-wise", "diverges"]
 FINISHED = LABELS[:2]
@@ -19,24 +19,8 @@ FINISHED = LABELS[:2]
 
 @pytest.fixture(scope="module")
 def sweep_path(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("report")
-    spec = {
-        "name": "rep", "experiment": "tiny_digits", "output": str(root / "out"),
-        "overrides": {"train.steps": 4, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
-                      "model.hidden_size": 32, "model.num_heads": 2, "checkpoint.every_steps": 2,
-                      "eval.metric": "offline", "eval.num_samples": 40, "eval.batch_size": 20,
-                      "eval.at_steps": [2], "eval.sampler.steps": 3, "eval.cache_dir": str(root / "cache")},
-        "rows": [{"label": "patch-wise", "set": {"model.adaln": "B"}, "paper": {"fd": 1.0}},
-                 {"label": "pixel-wise", "set": {"model.adaln": "C"}},
-                 {"label": "diverges", "set": {"optim.lr": 1.0e12, "optim.grad_clip": 0.0}}],
-        "seeds": [0, 1],
-        "executor": {"kind": "debug"},
-    }
-    path = root / "rep.yaml"
-    path.write_text("# the report test's sweep\n" + yaml.safe_dump(spec, sort_keys=False))
-    from harness.sweep.cli import main
-    assert main([str(path)]) == 0
-    return path
+    return run_evaluated_sweep(tmp_path_factory.mktemp("report"), "rep", steps=4, eval_step=2,
+                               paper={"patch-wise": {"fd": 1.0}})
 
 
 @pytest.fixture(scope="module")

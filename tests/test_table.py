@@ -4,9 +4,9 @@ import re
 import statistics
 
 import pytest
-import yaml
 
 from analysis.runs import load_sweep_runs
+from conftest import run_evaluated_sweep
 from analysis.table import build_table
 from harness.sweep.cli import main
 from models.complexity import measure
@@ -16,22 +16,8 @@ from models.presets import model_config
 @pytest.fixture(scope="module")
 def sweep_path(tmp_path_factory):
     """3 rows x 2 seeds with offline evaluation at step 3 and at the end; one row fails (lr 1e12)."""
-    folder = tmp_path_factory.mktemp("table")
-    sweep = {
-        "name": "tab", "experiment": "tiny_digits", "output": str(folder / "out"),
-        "overrides": {"train.steps": 6, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
-                      "model.hidden_size": 32, "model.num_heads": 2, "checkpoint.every_steps": 3,
-                      "eval.metric": "offline", "eval.num_samples": 40, "eval.batch_size": 20,
-                      "eval.at_steps": [3], "eval.sampler.steps": 3, "eval.cache_dir": str(folder / "cache")},
-        "baseline": "pixel-wise",
-        "rows": [{"label": "patch-wise", "set": {"model.adaln": "B"}, "paper": {"fd": 3.5}},
-                 {"label": "pixel-wise", "set": {"model.adaln": "C"}, "paper": {"fd": 2.36}},
-                 {"label": "diverges", "set": {"optim.lr": 1.0e12, "optim.grad_clip": 0.0}}],
-        "seeds": [0, 1], "executor": {"kind": "debug"}}
-    path = folder / "tab.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    assert main([str(path)]) == 0
-    return path
+    return run_evaluated_sweep(tmp_path_factory.mktemp("table"), "tab", steps=6, eval_step=3,
+                               paper={"patch-wise": {"fd": 3.5}, "pixel-wise": {"fd": 2.36}}, baseline="pixel-wise")
 
 
 def final_metrics(sweep, label):

@@ -115,14 +115,22 @@ SLOW = dict(steps=24, **{"model.hidden_size": 64, "model.num_heads": 4, "train.g
                          "checkpoint.every_steps": 6})
 
 
-def test_killed_run_resumes_bitwise_identical_into_the_same_mlflow_run(tmp_path, seed_store):
+def interrupted_run(tmp_path, seed_store, name: str, sig: int):
+    """An uninterrupted reference run, and the same config run as a process that receives `sig` once its
+    first checkpoint exists. Returns (reference result, the process's arguments, its run folder, the process)."""
     straight = train(resolve(tiny_overrides(tmp_path, "straight", **SLOW)))
-    args = tiny_overrides(tmp_path, "killed", **SLOW)
-    run_dir = tmp_path / "runs" / "killed"
+    args = tiny_overrides(tmp_path, name, **SLOW)
+    run_dir = tmp_path / "runs" / name
     seed_store(run_dir)
     proc = run_cli(args)
     wait_for(run_dir / "checkpoints" / "last.pt", proc)
-    proc.send_signal(signal.SIGKILL)                 # a real kill: no handler, no cleanup
+    proc.send_signal(sig)
+    return straight, args, run_dir, proc
+
+
+def test_killed_run_resumes_bitwise_identical_into_the_same_mlflow_run(tmp_path, seed_store):
+    # a real kill: no handler, no cleanup
+    straight, args, run_dir, proc = interrupted_run(tmp_path, seed_store, "killed", signal.SIGKILL)
     proc.wait()
     killed_at = weights(run_dir)["step"]
     assert 0 < killed_at < 24 and not (run_dir / "final_metrics.json").exists()
@@ -138,13 +146,7 @@ def test_killed_run_resumes_bitwise_identical_into_the_same_mlflow_run(tmp_path,
 
 
 def test_sigterm_checkpoints_then_resume_equals_uninterrupted(tmp_path, seed_store):
-    straight = train(resolve(tiny_overrides(tmp_path, "straight", **SLOW)))
-    args = tiny_overrides(tmp_path, "preempted", **SLOW)
-    run_dir = tmp_path / "runs" / "preempted"
-    seed_store(run_dir)
-    proc = run_cli(args)
-    wait_for(run_dir / "checkpoints" / "last.pt", proc)
-    proc.send_signal(signal.SIGTERM)
+    straight, args, run_dir, proc = interrupted_run(tmp_path, seed_store, "preempted", signal.SIGTERM)
     assert proc.wait() == 3, proc.stdout.read()
     interrupted_at = weights(run_dir)["step"]
     _, run = mlflow_run(run_dir)
