@@ -18,7 +18,7 @@ import torch
 
 from models.complexity import count_flops
 from models.presets import PRESETS, miniature, model_config
-from models.transformer import DiffusionTransformer
+from models.transformer import build_model
 
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s.
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -63,6 +63,7 @@ def main():
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--width", type=int, default=128, help="CPU: hidden size of the reduced presets")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model overrides for every preset")
     args = parser.parse_args()
     device = torch.device(args.device)
     cpu = device.type == "cpu"
@@ -76,11 +77,11 @@ def main():
     header = f"{'preset':24s} {'res':>5s} {'params(M)':>10s} {'GFLOPs/img':>11s} {'ms/step':>9s} {'img/s':>8s}"
     print(header + ("" if cpu else f" {'peak GiB':>9s} {'MFU':>6s}"))
     for name in names:
-        cfg = model_config(name)
+        cfg = model_config(name, args.set)
         if cpu:
             cfg = miniature(cfg, hidden_size=args.width, depth=cfg.depth, pixel_depth=cfg.pixel_depth)
         torch.manual_seed(0)
-        model = DiffusionTransformer(cfg).to(device).train()
+        model = build_model(cfg, device).train()
         params = sum(p.numel() for p in model.parameters())
         flops = count_flops(cfg)
         runner = torch.compile(model) if args.compile else model

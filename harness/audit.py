@@ -23,6 +23,7 @@ from .config import TrainConfig
 from .configure import affects_result, compose_config, flatten, group_options
 
 _PAPER = "PixelDiT (arXiv 2511.20645)"
+_DIFFIT = "DiffiT (arXiv 2312.02139)"
 # Where each value of a paper recipe comes from. Keys not listed cite the experiment file itself.
 SOURCES: dict[str, dict[str, str]] = {
     "pixeldit_xl_paper": {
@@ -78,6 +79,23 @@ SOURCES: dict[str, dict[str, str]] = {
         "eval.sampler.steps": f"{_PAPER} sec. 4: 100 sampling steps",
         "eval.sampler.cfg_scale": f"{_PAPER} sec. 4: CFG 3.25 for the 80/160-epoch models",
         "eval.sampler.cfg_interval": f"{_PAPER} sec. 4: guidance on t in [0.1, 1.0]",
+    },
+    "diffit_cifar10_paper": {
+        "model.tmsa_time": f"{_DIFFIT} eq. 3-5: q, k, v each take a projection of the time token (Table 6)",
+        "model.rel_pos_bias": f"{_DIFFIT} eq. 6: relative position bias B",
+        "model.window_size": f"{_DIFFIT} I.1 and 5.10: local windows of 4 for CIFAR-10",
+        "model.unet_channels": f"{_DIFFIT} Tables S.2-S.3 and I.1: 128, then 256 kept constant",
+        "model.unet_blocks": f"{_DIFFIT} H.1: L1 = L2 = L3 = 4 (I.1 says 2 per stage)",
+        "model.time_embed_dim": f"{_DIFFIT} Table 3: time dimension 512",
+        "model.num_classes": f"{_DIFFIT} I.1: image-space experiments are unconditional",
+        "objective.kind": f"{_DIFFIT} I.1: EDM's training configuration",
+        "objective.p_mean": f"{_DIFFIT} I.1 via EDM: ln sigma ~ N(-1.2, 1.2)",
+        "objective.p_std": f"{_DIFFIT} I.1 via EDM: ln sigma ~ N(-1.2, 1.2)",
+        "optim.lr": f"{_DIFFIT} I.1: learning rate 1e-3 for CIFAR-10",
+        "train.global_batch": f"{_DIFFIT} I.1: batch 512 for CIFAR-10",
+        "train.steps": f"{_DIFFIT} I.1: 200000 iterations",
+        "eval.sampler.kind": f"{_DIFFIT} I.1: EDM's deterministic sampler",
+        "eval.sampler.steps": f"{_DIFFIT} I.1: 18 steps for CIFAR-10",
     },
 }
 

@@ -17,28 +17,37 @@ from models.config import ModelConfig
 
 @dataclass
 class ObjectiveConfig:
-    kind: str = "flow"                 # flow: rectified flow [PixelDiT, JiT] | ddpm: DDPM linear schedule [DiT]
+    kind: str = "flow"                 # flow: rectified flow [PixelDiT, JiT] | ddpm: DDPM linear schedule [DiT] |
+                                       # edm: EDM's preconditioned denoiser, model.prediction=image [EDM, DiffiT]
     loss_space: str = "velocity"       # flow: MSE on v whatever the model outputs [PixelDiT; JiT's v-loss for
                                        # x-prediction = x-MSE weighted 1/(1-t)^2] | native: MSE on the output itself
     t_eps: float = 0.05                # JiT: clamp of (1 - t) when turning an x-prediction into a velocity
-    t_sampling: str = "logit_normal"   # logit_normal (sigmoid of N(p_mean, p_std)) [SD3, PixelDiT, JiT] | uniform
-    p_mean: float = 0.0                # PixelDiT: 0; JiT (and the seeds' code): -0.8
-    p_std: float = 1.0                 # PixelDiT: 1; JiT: 0.8
+    t_sampling: str = "logit_normal"   # logit_normal (sigmoid of N(p_mean, p_std)) [SD3, PixelDiT, JiT] | uniform;
+                                       # edm: logit_normal only (t = 1 / (1 + sigma), ln(sigma) ~ N(p_mean, p_std))
+    p_mean: float = 0.0                # flow: mean of logit(t), PixelDiT 0, JiT (and the seeds' code) -0.8;
+                                       # edm: mean of ln(sigma), EDM -1.2
+    p_std: float = 1.0                 # flow: std of logit(t), PixelDiT 1, JiT 0.8; edm: std of ln(sigma), EDM 1.2
     time_shift: float = 1.0            # t -> t / (t + (1 - t) * shift); PixelDiT: 1.0 at 256, 3.0 at 512
     noise_scale: float = 1.0           # eps ~ N(0, noise_scale^2); JiT: 1.0 at 256, 2.0 at 512
     ddpm_steps: int = 1000             # DiT: T = 1000, linear betas 1e-4 .. 0.02
     beta_start: float = 1e-4
     beta_end: float = 0.02
     vlb_weight: float = 1.0            # DiT with learn_sigma: L_simple + vlb_weight * L_vlb
+    sigma_data: float = 0.5            # edm: data std in the preconditioning and loss weight [EDM Table 1]
 
 
 @dataclass
 class SamplerConfig:
-    kind: str = "ab2"                  # euler | heun [JiT] | ab2: 2nd-order multistep [PixelDiT] | ddpm | ddim [DiT]
-    steps: int = 100                   # PixelDiT 100, JiT 50 (Heun), DiT 250 (DDPM)
+    kind: str = "ab2"                  # euler | heun [JiT] | ab2: 2nd-order multistep [PixelDiT] | ddpm | ddim [DiT] |
+                                       # edm_heun: EDM Algorithm 1 [EDM, DiffiT] | edm_euler
+    steps: int = 100                   # PixelDiT 100, JiT 50 (Heun), DiT 250 (DDPM), DiffiT 18 CIFAR-10 / 40 FFHQ-64
+                                       # (edm_heun: 2 * steps - 1 network evaluations)
     cfg_scale: float = 1.0             # classifier-free guidance; 1.0 = off
     cfg_interval: List[float] = field(default_factory=lambda: [0.0, 1.0])  # guide only for t in [low, high]
-    time_shift: float = 1.0            # sampling-time schedule shift, same formula as the objective's
+    time_shift: float = 1.0            # sampling-time schedule shift, same formula as the objective's (flow only)
+    sigma_min: float = 0.002           # edm: noise levels sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) -
+    sigma_max: float = 80.0            # smax^(1/rho)))^rho for i < N, then sigma_N = 0 [EDM eq. 5]
+    rho: float = 7.0
 
 
 @dataclass

@@ -150,6 +150,9 @@ def validate(cfg: TrainConfig) -> None:
     if train.global_batch <= 0 or train.grad_accum <= 0 or train.global_batch % train.grad_accum:
         raise ConfigError(f"train.global_batch={train.global_batch}: must be a positive multiple of "
                           f"train.grad_accum={train.grad_accum}")
+    if cfg.model.num_classes == 0 and cfg.eval.sampler.cfg_scale != 1.0:
+        raise ConfigError(f"eval.sampler.cfg_scale={cfg.eval.sampler.cfg_scale}: an unconditional model "
+                          f"(model.num_classes=0) has no guidance; use 1.0")
     if not 0 <= train.label_dropout < 1:
         raise ConfigError(f"train.label_dropout={train.label_dropout}: must be in [0, 1)")
     if train.log_every <= 0 or cfg.checkpoint.every_steps <= 0:

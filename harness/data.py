@@ -198,9 +198,14 @@ def _is_image(name: str) -> bool:
 
 
 def find_classes(root: str) -> List[str]:
-    """Sorted names of the class folders (every non-hidden sub-directory, as torchvision's ImageFolder)."""
+    """Sorted names of the class folders (every non-hidden sub-directory, as torchvision's ImageFolder);
+    a folder of images without sub-folders (FFHQ, for unconditional models) is one class, ".". """
     with os.scandir(root) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+        entries = list(entries)
+    classes = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    if not classes and any(e.is_file() and _is_image(e.name) for e in entries):
+        return ["."]
+    return classes
 
 
 def _has_image(folder: str) -> bool:
@@ -254,7 +259,7 @@ class ImageFolderDataset(ImageDataset):
             self.files.extend(files)
             labels.extend([label] * len(files))
         if not self.files:
-            raise ConfigError(f"data.path={root!r}: no class folders with images")
+            raise ConfigError(f"data.path={root!r}: no images (class folders of images, or images directly in it)")
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.num_classes = len(self.classes)
 
@@ -319,7 +324,7 @@ def _validate_source(cfg: DataConfig) -> None:
         if not os.path.isdir(path):
             raise ConfigError(f"data.path={cfg.path!r}: not a directory")
         if not any(_has_image(os.path.join(path, c)) for c in find_classes(path)):
-            raise ConfigError(f"data.path={cfg.path!r}: no class folders with images")
+            raise ConfigError(f"data.path={cfg.path!r}: no images (class folders of images, or images directly in it)")
 
 
 def validate_data(cfg: DataConfig, image_size: int) -> None:

@@ -1,7 +1,7 @@
 """Evaluation during training: sample with the evaluated EMA, then score with FID or the offline metric.
 
 Samples are split over data-parallel ranks and gathered on rank 0; labels cycle over the classes so
-every class is equally represented.
+every class is equally represented (an unconditional model, num_classes = 0, samples the null label).
 """
 from __future__ import annotations
 
@@ -38,10 +38,11 @@ def build_metric(cfg: TrainConfig, dataset, device: torch.device):
 
 @torch.no_grad()
 def generate(model, objective, cfg: TrainConfig, num: int, seed: int, env: DistEnv, device: torch.device):
-    """`num` class-balanced samples in [-1, 1], gathered on rank 0 (other ranks get None)."""
+    """`num` class-balanced samples in [-1, 1] and their labels (None when unconditional), gathered on
+    rank 0 (other ranks get None)."""
     model_cfg = cfg.model
     per_rank = -(-num // env.world_size)
-    labels = (torch.arange(per_rank) + env.rank * per_rank) % model_cfg.num_classes
+    labels = rank_labels(env.rank, per_rank, model_cfg.num_classes)
     generator = torch.Generator(device).manual_seed(seed * 1_000_003 + env.rank)
     bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
 
@@ -60,8 +61,14 @@ def generate(model, objective, cfg: TrainConfig, num: int, seed: int, env: DistE
         gathered = [torch.empty_like(images) for _ in range(env.world_size)]
         dist.all_gather(gathered, images.to(device) if device.type == "cuda" else images)
         images = torch.cat([g.cpu() for g in gathered])
-        labels = torch.cat([(torch.arange(per_rank) + r * per_rank) % model_cfg.num_classes
-                            for r in range(env.world_size)])
+        labels = torch.cat([rank_labels(r, per_rank, model_cfg.num_classes) for r in range(env.world_size)])
     if not env.is_main:
         return None, None
-    return images[:num], labels[:num]
+    return images[:num], (labels[:num] if model_cfg.num_classes else None)
+
+
+def rank_labels(rank: int, per_rank: int, num_classes: int) -> torch.Tensor:
+    """The labels one rank samples: cycling over the classes, or the null label (0) when unconditional."""
+    if num_classes == 0:
+        return torch.zeros(per_rank, dtype=torch.long)
+    return (torch.arange(per_rank) + rank * per_rank) % num_classes

@@ -233,20 +233,22 @@ class OfflineMetric:
                 logits.append(self.net.head(f).float().cpu())
         return torch.cat(feats).numpy(), torch.cat(logits)
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """{"fd": Frechet distance to the real images' features, "class_acc": accuracy w.r.t. `labels`}.
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """{"fd": Frechet distance to the real images' features, "class_acc": accuracy w.r.t. `labels`
+        (only when labels are given: samples of an unconditional model have none)}.
 
-        images (N, 3, R, R) in [-1, 1] (any R: resized to 32 inside), N >= 2; labels (N,).
+        images (N, 3, R, R) in [-1, 1] (any R: resized to 32 inside), N >= 2; labels (N,) or None.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"OfflineMetric.evaluate: images must be (N, 3, R, R), got {tuple(images.shape)}")
-        if labels.shape != (images.shape[0],):
+        if labels is not None and labels.shape != (images.shape[0],):
             raise ValueError("OfflineMetric.evaluate: labels must be (N,) matching images")
         feats, logits = self._run(images.detach().clamp(-1, 1))
         mu, sigma = _stats(feats)
-        fd = _frechet(mu, sigma, self.mu, self.sigma)
-        acc = float((logits.argmax(1) == labels.detach().cpu().long()).float().mean())
-        return {"fd": fd, "class_acc": acc}
+        out = {"fd": _frechet(mu, sigma, self.mu, self.sigma)}
+        if labels is not None:
+            out["class_acc"] = float((logits.argmax(1) == labels.detach().cpu().long()).float().mean())
+        return out
 
 
 # =============================================================================================
@@ -468,7 +470,8 @@ class InceptionFID:
         return get_folder_features(str(folder), self.net, num_workers=0, batch_size=self.batch_size,
                                    device=self.device, mode="clean", verbose=False).astype(np.float64)
 
-    def evaluate(self, images: torch.Tensor) -> dict[str, float]:
-        """{"fid": FID of `images` ((N, 3, R, R) in [-1, 1], N >= 2) against the reference statistics}."""
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """{"fid": FID of `images` ((N, 3, R, R) in [-1, 1], N >= 2) against the reference statistics};
+        `labels` are accepted for the common interface and not used (FID is class-blind)."""
         mu, sigma = _stats(self._features(images))
         return {"fid": _frechet(mu, sigma, self.mu_ref, self.sigma_ref)}

@@ -1,4 +1,5 @@
-"""Training objectives: rectified flow [PixelDiT, JiT] and DDPM with an optional learned variance [DiT].
+"""Training objectives: rectified flow [PixelDiT, JiT], DDPM with an optional learned variance [DiT] and
+EDM's preconditioned denoiser [EDM (Karras et al. 2022), DiffiT's image-space models].
 
 Time convention (see `harness.config`): t in [0, 1], t = 1 is clean data, t = 0 is pure noise;
 x_t = t * x + (1 - t) * eps;  v = x - eps.  DDPM uses integer steps k in {0..T-1} (k = 0 least noisy),
@@ -23,6 +24,17 @@ DDPM follows improved DDPM / DiT: linear betas, eps-prediction, and with `model.
 loss L_simple + vlb_weight * L_vlb where L_vlb sees the eps channels detached, so it trains the variance
 channels only [IDDPM 3.1, DiT 3.1]. The schedule tables are computed in float64 and kept in float32; all
 loss and sampling arithmetic is done in float32 whatever the model's output dtype.
+
+EDM [EDM Table 1] trains a network F inside the denoiser D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) on
+x + sigma eps, with ln(sigma) ~ N(p_mean, p_std) (EDM: -1.2, 1.2) and s_d = sigma_data:
+    c_skip = s_d^2 / (sigma^2 + s_d^2)      c_out = sigma s_d / sqrt(sigma^2 + s_d^2)
+    c_in = 1 / sqrt(sigma^2 + s_d^2)         c_noise = ln(sigma) / 4
+    loss = mean(lambda (D - x)^2),  lambda = (sigma^2 + s_d^2) / (sigma s_d)^2   (= 1 / c_out^2)
+so `model.prediction` must be image (D estimates x). Harness time stays t in (0, 1), t = 1 data:
+t = 1 / (1 + sigma), sigma = (1 - t) / t, the noise-to-signal ratio of x_t = t x + (1 - t) eps, so CFG
+intervals and logged t keep one meaning. `corrupt` returns the network input c_in (x + sigma eps) and
+`network_time` is c_noise; the loss rebuilds x + sigma eps from x and eps. Losses are means over elements
+(EDM sums over pixels), which only rescales the loss.
 """
 from __future__ import annotations
 
@@ -35,7 +47,7 @@ from models.config import ConfigError, ModelConfig
 
 from .config import ObjectiveConfig
 
-KINDS = ("flow", "ddpm")
+KINDS = ("flow", "ddpm", "edm")
 LOSS_SPACES = ("velocity", "native")
 T_SAMPLINGS = ("logit_normal", "uniform")
 
@@ -56,6 +68,8 @@ def validate_objective(cfg: ObjectiveConfig, model: ModelConfig) -> None:
         value = getattr(cfg, key)
         if not (math.isfinite(value) and value > 0):
             raise ConfigError(f"objective.{key}={value}: must be positive")
+    if not (math.isfinite(cfg.sigma_data) and cfg.sigma_data > 0):
+        raise ConfigError(f"objective.sigma_data={cfg.sigma_data}: must be positive")
     if not math.isfinite(cfg.p_mean):
         raise ConfigError(f"objective.p_mean={cfg.p_mean}: must be finite")
     if not 0.0 < cfg.t_eps < 1.0:
@@ -80,6 +94,19 @@ def validate_objective(cfg: ObjectiveConfig, model: ModelConfig) -> None:
         if cfg.noise_scale != 1.0:
             raise ConfigError(f"objective.noise_scale={cfg.noise_scale}: objective.kind=ddpm needs "
                               f"noise_scale=1 (the schedule fixes the noise variance)")
+    elif cfg.kind == "edm":
+        if model.prediction != "image":
+            raise ConfigError(f"model.prediction={model.prediction!r}: objective.kind=edm needs "
+                              f"model.prediction=image (the network is EDM's F; D = c_skip x + c_out F is the image)")
+        if cfg.noise_scale != 1.0:
+            raise ConfigError(f"objective.noise_scale={cfg.noise_scale}: objective.kind=edm needs noise_scale=1 "
+                              f"(sigma sets the noise level)")
+        if cfg.time_shift != 1.0:
+            raise ConfigError(f"objective.time_shift={cfg.time_shift}: objective.kind=edm needs 1.0 "
+                              f"(ln(sigma) ~ N(p_mean, p_std) is not shifted)")
+        if cfg.t_sampling != "logit_normal":
+            raise ConfigError(f"objective.t_sampling={cfg.t_sampling!r}: objective.kind=edm needs logit_normal "
+                              f"(ln(sigma) ~ N(p_mean, p_std))")
     elif model.prediction not in ("image", "velocity", "noise"):
         raise ConfigError(f"model.prediction={model.prediction!r}: unknown value, expected one of "
                           f"['image', 'velocity', 'noise']")
@@ -88,7 +115,7 @@ def validate_objective(cfg: ObjectiveConfig, model: ModelConfig) -> None:
 def make_objective(cfg: ObjectiveConfig, model: ModelConfig) -> "Objective":
     """Validate, then build the objective of `cfg.kind`."""
     validate_objective(cfg, model)
-    return FlowObjective(cfg, model) if cfg.kind == "flow" else DDPMObjective(cfg, model)
+    return {"flow": FlowObjective, "ddpm": DDPMObjective, "edm": EDMObjective}[cfg.kind](cfg, model)
 
 
 # ---- shared helpers ---------------------------------------------------------------------------
@@ -119,7 +146,7 @@ def draw_normal(shape, generator: torch.Generator, device, dtype=torch.float32) 
 
 
 class Objective:
-    """Common interface; `make_objective` returns a `FlowObjective` or a `DDPMObjective`."""
+    """Common interface; `make_objective` returns a `FlowObjective`, a `DDPMObjective` or an `EDMObjective`."""
 
     kind: str
 
@@ -372,3 +399,81 @@ class DDPMObjective(Objective):
         else:
             out["loss"] = diffusion
         return out
+
+
+# ---- EDM [EDM Table 1, DiffiT I.1] --------------------------------------------------------------
+
+def _f32(value) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=torch.float32)
+
+
+class EDMObjective(Objective):
+    kind = "edm"
+
+    def __init__(self, cfg: ObjectiveConfig, model: ModelConfig):
+        super().__init__(cfg, model)
+        self.sigma_data = float(cfg.sigma_data)
+
+    # -- noise level <-> harness time --
+    @staticmethod
+    def sigma(t: torch.Tensor) -> torch.Tensor:
+        """sigma = (1 - t) / t (float32): the noise-to-signal ratio of x_t = t x + (1 - t) eps."""
+        t = _f32(t)
+        return (1.0 - t) / t
+
+    @staticmethod
+    def time_of(sigma: torch.Tensor) -> torch.Tensor:
+        """t = 1 / (1 + sigma) (float32), the inverse of `sigma`."""
+        return 1.0 / (1.0 + _f32(sigma))
+
+    # -- preconditioning (elementwise in sigma, float32) --
+    def c_skip(self, sigma) -> torch.Tensor:
+        s, sd = _f32(sigma), self.sigma_data
+        return sd ** 2 / (s ** 2 + sd ** 2)
+
+    def c_out(self, sigma) -> torch.Tensor:
+        s, sd = _f32(sigma), self.sigma_data
+        return s * sd / torch.sqrt(s ** 2 + sd ** 2)
+
+    def c_in(self, sigma) -> torch.Tensor:
+        s, sd = _f32(sigma), self.sigma_data
+        return 1.0 / torch.sqrt(s ** 2 + sd ** 2)
+
+    @staticmethod
+    def c_noise(sigma) -> torch.Tensor:
+        return torch.log(_f32(sigma)) / 4.0
+
+    def loss_weight(self, sigma) -> torch.Tensor:
+        """lambda(sigma) = (sigma^2 + s_d^2) / (sigma s_d)^2 = 1 / c_out^2."""
+        s, sd = _f32(sigma), self.sigma_data
+        return (s ** 2 + sd ** 2) / (s * sd) ** 2
+
+    # -- interface --
+    def sample_t(self, batch: int, generator: torch.Generator, device) -> torch.Tensor:
+        """t = 1 / (1 + sigma) with ln(sigma) ~ N(p_mean, p_std) [EDM]."""
+        sigma = torch.exp(draw_normal((batch,), generator, device) * self.cfg.p_std + self.cfg.p_mean)
+        return self.time_of(sigma)
+
+    def network_time(self, t: torch.Tensor) -> torch.Tensor:
+        return self.c_noise(self.sigma(t))
+
+    def unit_time(self, t: torch.Tensor) -> torch.Tensor:
+        return t.float()
+
+    def corrupt(self, x, eps, t):
+        """The network input c_in (x + sigma eps), in x's dtype."""
+        sigma = _bcast(self.sigma(t).to(x.device))
+        return (self.c_in(sigma) * (x.float() + sigma * eps.float())).to(x.dtype)
+
+    def denoised(self, prediction: torch.Tensor, x_noisy: torch.Tensor, sigma) -> torch.Tensor:
+        """D = c_skip x_noisy + c_out F (float32); sigma is a float, per sample (B,) or (B, 1, 1, 1)."""
+        sigma = _f32(sigma).to(x_noisy.device)
+        sigma = _bcast(sigma.expand(x_noisy.shape[0])) if sigma.ndim <= 1 else sigma
+        return self.c_skip(sigma) * x_noisy.float() + self.c_out(sigma) * prediction.float()
+
+    def loss(self, prediction, x, eps, x_t, t, pixel_weight=None) -> Dict[str, torch.Tensor]:
+        x, eps = x.float(), eps.float()
+        sigma = _bcast(self.sigma(t).to(x.device))
+        d = self.denoised(prediction, x + sigma * eps, sigma)
+        diffusion = weighted_mean(self.loss_weight(sigma) * (d - x) ** 2, pixel_weight)
+        return {"loss": diffusion, "diffusion": diffusion}

@@ -1,4 +1,5 @@
-"""Samplers: flow ODE solvers [PixelDiT, JiT] and DDPM / DDIM with respacing [DiT, IDDPM], with CFG.
+"""Samplers: flow ODE solvers [PixelDiT, JiT], DDPM / DDIM with respacing [DiT, IDDPM] and EDM's
+deterministic sampler [EDM Algorithm 1, DiffiT], with CFG.
 
     x = sample(net, objective, cfg.eval.sampler, labels, (C, H, W), generator, null_label=num_classes)
 
@@ -14,11 +15,17 @@ grid t_i = shift(i / steps) with shift(t) = t / (t + (1 - t) * time_shift);
 DDPM: `ddpm` ancestral sampling and `ddim` (eta = 0) on `steps` evenly spaced timesteps of the T-step
 schedule (IDDPM respacing: betas recomputed from the kept abar values; the network gets the original k);
 learned variance (interpolated) when the model has it, the fixed small (posterior) variance otherwise.
+EDM: the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma from x = sigma_max * noise down the grid
+sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, i < N, sigma_N = 0 (N = 1: [smax, 0]);
+the network gets c_in(sigma) x at t = 1 / (1 + sigma) (so `network_time` = c_noise) and
+D = `objective.denoised`. `edm_heun` is Algorithm 1 (Heun correction on every step but the last, to
+sigma = 0: 2N - 1 evaluations); `edm_euler` is first order (N evaluations).
 
 Classifier-free guidance: with cfg_scale != 1 and the current t (ddpm: 1 - (k + 1) / T) inside
 cfg_interval [low, high], one forward over the concatenated batch [labels | null_label] and
-guided = uncond + scale * (cond - uncond) on velocities (flow) or on the eps channels (ddpm; the variance
-channels come from the conditional half). Elsewhere one forward of the conditional batch only.
+guided = uncond + scale * (cond - uncond) on velocities (flow), on the eps channels (ddpm; the variance
+channels come from the conditional half) or on the denoised images D (edm; cfg_interval refers to
+t = 1 / (1 + sigma)). Elsewhere one forward of the conditional batch only.
 """
 from __future__ import annotations
 
@@ -30,11 +37,12 @@ import torch
 from models.config import ConfigError
 
 from .config import SamplerConfig
-from .objectives import DDPMObjective, FlowObjective, Objective, draw_normal, time_shift
+from .objectives import DDPMObjective, EDMObjective, FlowObjective, Objective, draw_normal, time_shift
 
 FLOW_SAMPLERS = ("euler", "heun", "ab2")
 DDPM_SAMPLERS = ("ddpm", "ddim")
-SAMPLERS = {"flow": FLOW_SAMPLERS, "ddpm": DDPM_SAMPLERS}
+EDM_SAMPLERS = ("edm_heun", "edm_euler")
+SAMPLERS = {"flow": FLOW_SAMPLERS, "ddpm": DDPM_SAMPLERS, "edm": EDM_SAMPLERS}
 
 
 def validate_sampler(cfg: SamplerConfig, objective_kind: str, num_timesteps: Optional[int] = None) -> None:
@@ -42,7 +50,7 @@ def validate_sampler(cfg: SamplerConfig, objective_kind: str, num_timesteps: Opt
     optional) also bounds `steps` for the DDPM samplers."""
     if objective_kind not in SAMPLERS:
         raise ConfigError(f"objective.kind={objective_kind!r}: unknown value, expected one of {list(SAMPLERS)}")
-    every = FLOW_SAMPLERS + DDPM_SAMPLERS
+    every = FLOW_SAMPLERS + DDPM_SAMPLERS + EDM_SAMPLERS
     if cfg.kind not in every:
         raise ConfigError(f"eval.sampler.kind={cfg.kind!r}: unknown value, expected one of {list(every)}")
     allowed = SAMPLERS[objective_kind]
@@ -62,15 +70,33 @@ def validate_sampler(cfg: SamplerConfig, objective_kind: str, num_timesteps: Opt
                           f"0 <= low <= high <= 1")
     if not (math.isfinite(cfg.time_shift) and cfg.time_shift > 0):
         raise ConfigError(f"eval.sampler.time_shift={cfg.time_shift}: must be positive")
-    if objective_kind == "ddpm" and cfg.time_shift != 1.0:
+    if objective_kind != "flow" and cfg.time_shift != 1.0:
         raise ConfigError(f"eval.sampler.time_shift={cfg.time_shift}: only the flow samplers shift time "
-                          f"(objective.kind=ddpm needs 1.0)")
+                          f"(objective.kind={objective_kind} needs 1.0)")
+    if not (math.isfinite(cfg.sigma_min) and cfg.sigma_min > 0):
+        raise ConfigError(f"eval.sampler.sigma_min={cfg.sigma_min}: must be positive")
+    if not (math.isfinite(cfg.sigma_max) and cfg.sigma_max > cfg.sigma_min):
+        raise ConfigError(f"eval.sampler.sigma_max={cfg.sigma_max}: must be finite and greater than "
+                          f"eval.sampler.sigma_min={cfg.sigma_min}")
+    if not (math.isfinite(cfg.rho) and cfg.rho > 0):
+        raise ConfigError(f"eval.sampler.rho={cfg.rho}: must be positive")
 
 
 def flow_time_grid(steps: int, shift: float) -> list:
     """t_0 = 0 < ... < t_steps = 1, shifted; python floats (computed in float64)."""
     grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     return time_shift(grid, shift).tolist()
+
+
+def edm_sigma_grid(steps: int, sigma_min: float, sigma_max: float, rho: float) -> list:
+    """sigma_0 = sigma_max > ... > sigma_{steps-1} = sigma_min, then sigma_steps = 0 [EDM eq. 5]; python
+    floats (computed in float64). One step: [sigma_max, 0]."""
+    if steps == 1:
+        return [float(sigma_max), 0.0]
+    i = torch.arange(steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    sigmas = (hi + i / (steps - 1) * (lo - hi)) ** rho
+    return sigmas.tolist() + [0.0]
 
 
 class _Guided:
@@ -112,6 +138,8 @@ def sample(net: Callable, objective: Objective, cfg: SamplerConfig, labels: torc
         return _sample_flow(guided, objective, cfg, noise * objective.cfg.noise_scale)
     if isinstance(objective, DDPMObjective):
         return _sample_ddpm(guided, objective, cfg, noise, generator)
+    if isinstance(objective, EDMObjective):
+        return _sample_edm(guided, objective, cfg, noise)
     raise ConfigError(f"objective.kind={objective.kind!r}: no sampler for this objective")
 
 
@@ -166,4 +194,29 @@ def _sample_ddpm(guided: _Guided, objective: DDPMObjective, cfg: SamplerConfig, 
             x0 = schedule.predict_x0(x, idx_vec, eps)
             abar_prev = schedule.take("alphas_cumprod_prev", idx_vec, device)
             x = abar_prev.sqrt() * x0 + (1.0 - abar_prev).sqrt() * eps
+    return x
+
+
+def _sample_edm(guided: _Guided, objective: EDMObjective, cfg: SamplerConfig, noise: torch.Tensor) -> torch.Tensor:
+    batch, device = noise.shape[0], noise.device
+
+    def denoise(x, sigma_value: float):
+        sigma = torch.full((batch,), sigma_value, dtype=torch.float32, device=device)
+        cond, uncond = guided(objective.c_in(sigma).view(-1, 1, 1, 1) * x, objective.time_of(sigma))
+        d = objective.denoised(cond, x, sigma)
+        if uncond is not None:
+            d_u = objective.denoised(uncond, x, sigma)
+            d = d_u + guided.scale * (d - d_u)
+        return d
+
+    sigmas = edm_sigma_grid(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    x = noise * sigmas[0]
+    for i in range(cfg.steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        d = (x - denoise(x, sigma)) / sigma
+        x_next = x + (sigma_next - sigma) * d
+        if cfg.kind == "edm_heun" and sigma_next > 0:        # 2nd-order correction [EDM Algorithm 1]
+            d_next = (x_next - denoise(x_next, sigma_next)) / sigma_next
+            x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)
+        x = x_next
     return x

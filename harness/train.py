@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import make_grid, save_image
 
 from models.config import ConfigError
-from models.transformer import DiffusionTransformer
+from models.transformer import build_model
 
 from . import distributed
 from .checkpoint import keep_copy, load_checkpoint, save_checkpoint
@@ -110,9 +110,9 @@ class Trainer:
 
         # Everything that can refuse the config comes before any MLflow run or file is created.
         self.dataset = build_dataset(cfg.data)
-        if self.dataset.num_classes != cfg.model.num_classes:
+        if cfg.model.num_classes not in (0, self.dataset.num_classes):     # 0: unconditional, labels unused
             raise ConfigError(f"model.num_classes={cfg.model.num_classes}: the dataset {cfg.data.name!r} has "
-                              f"{self.dataset.num_classes} classes")
+                              f"{self.dataset.num_classes} classes (or 0 for an unconditional model)")
         self.objective = make_objective(cfg.objective, cfg.model)
         self.encoder = None
         if cfg.model.repa and cfg.repa.weight > 0:
@@ -133,7 +133,7 @@ class Trainer:
         self.eval_steps = [s for s in self.eval_steps if 0 < s <= self.total_steps] if cfg.eval.metric != "none" else []
 
         torch.manual_seed(cfg.run.seed)
-        self.model = DiffusionTransformer(cfg.model).to(self.device)
+        self.model = build_model(cfg.model).to(self.device)
         self.ema = EMA(self.model, cfg.ema.decays)
         self.lr0 = base_lr(cfg.optim, cfg.train.global_batch)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.lr0, fused=self.device.type == "cuda")
@@ -179,6 +179,8 @@ class Trainer:
         cfg, objective = self.cfg, self.objective
         B = x.shape[0]
         drop = torch.rand(B, generator=generator, device=self.device) < cfg.train.label_dropout
+        if cfg.model.num_classes == 0:            # unconditional: the null label (index 0) for every sample
+            drop = torch.ones_like(drop)
         y = torch.where(drop, torch.full_like(y, cfg.model.num_classes), y)
         t = objective.sample_t(B, generator, self.device)
         eps = objective.sample_noise(x, generator)
@@ -239,7 +241,7 @@ class Trainer:
         epoch = self.step / self.steps_per_epoch
         grid_path = self.run_dir / "samples" / f"step{self.step:08d}.png"
         grid_path.parent.mkdir(parents=True, exist_ok=True)
-        grid = make_grid(images[:cfg.eval.grid_samples], nrow=min(cfg.model.num_classes, cfg.eval.grid_samples),
+        grid = make_grid(images[:cfg.eval.grid_samples], nrow=min(cfg.model.num_classes or 8, cfg.eval.grid_samples),
                          normalize=True, value_range=(-1, 1))
         save_image(grid, grid_path)
         tracker.log_artifact(grid_path, "samples")

@@ -10,6 +10,8 @@ Sources cited in the field comments:
   [JiT]       Li & He, "Back to Basics: Let Denoising Generative Models Denoise" and its code.
   [DiT]       Peebles & Xie, "Scalable Diffusion Models with Transformers" (section 3.2, Table 1).
   [REPA]      Yu et al., "Representation Alignment for Generation" (section 3.2).
+  [DiffiT]    Hatamizadeh et al., "DiffiT: Diffusion Vision Transformers for Image Generation", arXiv
+              2312.02139 (section 3.2, ablations 5.x, appendix H-I) and its official latent-model code.
   [seeds]     ../shared/seeds/000 and 001: the code-vs-paper audits of the jitmask codebase.
 """
 from __future__ import annotations
@@ -33,6 +35,10 @@ CHOICES = {
     "adaln": ("A", "B", "C"),
     "pixel_modulation": ("pre_gated", "post"),
     "repa_projector": ("mlp", "linear"),
+    "architecture": ("transformer", "unet"),
+    "time_conditioning": ("adaln", "tmsa"),
+    "tmsa_time": ("qkv", "none", "rel_bias", "mlp"),
+    "rel_pos_bias": ("none", "relative"),
 }
 
 
@@ -41,7 +47,8 @@ class ModelConfig:
     # ---- input -------------------------------------------------------------------------------
     input_size: int = 256          # H = W of the network input: pixels, or latent cells (DiT: 32)
     in_channels: int = 3           # 3 for pixels, 4 for SD-VAE latents [DiT]
-    num_classes: int = 1000        # class-conditional; one extra "null" row is the CFG label
+    num_classes: int = 1000        # class-conditional; one extra "null" row is the CFG label;
+                                   # 0: unconditional (every sample gets the null label) [DiffiT image space]
     patch_size: int = 16           # p; PixelDiT/JiT use 16 at 256 px, DiT uses 2 on latents
     latent_downsample: int = 1     # image pixels per input cell: 1 in pixel space, 8 on SD-VAE latents [DiT]
 
@@ -98,6 +105,24 @@ class ModelConfig:
     repa_hidden: int = 2048        # projector width: 2048 [REPA]; D [PixelDiT]
     repa_dim: int = 768            # encoder feature width (DINOv2 ViT-B/14: 768)
 
+    # ---- DiffiT [DiffiT 3.2, appendix H-I] -------------------------------------------------------
+    architecture: str = "transformer"   # transformer: the flat model above (DiT/JiT/PixelDiT/latent DiffiT) |
+                                        # unet: DiffiT's image-space U-Net (uses the unet_* fields, not
+                                        # depth/hidden_size/num_heads/patch_size or the pixel pathway)
+    time_conditioning: str = "adaln"    # flat model's blocks: adaln: adaLN-Zero [DiT] | tmsa: DiffiT blocks,
+                                        # the time token enters only through them [DiffiT 5.9: TMSA vs DiT modulation]
+    tmsa_time: str = "qkv"              # where a DiffiT block takes the time token [DiffiT Table 6]: qkv (TMSA,
+                                        # eq. 3-5) | none (plain self-attention) | rel_bias (config F) | mlp (config G)
+    rel_pos_bias: str = "none"          # relative: learned bias per head and offset, B in [DiffiT eq. 6] | none
+    window_size: Optional[int] = None   # DiffiT blocks attend in w x w windows; None or >= the map: whole map
+                                        # [DiffiT 5.10: CIFAR-10 4, FFHQ-64 8; latent: the whole 16x16 grid]
+    window_shift: bool = False          # shift alternate blocks' windows by w/2 [Swin]; not in DiffiT
+    time_embed_dim: Optional[int] = None    # width of DiffiT's time token; None = hidden_size [DiffiT Table 3: 512]
+    unet_channels: List[int] = field(default_factory=lambda: [128, 256, 256])   # width per level [Tables S.2-S.3]
+    unet_blocks: List[int] = field(default_factory=lambda: [4, 4, 4])           # ResBlocks L_i per level [H.1]
+    unet_head_dim: int = 64             # channels per attention head in the U-Net (not in the paper; EDM's 64)
+    gn_groups: int = 32                 # GroupNorm groups of the ResBlocks and head
+
     # ---- derived values ----------------------------------------------------------------------
     @property
     def image_size(self) -> int:
@@ -132,6 +157,15 @@ class ModelConfig:
         hidden = int(self.mlp_ratio * self.hidden_size)
         return int(2 * hidden / 3) if self.ffn == "swiglu" else hidden
 
+    @property
+    def time_dim(self) -> int:
+        return self.hidden_size if self.time_embed_dim is None else self.time_embed_dim
+
+    @property
+    def unet_sizes(self) -> list[int]:
+        """Feature-map side of each U-Net level: the input halved between levels."""
+        return [self.input_size // 2 ** i for i in range(len(self.unet_channels))]
+
     def dropout_blocks(self) -> range:
         """Indices of the blocks inside the dropout band (JiT: the middle half)."""
         start, end = self.dropout_band
@@ -143,7 +177,9 @@ class ModelConfig:
             value = getattr(self, key)
             if value not in choices:
                 raise ConfigError(f"model.{key}={value!r}: unknown value, expected one of {list(choices)}")
-        positive = ["input_size", "in_channels", "num_classes", "patch_size", "latent_downsample", "depth",
+        if self.num_classes < 0:
+            raise ConfigError(f"model.num_classes={self.num_classes}: must be >= 0 (0: unconditional)")
+        positive = ["input_size", "in_channels", "patch_size", "latent_downsample", "depth",
                     "hidden_size", "num_heads", "time_freq_dim", "pixel_dim", "repa_dim", "repa_hidden",
                     "bottleneck_dim"]
         for key in positive:
@@ -171,6 +207,21 @@ class ModelConfig:
         if self.hint_fraction > 0 and not self.pixel_pathway:
             raise ConfigError("model.hint_fraction: GT pixel hints need the pixel pathway "
                               "(model.pixel_pathway=true)")
+        if self.architecture == "unet":
+            self._validate_unet()
+        elif self.time_conditioning == "tmsa":
+            if self.in_context_tokens:
+                raise ConfigError("model.in_context_tokens: in-context tokens have no place on the grid of "
+                                  "DiffiT's windows (model.time_conditioning=tmsa needs 0)")
+            self._check_window(self.grid_size, "the patch grid")
+        if self.time_embed_dim is not None and self.time_embed_dim <= 0:
+            raise ConfigError(f"model.time_embed_dim={self.time_embed_dim}: must be positive")
+        if self.architecture == "transformer" and self.time_embed_dim not in (None, self.hidden_size):
+            raise ConfigError(f"model.time_embed_dim={self.time_embed_dim}: the flat model's time token has "
+                              f"the width of its tokens, model.hidden_size={self.hidden_size}")
+        if self.tmsa_time == "rel_bias" and self.rel_pos_bias != "relative":
+            raise ConfigError("model.tmsa_time=rel_bias: the time token shifts the relative position bias, "
+                              "which needs model.rel_pos_bias=relative")
         if self.repa and not 1 <= self.repa_block <= self.depth:
             raise ConfigError(f"model.repa_block={self.repa_block}: REPA block beyond depth={self.depth} "
                               f"(valid: 1..{self.depth})")
@@ -185,6 +236,38 @@ class ModelConfig:
                 _check_heads("pixel_attn_dim", self.attn_dim, "pixel_heads", self.attn_heads,
                              self.uses_rope)
         return self
+
+    def _validate_unet(self) -> None:
+        for key in ("pixel_pathway", "repa"):
+            if getattr(self, key):
+                raise ConfigError(f"model.{key}=true: not available with model.architecture=unet")
+        if self.hint_fraction > 0:
+            raise ConfigError("model.hint_fraction: GT pixel hints need model.architecture=transformer")
+        chs, blocks = list(self.unet_channels), list(self.unet_blocks)
+        if not chs or len(blocks) != len(chs):
+            raise ConfigError(f"model.unet_blocks={blocks}: one entry per level of model.unet_channels={chs}")
+        if min(blocks) < 1:
+            raise ConfigError(f"model.unet_blocks={blocks}: every level needs at least one ResBlock")
+        if self.input_size % 2 ** (len(chs) - 1):
+            raise ConfigError(f"model.input_size={self.input_size}: not divisible by 2^{len(chs) - 1} for "
+                              f"{len(chs)} U-Net levels")
+        for ch in chs:
+            if ch <= 0 or ch % self.unet_head_dim:
+                raise ConfigError(f"model.unet_channels={chs}: every width must be a positive multiple of "
+                                  f"model.unet_head_dim={self.unet_head_dim}")
+            if self.gn_groups <= 0 or ch % self.gn_groups:
+                raise ConfigError(f"model.gn_groups={self.gn_groups}: must divide every width of "
+                                  f"model.unet_channels={chs}")
+        for size in self.unet_sizes:
+            self._check_window(size, f"a {size}x{size} U-Net level")
+
+    def _check_window(self, size: int, where: str) -> None:
+        if self.window_size is None:
+            return
+        if self.window_size <= 0:
+            raise ConfigError(f"model.window_size={self.window_size}: must be positive (or null: the whole map)")
+        if size % min(self.window_size, size):
+            raise ConfigError(f"model.window_size={self.window_size}: does not tile {where}")
 
     @property
     def uses_rope(self) -> bool:

@@ -7,10 +7,17 @@ and the adaLN modulation itself.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class ModelOutput(NamedTuple):
+    """What every model of the zoo returns."""
+    prediction: torch.Tensor               # (B, out_channels, H, W); its meaning is `cfg.prediction`
+    repa: Optional[torch.Tensor] = None    # (B, L, repa_dim) projected patch tokens, when REPA is on
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -19,7 +26,8 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
-    """Affine-free norm before an adaLN modulation (the modulation supplies scale and shift)."""
+    """Affine-free norm: before an adaLN modulation (which supplies scale and shift) [DiT], and in DiffiT's
+    blocks, as its official code has them."""
     if kind == "layernorm":
         return nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
     return nn.RMSNorm(dim, elementwise_affine=False, eps=1e-6)

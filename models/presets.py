@@ -4,6 +4,8 @@ Published sizes each preset reproduces (checked in tests/test_presets.py):
   PixelDiT-B/L/XL 184M/569M/797M, 311 GFLOPs for XL at 256      [PixelDiT Table 6]
   JiT-B/L/H-16 131M/459M/953M, B/16 25 GMACs                     [JiT Table]
   DiT-S/B/L/XL-2 33M/130M/458M/675M, XL/2 119 GMACs              [DiT Table 1]
+  latent DiffiT 561M                                             [DiffiT Table 9]
+The image-space DiffiT models have no published parameter count; `python -m models.inspect` prints ours.
 REPA projectors are trained alongside and dropped for sampling; they are counted apart from these.
 """
 from __future__ import annotations
@@ -66,6 +68,31 @@ PRESETS: dict[str, dict] = {
                  "repa": True, "repa_block": 8, "repa_projector": "mlp", "repa_hidden": 1152},
 }
 
+# ---- DiffiT [DiffiT 3.2, appendix H-I; official code]. Its blocks: TMSA (time in q, k, v) with a relative
+# position bias, LayerNorm without affine, GELU-tanh MLP; the time token is t_emb + y_emb (no SiLU).
+DIFFIT = dict(time_conditioning="tmsa", tmsa_time="qkv", rel_pos_bias="relative", cond_silu=False,
+              norm="layernorm", qk_norm=False, qkv_bias=True, ffn="gelu", ffn_bias=True, in_context_tokens=0)
+
+# Latent DiffiT [DiffiT H.2, Fig. S.1; code `Diffit()`]: DiT-XL/2's layout (SD-VAE latents 4x32x32, patch 2,
+# abs sin-cos, learned sigma) with DiffiT blocks attending over the whole 16x16 grid and an unmodulated final
+# layer. Appendix H.2 says 30 layers; the official constructor says 28, and 28 gives Table 9's 561M.
+PRESETS["diffit_latent_xl2"] = {**DIT, **DIFFIT, **_sizes(28, 1152, 16), "window_size": None}
+
+# Image-space DiffiT [DiffiT Fig. 4, Tables S.2-S.3, H.1, I.1]: 3x3-conv tokenizer, levels of DiffiT
+# ResBlocks at 128 channels then 256 ("except from the first to the second stage, the number of channels is
+# kept constant"), conv down/up-sampling, a time token of width 512 [Table 3] from a positional embedding
+# [Table 8] of EDM's c_noise, windows of 4 (CIFAR-10) and 8 (FFHQ-64) [I.1, 5.10]; trained with EDM.
+# Blocks per level: H.1 says L = 4,4,4 (CIFAR-10) and 4,4,4,4 (FFHQ-64), used here; I.1 says 2,2,2 and
+# 1,2,2,2 (`unet_blocks=[...]` selects those). Heads of 64 channels are our assumption (not in the paper).
+DIFFIT_UNET = {**DIFFIT, "architecture": "unet", "in_channels": 3, "latent_downsample": 1, "patch_size": 1,
+               "pixel_pathway": False, "repa": False, "prediction": "image", "learn_sigma": False,
+               "pos_embed": "abs_sincos", "time_embed_dim": 512, "time_freq_dim": 128,
+               "time_max_period": 10000.0, "unet_head_dim": 64, "gn_groups": 32}
+PRESETS["diffit_cifar10"] = {**DIFFIT_UNET, "input_size": 32, "num_classes": 10, "window_size": 4,
+                             "unet_channels": [128, 256, 256], "unet_blocks": [4, 4, 4]}
+PRESETS["diffit_ffhq64"] = {**DIFFIT_UNET, "input_size": 64, "num_classes": 1, "window_size": 8,
+                            "unet_channels": [128, 256, 256, 256], "unet_blocks": [4, 4, 4, 4]}
+
 # ---- PixelDiT Table 4, row by row (PixelDiT-XL, 80 epochs; gFID 9.84, 8.53, OOM, 3.50, 2.36).
 # Rows 1-2 are DiT-XL/16; the dual-level rows use PixelDiT-XL's patch pathway (N=26, M=4) so that
 # the last row is exactly `pixeldit_xl`.
@@ -102,6 +129,7 @@ PUBLISHED: dict[str, dict] = {
     "dit_l2": dict(params=458e6, params_tol=0.01),
     "dit_xl2": dict(params=675e6, params_tol=0.01, gmacs=119, flops_tol=0.03),
     "table4_dual_patchwise_nocompact": dict(gflops=82247, flops_tol=0.01),
+    "diffit_latent_xl2": dict(params=561e6, params_tol=0.005),
 }
 
 
@@ -132,7 +160,16 @@ def model_config(preset: str, overrides: Iterable[str] = (), source: str = "over
 
 
 def miniature(cfg: ModelConfig, hidden_size: int = 64, depth: int = 2, pixel_depth: int = 1) -> ModelConfig:
-    """The same switches at toy size, for CPU tests and benchmarks: 16 patches, 2 blocks, width 64."""
+    """The same switches at toy size, for CPU tests and benchmarks: 16 patches, 2 blocks, width 64
+    (a U-Net: 16x16 pixels, the same number of levels at widths hidden_size/4 .. hidden_size/2)."""
+    if cfg.architecture == "unet":
+        levels = len(cfg.unet_channels)
+        channels = [hidden_size // 4] + [hidden_size // 2] * (levels - 1)
+        return cfg.replace(
+            input_size=2 ** (levels + 1), num_classes=10, unet_channels=channels, unet_blocks=[1] * levels,
+            unet_head_dim=8, gn_groups=4, time_embed_dim=hidden_size, time_freq_dim=32,
+            window_size=None if cfg.window_size is None else 2,
+        ).validate()
     patch = min(cfg.patch_size, 8)
     compaction = cfg.compaction if cfg.compaction is None or (patch * patch) % cfg.compaction == 0 else None
     return cfg.replace(

@@ -1,6 +1,7 @@
-"""The diffusion transformer of the zoo: DiT, JiT and PixelDiT are settings of one model.
+"""The diffusion transformer of the zoo: DiT, JiT, PixelDiT and the latent DiffiT are settings of one model.
 
     image (B,C,H,W) --patchify--> patch tokens --N patch blocks (adaLN-Zero)--> s_N
+                        time_conditioning=tmsa: N DiffiT blocks instead, t only through TMSA  [DiffiT]
         pixel pathway off:  s_N --final layer (adaLN + linear)--> per-patch output          [DiT, JiT]
         pixel pathway on:   pixel tokens --M PiT blocks conditioned on s_cond--> per-pixel output
                             s_cond = SiLU(s_N + t_emb)                                      [PixelDiT 3.1]
@@ -10,20 +11,16 @@ Every switch is a field of `ModelConfig`; the docstrings below cite where each c
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .layers import (Attention, GeluMLP, LabelEmbedder, SwiGLU, TimestepEmbedder, make_norm,
+from .diffit import DiffiTBlock, DiffiTUNet, base_init
+from .layers import (Attention, GeluMLP, LabelEmbedder, ModelOutput, SwiGLU, TimestepEmbedder, make_norm,
                      modulate, patchify, rope_2d, sincos_2d, unpatchify)
-
-
-class ModelOutput(NamedTuple):
-    prediction: torch.Tensor               # (B, out_channels, H, W); its meaning is `cfg.prediction`
-    repa: Optional[torch.Tensor] = None    # (B, L, repa_dim) projected patch tokens, when REPA is on
 
 
 # ---- patch-level pathway ----------------------------------------------------------------------
@@ -79,6 +76,32 @@ class FinalLayer(nn.Module):
     def forward(self, x, c):
         shift, scale = self.adaLN(c)[:, None].chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class PlainFinalLayer(nn.Module):
+    """Norm, SiLU, linear to p*p*C_out per patch: the latent DiffiT's unmodulated final layer [DiffiT code]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = make_norm(cfg.norm, cfg.hidden_size)
+        self.linear = nn.Linear(cfg.hidden_size, cfg.patch_size ** 2 * cfg.out_channels)
+
+    def forward(self, x, c):
+        return self.linear(F.silu(self.norm(x)))
+
+
+class GridBlock(nn.Module):
+    """A DiffiT block inside the flat model: (B, L, D) tokens are viewed on their g x g grid."""
+
+    def __init__(self, cfg: ModelConfig, index: int, dropout: float):
+        super().__init__()
+        self.grid = cfg.grid_size
+        self.block = DiffiTBlock(cfg, cfg.hidden_size, cfg.num_heads, cfg.hidden_size, cfg.grid_size,
+                                 shifted=cfg.window_shift and index % 2 == 1, dropout=dropout)
+
+    def forward(self, x, c, rope=None):
+        B, L, D = x.shape
+        return self.block(x.view(B, self.grid, self.grid, D), c, rope).view(B, L, D)
 
 
 class RepaProjector(nn.Module):
@@ -267,7 +290,9 @@ class DiffusionTransformer(nn.Module):
         if n_ctx:
             self.in_context_pos = nn.Parameter(torch.zeros(1, n_ctx, D))
         band = cfg.dropout_blocks()
-        self.blocks = nn.ModuleList(PatchBlock(cfg, cfg.dropout if i in band else 0.0) for i in range(cfg.depth))
+        self.tmsa = cfg.time_conditioning == "tmsa"
+        block = GridBlock if self.tmsa else (lambda cfg, i, dropout: PatchBlock(cfg, dropout))
+        self.blocks = nn.ModuleList(block(cfg, i, cfg.dropout if i in band else 0.0) for i in range(cfg.depth))
         if cfg.repa:
             self.repa_projector = RepaProjector(cfg)
         if cfg.pixel_pathway:
@@ -278,26 +303,21 @@ class DiffusionTransformer(nn.Module):
             if cfg.hint_fraction > 0:
                 self.hint_embed = HintEmbed(cfg, n_mod if cfg.hint_path == "blocks" else 2)
         else:
-            self.final_layer = FinalLayer(cfg)
+            self.final_layer = PlainFinalLayer(cfg) if self.tmsa else FinalLayer(cfg)
         self.initialize_weights()
 
     def initialize_weights(self):
-        """DiT's init: Xavier linears, N(0, 0.02) embeddings, zero adaLN and zero output layers."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.normal_(self.y_embedder.table.weight, std=0.02)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
+        """DiT's init (`base_init`), then zero adaLN and zero output layers [DiT]."""
+        base_init(self)
         if hasattr(self, "in_context_pos"):
             nn.init.normal_(self.in_context_pos, std=0.02)
-        zero = [block.adaLN for block in self.blocks]
+        zero = [] if self.tmsa else [block.adaLN for block in self.blocks]
         if self.cfg.pixel_pathway:
             zero += [block.modulation.proj for block in self.pixel_blocks] + [self.pixel_out.linear]
             if hasattr(self, "hint_embed"):
                 zero.append(self.hint_embed.proj)
+        elif self.tmsa:
+            zero.append(self.final_layer.linear)
         else:
             zero += [self.final_layer.adaLN, self.final_layer.linear]
         for layer in zero:
@@ -331,7 +351,7 @@ class DiffusionTransformer(nn.Module):
         if hasattr(self, "pos_embed"):
             tokens = tokens + self.pos_embed
         t_emb, y_emb = self.t_embedder(t), self.y_embedder(y)
-        c = F.silu(t_emb + y_emb) if cfg.cond_silu else t_emb + y_emb
+        c = F.silu(t_emb + y_emb) if cfg.cond_silu else t_emb + y_emb     # adaLN input, or DiffiT's time token
 
         n_ctx, prefix, repa = cfg.in_context_tokens, 0, None
         for i, block in enumerate(self.blocks):
@@ -356,7 +376,8 @@ class DiffusionTransformer(nn.Module):
         return self.pixel_out(pixels, hint_mod if cfg.hint_path == "output" else None)
 
 
-def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> DiffusionTransformer:
-    """Build (and validate) a model; `device='meta'` allocates nothing, for counting and planning."""
+def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> nn.Module:
+    """Build (and validate) the model of `cfg.architecture`; `device='meta'` allocates nothing, for
+    counting and planning. Every model maps (x, t, y[, hint, hint_mask]) to a `ModelOutput`."""
     with torch.device(device or "cpu"):
-        return DiffusionTransformer(cfg)
+        return DiffiTUNet(cfg) if cfg.architecture == "unet" else DiffusionTransformer(cfg)

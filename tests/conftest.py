@@ -34,6 +34,31 @@ def inputs(cfg: ModelConfig, batch: int = 2):
     return x, t, y
 
 
+# ---- samplers: a tiny data shape, its null label, and a recording network wrapper ----------------
+SHAPE = (3, 4, 4)
+NULL = 10
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def labels(b=4):
+    return torch.arange(b) % NULL
+
+
+class Recorder:
+    """Wraps a net; records the batch size and the (first) network time of every forward."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, x, t, y):
+        assert x.shape[0] == t.shape[0] == y.shape[0]
+        self.calls.append((x.shape[0], float(t[0])))
+        return self.fn(x, t, y)
+
+
 def run_evaluated_sweep(folder: Path, name: str, steps: int, eval_step: int, paper: dict, **more) -> Path:
     """A real tiny sweep, run in-process (debug executor): 3 rows x 2 seeds — patch-wise and pixel-wise
     AdaLN, and a row that diverges (lr 1e12) so its runs fail — with the offline metric at `eval_step`

@@ -298,7 +298,7 @@ def test_validate_data_rejects_a_folder_without_images(tmp_path):
     (tmp_path / "class_a").mkdir()
     (tmp_path / "class_a" / "readme.txt").write_text("x")
     cfg = DataConfig(name="imagefolder", path=str(tmp_path), resolution=16)
-    with pytest.raises(ConfigError, match=r"^data\.path=.*no class folders with images"):
+    with pytest.raises(ConfigError, match=r"^data\.path=.*no images \(class folders of images, or images"):
         validate_data(cfg, 16)
     with pytest.raises(ConfigError, match=r"^data\.path"):
         build_dataset(cfg)
@@ -307,3 +307,17 @@ def test_validate_data_rejects_a_folder_without_images(tmp_path):
     validate_data(DataConfig(name="shapes", resolution=64), 64)
     assert dataset_num_classes(DataConfig(name="digits")) == 10
     assert dataset_num_classes(DataConfig(name="shapes")) == 10
+
+
+def test_a_flat_folder_of_images_is_one_class(tmp_path):
+    """FFHQ-style data for unconditional models: images directly in data.path, no class folders."""
+    from PIL import Image
+    for i in range(3):
+        Image.new("RGB", (20, 24), (40 * i, 0, 0)).save(tmp_path / f"{i:05d}.png")
+    cfg = DataConfig(name="imagefolder", path=str(tmp_path), resolution=16)
+    validate_data(cfg, 16)
+    dataset = build_dataset(cfg)
+    assert dataset.num_classes == 1 and dataset_num_classes(cfg) == 1 and len(dataset) == 3
+    images, labels = dataset.all_images()
+    assert images.shape == (3, 3, 16, 16) and labels.tolist() == [0, 0, 0]
+    assert images[2, 0].mean() > images[1, 0].mean() > images[0, 0].mean()

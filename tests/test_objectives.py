@@ -305,7 +305,7 @@ def test_objective_trains_the_real_model(case):
 # ---- validation --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("changes, model, key", [
-    (dict(kind="foo"), {}, "objective.kind='foo': unknown value, expected one of ['flow', 'ddpm']"),
+    (dict(kind="foo"), {}, "objective.kind='foo': unknown value, expected one of ['flow', 'ddpm', 'edm']"),
     (dict(loss_space="x"), {}, "objective.loss_space="),
     (dict(t_sampling="beta"), {}, "objective.t_sampling="),
     (dict(p_std=0.0), {}, "objective.p_std="),

