@@ -50,6 +50,9 @@ from .config import ObjectiveConfig
 KINDS = ("flow", "ddpm", "edm")
 LOSS_SPACES = ("velocity", "native")
 T_SAMPLINGS = ("logit_normal", "uniform")
+# The network output an objective's loss is written for, where it fixes one: DDPM's eps [DiT]; EDM's F,
+# whose preconditioned D = c_skip x + c_out F is the image [EDM]. Flow takes any of the three.
+FIXED_PREDICTION = {"ddpm": "noise", "edm": "image"}
 
 
 # ---- validation -------------------------------------------------------------------------------
@@ -87,29 +90,24 @@ def validate_objective(cfg: ObjectiveConfig, model: ModelConfig) -> None:
     if model.learn_sigma and cfg.kind != "ddpm":
         raise ConfigError(f"model.learn_sigma={_yaml(model.learn_sigma)}: a learned variance needs "
                           f"objective.kind=ddpm")
-    if cfg.kind == "ddpm":
-        if model.prediction != "noise":
-            raise ConfigError(f"model.prediction={model.prediction!r}: objective.kind=ddpm needs "
-                              f"model.prediction=noise")
+    if cfg.kind in FIXED_PREDICTION:
+        needed = FIXED_PREDICTION[cfg.kind]
+        if model.prediction != needed:
+            raise ConfigError(f"model.prediction={model.prediction!r}: objective.kind={cfg.kind} needs "
+                              f"model.prediction={needed}")
         if cfg.noise_scale != 1.0:
-            raise ConfigError(f"objective.noise_scale={cfg.noise_scale}: objective.kind=ddpm needs "
-                              f"noise_scale=1 (the schedule fixes the noise variance)")
-    elif cfg.kind == "edm":
-        if model.prediction != "image":
-            raise ConfigError(f"model.prediction={model.prediction!r}: objective.kind=edm needs "
-                              f"model.prediction=image (the network is EDM's F; D = c_skip x + c_out F is the image)")
-        if cfg.noise_scale != 1.0:
-            raise ConfigError(f"objective.noise_scale={cfg.noise_scale}: objective.kind=edm needs noise_scale=1 "
-                              f"(sigma sets the noise level)")
+            raise ConfigError(f"objective.noise_scale={cfg.noise_scale}: objective.kind={cfg.kind} needs "
+                              f"noise_scale=1 (its noise levels are fixed by the schedule or by sigma)")
+    elif model.prediction not in ("image", "velocity", "noise"):
+        raise ConfigError(f"model.prediction={model.prediction!r}: unknown value, expected one of "
+                          f"['image', 'velocity', 'noise']")
+    if cfg.kind == "edm":
         if cfg.time_shift != 1.0:
             raise ConfigError(f"objective.time_shift={cfg.time_shift}: objective.kind=edm needs 1.0 "
                               f"(ln(sigma) ~ N(p_mean, p_std) is not shifted)")
         if cfg.t_sampling != "logit_normal":
             raise ConfigError(f"objective.t_sampling={cfg.t_sampling!r}: objective.kind=edm needs logit_normal "
                               f"(ln(sigma) ~ N(p_mean, p_std))")
-    elif model.prediction not in ("image", "velocity", "noise"):
-        raise ConfigError(f"model.prediction={model.prediction!r}: unknown value, expected one of "
-                          f"['image', 'velocity', 'noise']")
 
 
 def make_objective(cfg: ObjectiveConfig, model: ModelConfig) -> "Objective":

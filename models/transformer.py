@@ -291,8 +291,9 @@ class DiffusionTransformer(nn.Module):
             self.in_context_pos = nn.Parameter(torch.zeros(1, n_ctx, D))
         band = cfg.dropout_blocks()
         self.tmsa = cfg.time_conditioning == "tmsa"
-        block = GridBlock if self.tmsa else (lambda cfg, i, dropout: PatchBlock(cfg, dropout))
-        self.blocks = nn.ModuleList(block(cfg, i, cfg.dropout if i in band else 0.0) for i in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            GridBlock(cfg, i, cfg.dropout if i in band else 0.0) if self.tmsa
+            else PatchBlock(cfg, cfg.dropout if i in band else 0.0) for i in range(cfg.depth))
         if cfg.repa:
             self.repa_projector = RepaProjector(cfg)
         if cfg.pixel_pathway:
