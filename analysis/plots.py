@@ -1,5 +1,8 @@
 """Figures of a sweep: training loss, the metric over training, the final metric per row, and quality
-against cost (GFLOPs, images/s). Each is written as PNG and PDF.
+against cost (GFLOPs, images/s). Each is written as PNG and PDF. A progress figure (loss or metric
+against steps) is drawn only when the finished runs logged it at two points or more; otherwise
+`progress_notes` says so in one sentence. Error bars are the 95% t-intervals of the tables
+(`analysis.stats`), absent with one seed.
 
 Every row keeps one colour in every figure (tab10 by the row's index in the sweep file, so the same
 sweep always draws the same way); grid points of a row share its colour and differ by line style and
@@ -27,7 +30,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .runs import SweepRuns, metric_history
-from .table import lower_is_better
+from .stats import MIN_N, t_interval
+from .table import lower_is_better, paper_label
 
 LINE_STYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -111,6 +115,28 @@ def final_values(sweep: SweepRuns, metric: str) -> dict[tuple[str, str], pd.Seri
     return out
 
 
+def progress_points(sweep: SweepRuns, key: str) -> list[int]:
+    """The distinct steps at which the finished runs logged `key`."""
+    return sorted({int(s) for s in finished_history(sweep, key)["step"]})
+
+
+def progress_notes(sweep: SweepRuns, metric: str) -> list[str]:
+    """One sentence for each progress figure left out because it would have fewer than two points."""
+    notes = []
+    for key in dict.fromkeys(["loss", metric.split("/")[0]]):
+        points = progress_points(sweep, key)
+        if len(points) < 2:
+            at = f"once (step {points[0]})" if points else "at no point by a finished run"
+            notes.append(f"{key} was logged {at}: no progress plot (it needs two evaluation points or more).")
+    return notes
+
+
+def _error(v: pd.Series) -> float | None:
+    """Half-width of the 95% t-interval over seeds, None with fewer than two."""
+    interval = t_interval(v)
+    return interval.half_width if interval.n > 1 else None
+
+
 def _state_text(sweep: SweepRuns, s: Series) -> str:
     group = sweep.frame[(sweep.frame["label"] == s.label) & (sweep.frame["grid"] == s.grid)]
     counts = group["state"].value_counts()
@@ -191,7 +217,7 @@ def metric_curve_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) 
 
 
 def bar_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figure:
-    """Final metric per row (mean over finished seeds, error bar: std over seeds, dots: each seed);
+    """Final metric per row (mean over finished seeds, error bar: 95% t-interval, dots: each seed);
     rows without a finished run keep their slot, marked with their state."""
     series = sweep_series(sweep)
     values = final_values(sweep, metric)
@@ -205,17 +231,18 @@ def bar_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figure
         if len(v) == 0:
             missing.append((i, _state_text(sweep, s)))
             continue
-        std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         ax.bar(i, float(v.mean()), color=colour, edgecolor="black", linewidth=0.6, hatch=None if s.point == 0
                else ["", "//", "..", "xx"][s.point % 4], gid=s.label)
-        if len(v) > 1:
-            ax.errorbar(i, float(v.mean()), yerr=std, color="black", capsize=4, linewidth=1)
+        if _error(v) is not None:
+            bars = ax.errorbar(i, float(v.mean()), yerr=_error(v), color="black", capsize=4, linewidth=1)
+            for line in bars.lines[2] if len(v) < MIN_N else []:      # unreliable interval: dashed
+                line.set_linestyle("--")
         ax.scatter(np.full(len(v), i) + np.linspace(-0.12, 0.12, len(v)), v.to_numpy(), s=12, color="black",
                    zorder=3, alpha=0.7)
         paper = sweep.spec.rows[s.row].paper.get(metric)
         if paper is not None:
             paper_handle = ax.scatter([i], [paper], marker="D", s=40, facecolor="white", edgecolor="black",
-                                      zorder=4, label="paper")
+                                      zorder=4, label=f"paper: {paper_label(sweep, metric)}")
     for i, text in missing:
         ax.text(i, 0, f" no finished run: {text}", rotation=90, ha="center", va="bottom", fontsize="small", color="0.3")
     ax.set_xticks(x, [s.name for s in series], rotation=25 if len(series) > 3 else 0, ha="right"
@@ -225,7 +252,7 @@ def bar_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figure
     ax.set_xlim(-0.6, len(series) - 0.4)
     ax.set_ylabel(axis_label(metric))
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"{sweep.spec.name}: final {metric} per row — mean ± std over seeds, dots: seeds",
+    ax.set_title(f"{sweep.spec.name}: final {metric} — mean, 95% t-interval (dashed: n < {MIN_N}), dots: seeds",
                  fontsize="medium")
     if paper_handle is not None:
         ax.legend(handles=[paper_handle], loc="upper right", fontsize="small")
@@ -247,12 +274,11 @@ def cost_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figur
         finished = done[(done["label"] == s.label) & (done["grid"] == s.grid)]
         throughput = (finished["metric.images_per_s"].dropna().mean() if "metric.images_per_s" in finished
                       else np.nan)
-        mean, std = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        mean = float(v.mean())
         for ax, xval in zip(axes, (float(group["gflops"].iloc[0]), throughput)):
             if pd.isna(xval):
                 continue
-            ax.errorbar(xval, mean, yerr=std if len(v) > 1 else None, color=colours[s.label], capsize=3,
-                        linewidth=1, zorder=2)
+            ax.errorbar(xval, mean, yerr=_error(v), color=colours[s.label], capsize=3, linewidth=1, zorder=2)
             ax.scatter([xval], [mean], color=colours[s.label], marker=s.marker, s=45, edgecolor="black",
                        linewidth=0.5, zorder=3, gid=s.label)
             ax.annotate(s.name, (xval, mean), xytext=(5, 4), textcoords="offset points", fontsize="x-small",
@@ -265,18 +291,23 @@ def cost_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figur
         ax.margins(x=0.2, y=0.1)
         if not drawn:
             _empty(ax, "no finished run yet")
-    fig.suptitle(f"{sweep.spec.name}: final {metric} against cost (mean ± std over seeds)", fontsize="medium")
+    fig.suptitle(f"{sweep.spec.name}: final {metric} against cost (mean and 95% t-interval over seeds)",
+                 fontsize="medium")
     _legend(fig, sweep, drawn, colours, lines=False)
     return fig
 
 
 def build_figures(sweep: SweepRuns, metric: str) -> dict[str, Figure]:
-    """name -> figure; names are the file stems `make_plots` writes."""
+    """name -> figure; names are the file stems `make_plots` writes. Progress figures with fewer than two
+    points are left out (`progress_notes` says which)."""
     colours = row_colours(sweep)
     stem = file_stem(metric)
-    figures = {"loss": loss_figure(sweep, colours)}
-    if metric.split("/")[0] != "loss":          # else it would repeat the loss figure
-        figures[f"{file_stem(metric.split('/')[0])}_during_training"] = metric_curve_figure(sweep, metric, colours)
+    figures = {}
+    if len(progress_points(sweep, "loss")) >= 2:
+        figures["loss"] = loss_figure(sweep, colours)
+    key = metric.split("/")[0]
+    if key != "loss" and len(progress_points(sweep, key)) >= 2:     # loss: it would repeat the loss figure
+        figures[f"{file_stem(key)}_during_training"] = metric_curve_figure(sweep, metric, colours)
     figures[f"{stem}_per_row"] = bar_figure(sweep, metric, colours)
     figures[f"{stem}_vs_cost"] = cost_figure(sweep, metric, colours)
     return figures

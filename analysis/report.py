@@ -5,16 +5,23 @@
 
 The notebook holds no numbers of its own: it reads MLflow through `load_sweep_runs(sweep_path)`, so it
 re-runs later on its own (`papermill <notebook> out.ipynb`, or top to bottom in Jupyter) and shows the
-sweep as it is then. Sections: the ablation table, the plots (`analysis.plots`), each row's resolved
-config difference from the baseline row, the failed and missing runs with their reasons, and the
-environment (versions, the runs' git commits). Both files are logged to the sweep's latest parent
-MLflow run under `report/` (the plots under `plots/`).
+sweep as it is then. Sections: the sweep's description and notes (from its file), the ablation table
+(with class accuracy beside the distance, and its caption: interval, test, what ours and the paper's numbers
+are), one sample grid per row from the same noise and labels (`analysis.samples`), the plots (`analysis.plots`; progress plots only with two
+evaluation points or more), each row's resolved config difference from the baseline row (settings
+without effect on the row's model left out: `ModelConfig.inert_fields`), the failed and missing runs
+with their reasons, and the environment (versions, the runs' git commits). The HTML shows the outputs
+only; the notebook keeps the code. The notebook, the HTML and the table (`table.md`, `.tex`, `.csv`) are
+logged to the sweep's latest parent MLflow run under `report/` (the plots under `plots/`).
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +30,10 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from harness import configure
+from models.cli import kernel_arguments
+from models.config import ModelConfig
 
 from .runs import SweepRuns
 
@@ -63,9 +74,25 @@ def row_configs(sweep: SweepRuns) -> dict[str, dict[str, str]]:
     return configs
 
 
+def model_config_of(config: dict[str, str]) -> ModelConfig:
+    """The ModelConfig of a flattened config whose values are strings, as MLflow stores them."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {}
+    for key, text in config.items():
+        name = key.removeprefix("model.")
+        if key.startswith("model.") and name in names:
+            try:
+                values[name] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                values[name] = text
+    return ModelConfig(**values)
+
+
 def config_differences(sweep: SweepRuns) -> pd.DataFrame:
     """Long frame (label, key, baseline, value): for every row but the baseline, the resolved config
-    keys whose value differs from the baseline row's (bookkeeping keys such as run names left out)."""
+    keys whose value differs from the baseline row's. Left out: bookkeeping keys (run names, paths,
+    tracking) and model switches without effect on the row's model (`ModelConfig.inert_fields`, e.g.
+    `adaln` without a pixel pathway); a switch that has no effect on the baseline's model says so."""
     configs = row_configs(sweep)
     baseline_label = sweep.spec.baseline_label
     base = configs.get(baseline_label, {})
@@ -74,12 +101,9 @@ def config_differences(sweep: SweepRuns) -> pd.DataFrame:
         if label == baseline_label:
             continue
         config = configs[label]
-        for key in sorted(set(base) | set(config)):
-            if _is_bookkeeping(key):
-                continue
-            a, b = base.get(key, "(unset)"), config.get(key, "(unset)")
-            if a != b:
-                records.append({"label": label, "key": key, "baseline": a, "value": b})
+        records += [{"label": label, "key": key, "baseline": a, "value": b} for key, a, b in
+                    configure.config_differences(base, config, model_config_of(base), model_config_of(config),
+                                                 _is_bookkeeping)]
     return pd.DataFrame(records, columns=["label", "key", "baseline", "value"])
 
 
@@ -87,12 +111,13 @@ def differences_markdown(sweep: SweepRuns, differences: pd.DataFrame | None = No
     differences = config_differences(sweep) if differences is None else differences
     baseline = sweep.spec.baseline_label
     lines = [f"Baseline row: **{_md(baseline)}**. Listed: the resolved config keys whose value differs from "
-             f"the baseline's (first seed of each row; run names, paths and tracking left out).", ""]
+             f"the baseline's (first seed of each row; run names, paths and tracking left out, and model "
+             f"switches that have no effect on the row's model).", ""]
     for label in sweep.labels:
         if label == baseline:
             continue
         rows = differences[differences["label"] == label]
-        lines.append(f"**{_md(label)}**" + ("" if len(rows) else ": same resolved config as the baseline"))
+        lines.append(f"**{_md(label)}**" + ("" if len(rows) else ": same effective config as the baseline"))
         lines.append("")
         if len(rows):
             lines += ["| key | baseline | this row |", "| --- | --- | --- |"]
@@ -183,9 +208,33 @@ def _git_commit() -> str:
 
 
 def _md(value) -> str:
-    """A value as one markdown table cell."""
+    """A value as Markdown text (a table cell, a list item, bold): shown as written, never read as
+    Markdown — a label such as "+ RoPE" stays text, not a bullet."""
     text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    for char in "*`<":                               # emphasis, code, HTML
+        text = text.replace(char, "\\" + char)
+    if text[:1] in ("+", "-", "#", ">"):             # a list marker, heading or quote at the start of a line
+        return "\\" + text
+    return re.sub(r"^(\d+)([.)])", r"\1\\\2", text)    # "1. x" would start an ordered list
+
+
+def samples_markdown(sweep: SweepRuns, grids) -> list[tuple[str, str | None]]:
+    """(Markdown caption, PNG path or None) per table row: the run sampled, its distance and class
+    accuracy beside its grid, or why there is no grid."""
+    frame = sweep.frame
+    out = []
+    for grid in grids:
+        name = grid.label + ("" if grid.grid in ("{}", "", None) else f" {grid.grid}")
+        if grid.path is None:
+            out.append((f"**{_md(name)}**: no grid ({_md(grid.reason)}).", None))
+            continue
+        run = frame[(frame["label"] == grid.label) & (frame["grid"] == grid.grid) & (frame["seed"] == grid.seed)].iloc[0]
+        scores = ", ".join(f"{key} {run[f'metric.{key}']:.4g}" for key in ("fid", "fd", "class_acc")
+                           if f"metric.{key}" in run and pd.notna(run[f"metric.{key}"]))
+        out.append((f"**{_md(name)}**: seed {grid.seed}, step {grid.step}" + (f"; this run's {scores}" if scores
+                    else "") + ".", str(grid.path)))
+    return out
 
 
 # ---- the notebook --------------------------------------------------------------------------------
@@ -198,16 +247,18 @@ def build_notebook(sweep_path: str | Path, out_dir: str | Path, metric: str | No
     sweep_path = Path(sweep_path).resolve()
     spec = load_sweep(sweep_path)
     workdir = str(Path(workdir or os.getcwd()).resolve())
-    rows = "\n".join(f"{i + 1}. {row.label}" + (" (baseline)" if row.label == spec.baseline_label else "")
+    rows = "\n".join(f"{i + 1}. {_md(row.label)}" + (" (baseline)" if row.label == spec.baseline_label else "")
                      for i, row in enumerate(spec.rows))
     grid = f" crossed with the grid {json.dumps(spec.grid)}" if spec.grid else ""
     cells = [
         new_markdown_cell(
             f"# Ablation report: {spec.name}\n\n"
-            f"Sweep file `{sweep_path}` (experiment `{spec.experiment}`): {len(spec.rows)} rows{grid}, "
-            f"seeds {spec.seeds}, compared against the baseline row **{spec.baseline_label}**.\n\n"
+            + (f"{spec.description}\n\n" if spec.description else "")
+            + f"Sweep file `{sweep_path}` (experiment `{spec.experiment}`): {len(spec.rows)} rows{grid}, "
+            f"seeds {spec.seeds}, compared against the baseline row **{_md(spec.baseline_label)}**.\n\n"
             f"{rows}\n\n"
-            "Everything below is read from the sweep's MLflow store when the notebook runs "
+            + (f"**Notes.** {spec.notes}\n\n" if spec.notes else "")
+            + "Everything below is read from the sweep's MLflow store when the notebook runs "
             "(`load_sweep_runs`), so re-running it shows the sweep as it is then: "
             "`papermill this.ipynb out.ipynb -p metric fd`, or run all cells in Jupyter. "
             "Generated by `analysis.report.write_report`."),
@@ -228,8 +279,10 @@ def build_notebook(sweep_path: str | Path, out_dir: str | Path, metric: str | No
             "os.chdir(workdir)                 # where a relative `output:` of the sweep file resolves\n\n"
             "import pandas as pd\n"
             "from IPython.display import Image, Markdown, display\n\n"
-            "from analysis.plots import make_plots\n"
-            "from analysis.report import differences_markdown, environment_markdown, failed_markdown\n"
+            "from analysis.plots import make_plots, progress_notes\n"
+            "from analysis.report import (differences_markdown, environment_markdown, failed_markdown,\n"
+            "                             samples_markdown, write_tables)\n"
+            "from analysis.samples import GRID_SEED, sample_grids\n"
             "from analysis.runs import load_sweep_runs\n"
             "from analysis.table import build_table, default_metric\n\n"
             "pd.set_option(\"display.max_columns\", 100)\n"
@@ -242,16 +295,33 @@ def build_notebook(sweep_path: str | Path, out_dir: str | Path, metric: str | No
             "                 + \", \".join(f\"{n} {state}\" for state, n in states.items())\n"
             "                 + f\". Metric: **{metric}**; MLflow store `{sweep.client.tracking_uri}`, \"\n"
             "                 f\"parent run `{sweep.parent_run_id}`.\"))"),
-        new_markdown_cell("## Ablation table\n\nMean ± std over the finished seeds (n), the difference "
-                          "against the baseline row with a paired test over seeds, and the runs' states."),
+        new_markdown_cell("## Ablation table\n\nMean and 95% t-interval over the finished seeds (n), class "
+                          "accuracy beside the distance where the runs logged it, paired t-tests against the "
+                          "baseline and the row above set beside the paper's ordering, and the runs' states; the "
+                          "caption below the table says what each number is."),
         new_code_cell(
             "table = build_table(sweep, metric)\n"
-            "display(Markdown(table.to_markdown()))"),
-        new_code_cell("table.frame    # the numbers behind the table"),
+            "display(Markdown(table.to_markdown()))\n"
+            "table_paths = write_tables(table, out_dir)"),
+        new_code_cell("display(Markdown(f\"The numbers behind the table (each seed's value, the intervals, the \"\n"
+                      "                 f\"tests): `{table_paths[2]}`; LaTeX: `{table_paths[1]}`.\"))"),
+        new_markdown_cell("## Samples\n\nOne grid per row, every row from the same noise and the same labels "
+                          "(columns: classes; lines: noise draws), so rows compare image by image: the row's "
+                          "first finished seed, its final checkpoint with the EMA weights it was evaluated with, "
+                          "sampled by its own sampler settings."),
+        new_code_cell(
+            "grids = sample_grids(sweep, Path(out_dir) / \"samples\")\n"
+            "display(Markdown(f\"Noise: seed {GRID_SEED}, the same tensor for every row.\"))\n"
+            "for caption, path in samples_markdown(sweep, grids):\n"
+            "    display(Markdown(caption))\n"
+            "    if path:\n"
+            "        display(Image(filename=path))"),
         new_markdown_cell("## Plots\n\nOne colour per row in every figure; written as PNG and PDF next to "
                           "this report."),
         new_code_cell(
             "plot_paths = make_plots(sweep, Path(out_dir) / \"plots\", metric)\n"
+            "for note in progress_notes(sweep, metric):\n"
+            "    display(Markdown(note))\n"
             "for path in plot_paths:\n"
             "    if path.suffix == \".png\":\n"
             "        display(Markdown(f\"**{path.stem}** (`{path}`, and `.pdf`)\"))\n"
@@ -269,9 +339,21 @@ def build_notebook(sweep_path: str | Path, out_dir: str | Path, metric: str | No
     return nb
 
 
+def write_tables(table, out_dir: str | Path) -> list[Path]:
+    """The table as `table.md`, `table.tex` and `table.csv` in `out_dir`."""
+    paths = []
+    for fmt, suffix in (("markdown", ".md"), ("latex", ".tex"), ("csv", ".csv")):
+        path = Path(out_dir) / f"table{suffix}"
+        path.write_text(table.render(fmt), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
 def render_html(notebook_path: Path, html_path: Path) -> Path:
+    """The executed notebook as HTML: outputs only (the notebook keeps the code)."""
     from nbconvert import HTMLExporter
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook_path, as_version=4))
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook_path, as_version=4))
     html_path.write_text(body, encoding="utf-8")
     return html_path
 
@@ -280,11 +362,11 @@ def _parent_run(spec):
     """(client, parent run id or None) of the sweep's latest submission."""
     from mlflow.tracking import MlflowClient
 
-    from harness.sweep.server import store_uri
     from harness.sweep.state import read_manifest
+    from harness.sweep.store import store_uri
     manifest = read_manifest(spec)
-    parent = manifest["submissions"][-1]["parent_run_id"] if manifest["submissions"] else None
-    return MlflowClient(store_uri(spec)), parent
+    parents = [s["parent_run_id"] for s in manifest["submissions"] if s.get("parent_run_id")]
+    return MlflowClient(store_uri(spec)), parents[-1] if parents else None
 
 
 def write_report(sweep_path: str | Path, out_dir: Path | None = None, metric: str | None = None,
@@ -310,7 +392,7 @@ def write_report(sweep_path: str | Path, out_dir: Path | None = None, metric: st
             papermill.execute_notebook(nb, str(notebook_path), kernel_name="python3", cwd=str(workdir),
                                        parameters={"sweep_path": str(sweep_path), "metric": metric,
                                                    "out_dir": str(out_dir), "workdir": str(workdir)},
-                                       progress_bar=False, log_output=False)
+                                       progress_bar=False, log_output=False, extra_arguments=kernel_arguments())
         finally:
             if notebook_path.exists():
                 render_html(notebook_path, html_path)
@@ -322,7 +404,11 @@ def write_report(sweep_path: str | Path, out_dir: Path | None = None, metric: st
         if parent:
             for path in (notebook_path, html_path):
                 client.log_artifact(parent, str(path), "report")
-            for path in sorted((out_dir / "plots").glob("*")):     # the plots this execution wrote
-                if path.suffix in (".png", ".pdf") and path.stat().st_mtime >= started:
-                    client.log_artifact(parent, str(path), "plots")
+            for path in sorted(out_dir.glob("table.*")):           # the tables this execution wrote
+                if path.stat().st_mtime >= started:
+                    client.log_artifact(parent, str(path), "report")
+            for folder in ("plots", "samples"):                     # the figures this execution wrote
+                for path in sorted((out_dir / folder).glob("*")):
+                    if path.suffix in (".png", ".pdf") and path.stat().st_mtime >= started:
+                        client.log_artifact(parent, str(path), folder)
     return notebook_path, html_path

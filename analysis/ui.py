@@ -1,30 +1,39 @@
 """Browse a sweep in the MLflow web UI: `python run_sweep.py ui SWEEP.yaml [--port P]`.
 
 `start_ui` serves the sweep's store with `mlflow server` (the documented command for the UI in MLflow 3;
-`mlflow ui` is its hidden alias) on 127.0.0.1, and returns the URL of the sweep's runs table: one flat row
-per run, sorted by the sweep's row order (the `row` tag), the parent run of each submission last. The
-experiment's default page in MLflow 3 is a GenAI overview, and the runs table nests a sweep's runs under
-the collapsed parent of their submission unless sorted by something other than the start time.
+`mlflow ui` is its hidden alias) on 127.0.0.1, and returns the URL of the sweep's view of its runs table,
+built from MLflow's own state, tags and names (nothing patched):
+
+- the view is a *shared view* (MLflow's "Share" button: the experiment tag `mlflow.sharedViewState.<key>`,
+  opened by `?viewStateShareKey=<key>`): the sweep's runs only (`tags.sweep`), in the file's row order, grouped
+  by row label (one colour per row, the row's mean beside its runs), with the columns that matter on the first
+  screen — the metric, the loss and the parameters the rows switch — instead of MLflow's defaults;
+- `workflowType=machine_learning` opens MLflow's model-training side navigation instead of the GenAI one;
+- runs are named `LABEL · seed S` (the trainer's `tracking.run_name`), and the experiment's description is the
+  sweep's `description:`.
+
+MLflow's Assistant panel opens by itself on a browser's first visit to a local server; closing it once is
+remembered by the browser (MLflow offers no switch to keep it closed).
 
 The server is a process group of its own, stopped by `stop_ui` (and by `ui_command` on Ctrl-C, SIGTERM or
 SIGHUP), so no worker outlives it. Its log is <sweep folder>/mlflow-ui.log.
 """
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import urllib.parse
-import urllib.request
-from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
-from harness.sweep.server import answers, launch_mlflow_server, stop_group, store_uri
+from harness.sweep.processes import stop_groups
+from harness.sweep.server import answers, launch_mlflow_server
 from harness.sweep.spec import SweepError, SweepSpec
+from harness.sweep.store import store_uri
 
-COMPARE_HINT = ("To compare runs: tick their checkboxes and press Compare (params, metrics and charts side "
-                "by side), or open the chart view (second icon above the table) to overlay their curves.")
+COMPARE_HINT = ("The runs are grouped by row label (Group by: label), each row in its colour with its mean; the "
+                "chart view (second icon above the table) draws each row's curves; tick runs and press Compare "
+                "for their parameters and metrics side by side.")
 
 
 def _remote(spec: SweepSpec) -> bool:
@@ -35,25 +44,59 @@ def _remote_message(spec: SweepSpec) -> str:
     uri = store_uri(spec)
     if not answers(uri.rstrip("/")):
         return f"{spec.name} logs to the tracking server {uri}, which does not answer now"
-    return f"{spec.name} logs to the tracking server {uri}, which serves the UI: {runs_url(uri, experiment_id(spec))}"
+    return f"{spec.name} logs to the tracking server {uri}, which serves the UI: {runs_url(uri, *prepare_view(spec))}"
 
 
-def experiment_id(spec: SweepSpec) -> str:
-    """The id of the sweep's experiment; a SweepError when nothing has been logged yet."""
-    uri = store_uri(spec)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise SweepError(f"{spec.path}: nothing logged yet ({uri[len('sqlite:///'):]} does not exist): "
-                         f"submit the sweep first")
-    experiment = MlflowClient(uri).get_experiment_by_name(spec.experiment_name)
-    if experiment is None:
-        raise SweepError(f"{spec.path}: the store {uri} has no experiment {spec.experiment_name!r}: "
-                         f"submit the sweep first")
-    return experiment.experiment_id
+def prepare_view(spec: SweepSpec) -> tuple[str, str]:
+    """(experiment id, view key) of the sweep, after checking the store is the sweep's (harness/sweep/store.py)
+    and writing its view there."""
+    from harness.sweep.state import read_manifest
+    from harness.sweep.store import open_store
+    client = open_store(spec, read_manifest(spec))
+    experiment = client.get_experiment_by_name(spec.experiment_name).experiment_id
+    return experiment, sweep_view(client, spec, experiment)
 
 
-def runs_url(base: str, experiment: str) -> str:
-    """The experiment's runs table, flat and in the sweep's row order (see the module docstring)."""
-    query = urllib.parse.urlencode({"orderByKey": "tags.`row`", "orderByAsc": "true"}, quote_via=urllib.parse.quote)
+SHARED_VIEW_TAG = "mlflow.sharedViewState."       # MLflow's prefix of a shared view's experiment tag
+METRICS = ("fid", "fd")                           # the metric shown: the first the runs logged, else the loss
+COLUMN_WIDTH = 110                                # pixels: a number to 4 digits, a parameter's value
+
+
+def view_state(spec: SweepSpec, runs: list) -> dict:
+    """The sweep's view of the runs table, in MLflow's shared-view format (search facets and UI state of its
+    experiment page): the sweep's runs in row order, grouped by label; columns (beside MLflow's fixed run name,
+    start time and duration): the metric, then the result-affecting parameters whose value differs between
+    runs, narrow enough for several to fit on the first screen."""
+    from harness.configure import affects_result
+    children = [run for run in runs if "label" in run.data.tags]
+    logged = {key for run in children for key in run.data.metrics}
+    metric = next((m for m in METRICS if m in logged), "loss")
+    keys = sorted({key for run in children for key in run.data.params})
+    switched = [key for key in keys if key != "run.seed" and affects_result(key)
+                and len({run.data.params.get(key) for run in children}) > 1]
+    columns = [f"metrics.`{metric}`", *(f"params.`{key}`" for key in switched)]
+    return {
+        "searchFilter": f"tags.sweep = '{spec.name}'", "orderByKey": "tags.`row`", "orderByAsc": True,
+        "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": columns, "columnWidths": {column: COLUMN_WIDTH for column in columns},
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "label"}]},
+        "groupsExpanded": {"tag.label": True},     # the group of runs without a label: the submissions' parent runs
+        "runsHiddenMode": "SHOW_ALL", "useGroupedValuesInCharts": True, "hideEmptyCharts": True,
+    }
+
+
+def sweep_view(client, spec: SweepSpec, experiment: str) -> str:
+    """Write the sweep's view (and the experiment's description) to its experiment; returns the view's key."""
+    runs = client.search_runs([experiment], filter_string=f"tags.sweep = '{spec.name}'", max_results=5000)
+    client.set_experiment_tag(experiment, SHARED_VIEW_TAG + spec.name, json.dumps(view_state(spec, runs)))
+    if spec.description:
+        client.set_experiment_tag(experiment, "mlflow.note.content", spec.description)
+    return spec.name
+
+
+def runs_url(base: str, experiment: str, view: str) -> str:
+    """The experiment's runs table in the sweep's view, with MLflow's model-training navigation."""
+    query = urllib.parse.urlencode({"viewStateShareKey": view, "workflowType": "machine_learning"})
     return f"{base.rstrip('/')}/#/experiments/{experiment}/runs?{query}"
 
 
@@ -64,16 +107,16 @@ def start_ui(spec: SweepSpec, host: str = "127.0.0.1", port: int | None = None,
     nothing yet or logs to a remote tracking server (which serves the UI itself), RuntimeError when the
     server does not start within `timeout` seconds."""
     if _remote(spec):
-        raise SweepError(f"{spec.path}: tracking.uri: {_remote_message(spec)}")
-    experiment = experiment_id(spec)
+        raise SweepError("tracking.uri", reason=_remote_message(spec), source=str(spec.path))
+    experiment, view = prepare_view(spec)
     proc, base = launch_mlflow_server(store_uri(spec), spec.folder / "mlartifacts", spec.folder / "mlflow-ui.log",
                                       host, port, timeout)
-    return proc, runs_url(base, experiment)
+    return proc, runs_url(base, experiment, view)
 
 
 def stop_ui(proc: subprocess.Popen, grace: float = 10) -> None:
     """Stop the server and every process it started (its own process group)."""
-    stop_group(proc.pid, grace)
+    stop_groups([proc.pid], grace)
     proc.wait()
 
 

@@ -23,14 +23,15 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
-from harness.sweep.cli import current_states
-from harness.sweep.executors import submit
 from analysis.runs import load_sweep_runs
 from analysis.table import build_table
+from harness.sweep.commands import current_states
+from harness.sweep.executors import Task, executor_class
+from harness.sweep.jobs import TrainJob
 from harness.sweep.plan import plan_sweep, write_plan_cache
-from harness.sweep.server import prepare_store, store_uri
 from harness.sweep.spec import load_sweep
-from harness.sweep.state import record_submission
+from harness.sweep.state import new_manifest, record_submission
+from harness.sweep.store import prepare_store, store_uri
 
 
 def write(folder: Path, executor: dict) -> Path:
@@ -59,10 +60,13 @@ def main():
 
     slurm = "SLURM_CONF" in os.environ and shutil.which("sbatch")
     jobs = []
+    manifest = new_manifest(spec)
+    experiment_id = prepare_store(spec, manifest)
     if slurm:
-        prepare_store(spec)
         start = time.perf_counter()
-        jobs = submit(spec, runs[:100], "slurm", store_uri(spec), parent_run_id="bench")
+        tasks = [Task(run.run_name, spec.executor, TrainJob(run.overrides(spec, store_uri(spec), "bench")))
+                 for run in runs[:100]]
+        jobs = executor_class("slurm")(spec.folder, spec.name).submit(tasks)
         elapsed = time.perf_counter() - start
         arrays = sorted({j.job_id.split("_")[0] for j in jobs})
         queued = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i %T %r"],
@@ -74,13 +78,11 @@ def main():
 
     # 1,000 runs in MLflow, tagged as the jobs tag them, and a manifest of what was submitted
     client = MlflowClient(store_uri(spec))
-    experiment_id = prepare_store(spec)
     for run in runs:
         created = client.create_run(experiment_id, run_name=run.run_name,
                                     tags={"sweep": spec.name, "signature": run.signature})
         client.set_terminated(created.info.run_id, "FINISHED")
-    manifest = {"sweep": spec.name, "file": str(path), "submissions": [], "runs": {}}
-    record_submission(spec, manifest, runs[:100], jobs, "bench", "slurm") if jobs else None
+    record_submission(spec, manifest, runs[:100], jobs, "bench", "slurm")
     start = time.perf_counter()
     states = current_states(spec, runs)
     elapsed = time.perf_counter() - start

@@ -4,7 +4,7 @@
     python -m harness.audit runs/demo/config.yaml --against pixeldit_xl_paper   # a run's resolved config
     python -m harness.audit jit_l16_paper model.adaln=B --json
 
-This is the seeds' hand-written code-vs-paper analysis (../shared/seeds/000, 001) made automatic:
+This is the hand-written code-vs-paper analysis of the jitmask codebase (the project's starting point) made automatic:
 only fields that change the result are compared (paths, logging and tracking are not).
 """
 from __future__ import annotations
@@ -17,13 +17,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from models.config import ConfigError
+from models.cli import ArgumentParser, run
+from models.config import ConfigError, unknown
 
 from .config import TrainConfig
-from .configure import affects_result, compose_config, flatten, group_options
 
 _PAPER = "PixelDiT (arXiv 2511.20645)"
 _DIFFIT = "DiffiT (arXiv 2312.02139)"
+_JIT = "JiT (Li & He, 'Back to Basics')"
+_DIT = "DiT (Peebles & Xie)"
 # Where each value of a paper recipe comes from. Keys not listed cite the experiment file itself.
 SOURCES: dict[str, dict[str, str]] = {
     "pixeldit_xl_paper": {
@@ -69,6 +71,12 @@ SOURCES: dict[str, dict[str, str]] = {
         "model.norm": f"{_PAPER} Table 4 '+RMSNorm'",
         "model.qk_norm": f"{_PAPER} official code: RMSNorm q/k-norm",
         "model.qkv_bias": f"{_PAPER} official code: no qkv bias",
+        "model.norm_affine": f"{_PAPER} official code: RMSNorm with a learnable weight (modules.RMSNorm)",
+        "model.rope_positions": f"{_PAPER} official code: RoPE positions linspace(0, 16, grid) in the patch blocks "
+                                f"and the PiT attention (modules.precompute_freqs_cis_2d)",
+        "model.gelu": f"{_PAPER} official code: exact GELU in the PiT MLP (modules.MLP, nn.GELU())",
+        "model.flow_time": f"{_PAPER} official code: t = 1 is data, x_t = t x + (1 - t) eps, v = x - eps",
+        "model.dropout": f"{_PAPER} official code: no dropout",
         "model.time_max_period": f"{_PAPER} official code: t in [0, 1], sinusoid max period 10",
         "train.global_batch": f"{_PAPER} training details: batch 256",
         "train.precision": f"{_PAPER} training details: bfloat16",
@@ -87,6 +95,8 @@ SOURCES: dict[str, dict[str, str]] = {
         "model.unet_channels": f"{_DIFFIT} Tables S.2-S.3 and I.1: 128, then 256 kept constant",
         "model.unet_blocks": f"{_DIFFIT} H.1: L1 = L2 = L3 = 4 (I.1 says 2 per stage)",
         "model.time_embed_dim": f"{_DIFFIT} Table 3: time dimension 512",
+        "model.norm_affine": f"{_DIFFIT} official code (diffit/diffit.py): LayerNorm without affine",
+        "model.gelu": f"{_DIFFIT} official code (diffit/diffit.py): GELU with the tanh approximation",
         "model.num_classes": f"{_DIFFIT} I.1: image-space experiments are unconditional",
         "objective.kind": f"{_DIFFIT} I.1: EDM's training configuration",
         "objective.p_mean": f"{_DIFFIT} I.1 via EDM: ln sigma ~ N(-1.2, 1.2)",
@@ -97,28 +107,42 @@ SOURCES: dict[str, dict[str, str]] = {
         "eval.sampler.kind": f"{_DIFFIT} I.1: EDM's deterministic sampler",
         "eval.sampler.steps": f"{_DIFFIT} I.1: 18 steps for CIFAR-10",
     },
+    "jit_l16_paper": {
+        "model.rope_positions": f"{_JIT} code (util/model_util.py VisionRotaryEmbeddingFast): integer positions",
+        "model.norm_affine": f"{_JIT} code (util/model_util.py RMSNorm): a learnable weight",
+        "model.dropout": f"{_JIT} code: dropout after the attention projection and on the SwiGLU hidden, in the "
+                         f"middle half of the blocks (0 for B and L, 0.2 for H)",
+        "model.prediction": f"{_JIT}: the network predicts the clean image",
+    },
+    "dit_xl2_paper": {
+        "model.norm_affine": f"{_DIT} code (models.py): LayerNorm without affine",
+        "model.gelu": f"{_DIT} code (models.py): GELU with the tanh approximation",
+        "model.pos_embed": f"{_DIT} code (models.py): fixed 2D sin-cos table, column first (MAE)",
+    },
 }
 
 
 def load_flat(spec: str, overrides: list[str]) -> tuple[str, dict]:
     """An experiment name, or a YAML file holding a (resolved) config, plus overrides -> flat dict."""
+    from .configure import compose_config, config_error, flatten, group_options     # hydra: not for --help
     path = Path(spec)
     if path.suffix in (".yaml", ".yml"):
         if not path.exists():
-            raise ConfigError(f"{spec}: file does not exist")
+            raise ConfigError(None, reason="file does not exist", source=spec)
         try:
             merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path),
                                      OmegaConf.from_dotlist(overrides))
         except OmegaConfBaseException as err:
-            raise ConfigError(f"{spec}: {str(err).splitlines()[0]}") from None
+            raise config_error(err, spec) from None
         return str(path), flatten(merged)
     if spec not in group_options("experiment"):
-        raise ConfigError(f"experiment={spec}: unknown, expected a YAML file or one of {group_options('experiment')}")
+        raise unknown("experiment", spec, group_options("experiment"), "experiment (or a YAML file)")
     composed, _ = compose_config([f"+experiment={spec}", *overrides], source=spec)
     return spec, flatten(composed)
 
 
 def differences(ours: dict, paper: dict, paper_name: str) -> list[dict]:
+    from .configure import affects_result
     sources = SOURCES.get(paper_name, {})
     rows = []
     for key in paper:
@@ -130,19 +154,19 @@ def differences(ours: dict, paper: dict, paper_name: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.audit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run(lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
+    parser = ArgumentParser(prog="python -m harness.audit", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="experiment name or YAML config file")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to the config")
     parser.add_argument("--against", default="pixeldit_xl_paper", help="the paper recipe (an experiment name)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        name, ours = load_flat(args.config, args.overrides)
-        paper_name, paper = load_flat(args.against, [])
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    name, ours = load_flat(args.config, args.overrides)
+    paper_name, paper = load_flat(args.against, [])
     rows = differences(ours, paper, paper_name)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))

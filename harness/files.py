@@ -27,3 +27,9 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def default_cache_dir() -> Path:
+    """Where caches go when the caller names none (metric networks, reference statistics):
+    $DITLAB_CACHE or ~/.cache/ditlab."""
+    return Path(os.environ.get("DITLAB_CACHE", "~/.cache/ditlab")).expanduser()

@@ -16,6 +16,8 @@ Flow, the three network outputs (`model.prediction`) and how each becomes a velo
     velocity  v_hat = pred                                                   [PixelDiT]
     image     v_hat = (x_hat - x_t) / clamp(1 - t, t_eps)                    [JiT]
     noise     x_hat = (x_t - (1 - t) eps_hat) / clamp(t, t_eps);  v_hat = x_hat - eps_hat
+A network trained in SiT's time (`model.flow_time=data_at_0` [REPA]: t = 0 is data, its velocity is eps - x)
+gets 1 - t and its velocity output is negated; nothing else changes.
 `loss_space=velocity` compares velocities (for an image output this is JiT's loss, the x-MSE weighted by
 1 / clamp(1 - t, t_eps)^2: the target is JiT's v = (x - x_t) / clamp(1 - t, t_eps), which is x - eps
 wherever the clamp is inactive); `loss_space=native` compares the output with its own target (x, eps or v).
@@ -43,13 +45,10 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from models.config import ConfigError, ModelConfig
+from models.config import ConfigError, ModelConfig, check_choices
 
 from .config import ObjectiveConfig
 
-KINDS = ("flow", "ddpm", "edm")
-LOSS_SPACES = ("velocity", "native")
-T_SAMPLINGS = ("logit_normal", "uniform")
 # The network output an objective's loss is written for, where it fixes one: DDPM's eps [DiT]; EDM's F,
 # whose preconditioned D = c_skip x + c_out F is the image [EDM]. Flow takes any of the three.
 FIXED_PREDICTION = {"ddpm": "noise", "edm": "image"}
@@ -57,57 +56,49 @@ FIXED_PREDICTION = {"ddpm": "noise", "edm": "image"}
 
 # ---- validation -------------------------------------------------------------------------------
 
-def _yaml(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else repr(value)
-
-
 def validate_objective(cfg: ObjectiveConfig, model: ModelConfig) -> None:
     """Refuse an invalid objective (or objective/model combination) with one line naming the key."""
-    for key, choices in (("kind", KINDS), ("loss_space", LOSS_SPACES), ("t_sampling", T_SAMPLINGS)):
-        value = getattr(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"objective.{key}={value!r}: unknown value, expected one of {list(choices)}")
+    check_choices(cfg, "objective.")
     for key in ("p_std", "time_shift", "noise_scale"):
         value = getattr(cfg, key)
         if not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"objective.{key}={value}: must be positive")
+            raise ConfigError(f"objective.{key}", value, "must be positive")
     if not (math.isfinite(cfg.sigma_data) and cfg.sigma_data > 0):
-        raise ConfigError(f"objective.sigma_data={cfg.sigma_data}: must be positive")
+        raise ConfigError("objective.sigma_data", cfg.sigma_data, "must be positive")
     if not math.isfinite(cfg.p_mean):
-        raise ConfigError(f"objective.p_mean={cfg.p_mean}: must be finite")
+        raise ConfigError("objective.p_mean", cfg.p_mean, "must be finite")
     if not 0.0 < cfg.t_eps < 1.0:
-        raise ConfigError(f"objective.t_eps={cfg.t_eps}: must be in (0, 1)")
+        raise ConfigError("objective.t_eps", cfg.t_eps, "must be in (0, 1)")
     if not (math.isfinite(cfg.vlb_weight) and cfg.vlb_weight >= 0):
-        raise ConfigError(f"objective.vlb_weight={cfg.vlb_weight}: must be >= 0")
+        raise ConfigError("objective.vlb_weight", cfg.vlb_weight, "must be >= 0")
     if isinstance(cfg.ddpm_steps, bool) or not isinstance(cfg.ddpm_steps, int) or cfg.ddpm_steps < 1:
-        raise ConfigError(f"objective.ddpm_steps={cfg.ddpm_steps}: must be a positive integer")
+        raise ConfigError("objective.ddpm_steps", cfg.ddpm_steps, "must be a positive integer")
     if not 0.0 < cfg.beta_start < 1.0:
-        raise ConfigError(f"objective.beta_start={cfg.beta_start}: must be in (0, 1)")
+        raise ConfigError("objective.beta_start", cfg.beta_start, "must be in (0, 1)")
     if not cfg.beta_start <= cfg.beta_end < 1.0:
-        raise ConfigError(f"objective.beta_end={cfg.beta_end}: must be in [objective.beta_start="
+        raise ConfigError("objective.beta_end", cfg.beta_end, f"must be in [objective.beta_start="
                           f"{cfg.beta_start}, 1)")
 
+    if model.flow_time != "data_at_1" and cfg.kind != "flow":
+        raise ConfigError("model.flow_time", model.flow_time, f"a flow time convention needs objective.kind=flow "
+                          f"(objective.kind={cfg.kind} fixes its own network time)")
     if model.learn_sigma and cfg.kind != "ddpm":
-        raise ConfigError(f"model.learn_sigma={_yaml(model.learn_sigma)}: a learned variance needs "
-                          f"objective.kind=ddpm")
+        raise ConfigError("model.learn_sigma", model.learn_sigma, "a learned variance needs objective.kind=ddpm")
     if cfg.kind in FIXED_PREDICTION:
         needed = FIXED_PREDICTION[cfg.kind]
         if model.prediction != needed:
-            raise ConfigError(f"model.prediction={model.prediction!r}: objective.kind={cfg.kind} needs "
+            raise ConfigError("model.prediction", model.prediction, f"objective.kind={cfg.kind} needs "
                               f"model.prediction={needed}")
         if cfg.noise_scale != 1.0:
-            raise ConfigError(f"objective.noise_scale={cfg.noise_scale}: objective.kind={cfg.kind} needs "
+            raise ConfigError("objective.noise_scale", cfg.noise_scale, f"objective.kind={cfg.kind} needs "
                               f"noise_scale=1 (its noise levels are fixed by the schedule or by sigma)")
-    elif model.prediction not in ("image", "velocity", "noise"):
-        raise ConfigError(f"model.prediction={model.prediction!r}: unknown value, expected one of "
-                          f"['image', 'velocity', 'noise']")
     if cfg.kind == "edm":
         if cfg.time_shift != 1.0:
-            raise ConfigError(f"objective.time_shift={cfg.time_shift}: objective.kind=edm needs 1.0 "
-                              f"(ln(sigma) ~ N(p_mean, p_std) is not shifted)")
+            raise ConfigError("objective.time_shift", cfg.time_shift, "objective.kind=edm needs 1.0 "
+                              "(ln(sigma) ~ N(p_mean, p_std) is not shifted)")
         if cfg.t_sampling != "logit_normal":
-            raise ConfigError(f"objective.t_sampling={cfg.t_sampling!r}: objective.kind=edm needs logit_normal "
-                              f"(ln(sigma) ~ N(p_mean, p_std))")
+            raise ConfigError("objective.t_sampling", cfg.t_sampling, "objective.kind=edm needs logit_normal "
+                              "(ln(sigma) ~ N(p_mean, p_std))")
 
 
 def make_objective(cfg: ObjectiveConfig, model: ModelConfig) -> "Objective":
@@ -185,6 +176,10 @@ class Objective:
 class FlowObjective(Objective):
     kind = "flow"
 
+    def __init__(self, cfg: ObjectiveConfig, model: ModelConfig):
+        super().__init__(cfg, model)
+        self.reversed = model.flow_time == "data_at_0"      # SiT's time: t_net = 1 - t, v_net = -v
+
     def sample_t(self, batch: int, generator: torch.Generator, device) -> torch.Tensor:
         """Float t in (0, 1): sigmoid(N(p_mean, p_std)) or uniform, then the time shift."""
         cfg = self.cfg
@@ -196,7 +191,7 @@ class FlowObjective(Objective):
         return time_shift(t, cfg.time_shift)
 
     def network_time(self, t: torch.Tensor) -> torch.Tensor:
-        return t.float()
+        return 1.0 - t.float() if self.reversed else t.float()
 
     def unit_time(self, t: torch.Tensor) -> torch.Tensor:
         return t.float()
@@ -209,7 +204,7 @@ class FlowObjective(Objective):
         """Any network output as a velocity (float32); the samplers integrate this."""
         pred, x_t, t = prediction.float(), x_t.float(), _bcast(t.float())
         if self.prediction == "velocity":
-            return pred
+            return -pred if self.reversed else pred
         if self.prediction == "image":
             return (pred - x_t) / (1 - t).clamp(min=self.cfg.t_eps)
         x_hat = (x_t - (1 - t) * pred) / t.clamp(min=self.cfg.t_eps)     # noise prediction
@@ -218,7 +213,7 @@ class FlowObjective(Objective):
     def loss(self, prediction, x, eps, x_t, t, pixel_weight=None) -> Dict[str, torch.Tensor]:
         pred, x, eps, x_t = prediction.float(), x.float(), eps.float(), x_t.float()
         if self.cfg.loss_space == "native":
-            target = {"image": x, "noise": eps, "velocity": x - eps}[self.prediction]
+            target = {"image": x, "noise": eps, "velocity": eps - x if self.reversed else x - eps}[self.prediction]
             error = (pred - target) ** 2
         else:
             if self.prediction == "image":      # JiT: target (x - x_t) / clamp(1 - t) = x - eps unclamped
@@ -338,7 +333,7 @@ class DiffusionSchedule:
         map from its step index to the original k (what the network is given)."""
         T = self.num_timesteps
         if not 1 <= steps <= T:
-            raise ConfigError(f"eval.sampler.steps={steps}: must be in [1, objective.ddpm_steps={T}]")
+            raise ConfigError("eval.sampler.steps", steps, f"must be in [1, objective.ddpm_steps={T}]")
         stride = (T - 1) / (steps - 1) if steps > 1 else 1.0
         kept = sorted({round(i * stride) for i in range(steps)})
         abar = self._abar64[kept]

@@ -69,9 +69,9 @@ class RepaEncoder(torch.nn.Module):
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
         if not isinstance(grid_size, int) or grid_size < 1:
-            raise ConfigError(f"repa: grid_size={grid_size!r} must be a positive int (image size / patch size)")
+            raise ConfigError("model.grid_size", grid_size, "must be a positive int (image size / patch size)")
         if not timm.is_model(name):
-            raise ConfigError(f"repa.encoder={name}: unknown timm model")
+            raise ConfigError("repa.encoder", name, "unknown timm model")
         self.name = name
         self.weights = weights
         self.grid_size = grid_size
@@ -84,7 +84,7 @@ class RepaEncoder(torch.nn.Module):
         else:
             path = Path(weights).expanduser()
             if not path.is_file():
-                raise ConfigError(f"repa.encoder_weights='{weights}': file does not exist")
+                raise ConfigError("repa.encoder_weights", weights, "file does not exist")
             kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
         model = self._create(timm, name, weights, ENCODER_PATCH * grid_size, kwargs)
@@ -127,13 +127,13 @@ class RepaEncoder(torch.nn.Module):
             raise
         except Exception as exc:  # timm: RuntimeError; hub: LocalEntryNotFoundError / OSError; file: unreadable
             if isinstance(exc, RuntimeError) and ("Unknown model" in str(exc) or "Invalid pretrained tag" in str(exc)):
-                raise ConfigError(f"repa.encoder={name}: unknown timm model") from exc
+                raise ConfigError("repa.encoder", name, "unknown timm model") from exc
             if weights == "hub":
-                raise ConfigError(f"repa.encoder_weights=hub: no cached weights for {name} and the hub is "
+                raise ConfigError("repa.encoder_weights", "hub", f"no cached weights for {name} and the hub is "
                                   "unreachable; give a local file or 'random'") from exc
             if weights == "random":
                 raise
-            raise ConfigError(f"repa.encoder_weights='{weights}': cannot load into {name}: "
+            raise ConfigError("repa.encoder_weights", weights, f"cannot load into {name}: "
                               f"{_first_line(exc)}") from exc
 
     def train(self, mode: bool = True):
@@ -143,10 +143,11 @@ class RepaEncoder(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) in [-1, 1] -> (B, grid_size**2, dim) patch tokens after the final norm."""
-        if images.ndim != 4 or images.shape[1] != 3:
+        """images (B, 3, H, W) in [-1, 1] (grey (B, 1, H, W): replicated to RGB) -> (B, grid_size**2, dim)
+        patch tokens after the final norm."""
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"RepaEncoder expects (B, 3, H, W) images, got {tuple(images.shape)}")
-        x = images.to(self.mean.device, torch.float32)
+        x = images.to(self.mean.device, torch.float32).expand(-1, 3, -1, -1)
         x = ((x + 1) / 2 - self.mean) / self.std
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)

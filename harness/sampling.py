@@ -34,52 +34,44 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
-from models.config import ConfigError
+from models.config import ConfigError, check_choices
 
-from .config import SamplerConfig
+from .config import SAMPLERS, SamplerConfig
 from .objectives import DDPMObjective, EDMObjective, FlowObjective, Objective, draw_normal, time_shift
 
-FLOW_SAMPLERS = ("euler", "heun", "ab2")
-DDPM_SAMPLERS = ("ddpm", "ddim")
-EDM_SAMPLERS = ("edm_heun", "edm_euler")
-SAMPLERS = {"flow": FLOW_SAMPLERS, "ddpm": DDPM_SAMPLERS, "edm": EDM_SAMPLERS}
 
 
 def validate_sampler(cfg: SamplerConfig, objective_kind: str, num_timesteps: Optional[int] = None) -> None:
     """Refuse an invalid sampler configuration with one line naming the key. `num_timesteps` (the DDPM T,
     optional) also bounds `steps` for the DDPM samplers."""
-    if objective_kind not in SAMPLERS:
-        raise ConfigError(f"objective.kind={objective_kind!r}: unknown value, expected one of {list(SAMPLERS)}")
-    every = FLOW_SAMPLERS + DDPM_SAMPLERS + EDM_SAMPLERS
-    if cfg.kind not in every:
-        raise ConfigError(f"eval.sampler.kind={cfg.kind!r}: unknown value, expected one of {list(every)}")
+    check_choices(cfg, "eval.sampler.")
     allowed = SAMPLERS[objective_kind]
     if cfg.kind not in allowed:
-        raise ConfigError(f"eval.sampler.kind={cfg.kind!r}: not a sampler for objective.kind={objective_kind}, "
+        raise ConfigError("eval.sampler.kind", cfg.kind, f"not a sampler for objective.kind={objective_kind}, "
                           f"expected one of {list(allowed)}")
     if isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or cfg.steps < 1:
-        raise ConfigError(f"eval.sampler.steps={cfg.steps}: must be a positive integer")
+        raise ConfigError("eval.sampler.steps", cfg.steps, "must be a positive integer")
     if objective_kind == "ddpm" and num_timesteps is not None and cfg.steps > num_timesteps:
-        raise ConfigError(f"eval.sampler.steps={cfg.steps}: more than the objective.ddpm_steps={num_timesteps} "
+        raise ConfigError("eval.sampler.steps", cfg.steps, f"more than the objective.ddpm_steps={num_timesteps} "
                           f"timesteps of the schedule")
     if not (math.isfinite(cfg.cfg_scale) and cfg.cfg_scale >= 0):
-        raise ConfigError(f"eval.sampler.cfg_scale={cfg.cfg_scale}: must be >= 0 (1.0 = no guidance)")
+        raise ConfigError("eval.sampler.cfg_scale", cfg.cfg_scale, "must be >= 0 (1.0 = no guidance)")
     interval = list(cfg.cfg_interval)
     if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
-        raise ConfigError(f"eval.sampler.cfg_interval={interval}: expected [low, high] with "
-                          f"0 <= low <= high <= 1")
+        raise ConfigError("eval.sampler.cfg_interval", interval, "expected [low, high] with "
+                          "0 <= low <= high <= 1")
     if not (math.isfinite(cfg.time_shift) and cfg.time_shift > 0):
-        raise ConfigError(f"eval.sampler.time_shift={cfg.time_shift}: must be positive")
+        raise ConfigError("eval.sampler.time_shift", cfg.time_shift, "must be positive")
     if objective_kind != "flow" and cfg.time_shift != 1.0:
-        raise ConfigError(f"eval.sampler.time_shift={cfg.time_shift}: only the flow samplers shift time "
+        raise ConfigError("eval.sampler.time_shift", cfg.time_shift, f"only the flow samplers shift time "
                           f"(objective.kind={objective_kind} needs 1.0)")
     if not (math.isfinite(cfg.sigma_min) and cfg.sigma_min > 0):
-        raise ConfigError(f"eval.sampler.sigma_min={cfg.sigma_min}: must be positive")
+        raise ConfigError("eval.sampler.sigma_min", cfg.sigma_min, "must be positive")
     if not (math.isfinite(cfg.sigma_max) and cfg.sigma_max > cfg.sigma_min):
-        raise ConfigError(f"eval.sampler.sigma_max={cfg.sigma_max}: must be finite and greater than "
+        raise ConfigError("eval.sampler.sigma_max", cfg.sigma_max, f"must be finite and greater than "
                           f"eval.sampler.sigma_min={cfg.sigma_min}")
     if not (math.isfinite(cfg.rho) and cfg.rho > 0):
-        raise ConfigError(f"eval.sampler.rho={cfg.rho}: must be positive")
+        raise ConfigError("eval.sampler.rho", cfg.rho, "must be positive")
 
 
 def flow_time_grid(steps: int, shift: float) -> list:
@@ -140,7 +132,7 @@ def sample(net: Callable, objective: Objective, cfg: SamplerConfig, labels: torc
         return _sample_ddpm(guided, objective, cfg, noise, generator)
     if isinstance(objective, EDMObjective):
         return _sample_edm(guided, objective, cfg, noise)
-    raise ConfigError(f"objective.kind={objective.kind!r}: no sampler for this objective")
+    raise ConfigError("objective.kind", objective.kind, "no sampler for this objective")
 
 
 def _sample_flow(guided: _Guided, objective: FlowObjective, cfg: SamplerConfig, x: torch.Tensor) -> torch.Tensor:

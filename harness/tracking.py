@@ -41,28 +41,41 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path) -> s
 
 
 class Tracker:
+    """One MLflow run: created, or continued when resumed. Any failure once the run exists ends it FAILED
+    with the reason. A resumed run logs each (metric, step) at most once: the steps a killed attempt logged
+    after its last checkpoint are logged again by the next attempt, with the same values (training is
+    exactly reproducible), and are skipped."""
+
     def __init__(self, cfg: TrackingConfig, run_dir: Path, run_name: str, run_id: str | None,
                  tags: dict[str, str], params: dict[str, Any]):
         self.client = MlflowClient(tracking_uri(cfg, run_dir))
-        if run_id is None:
-            experiment_id = ensure_experiment(self.client, cfg.experiment, run_dir / "mlartifacts")
-            all_tags = {"host": socket.gethostname(), "git_commit": git_commit(), **cfg.tags, **tags}
-            if cfg.parent_run_id:
-                all_tags["mlflow.parentRunId"] = cfg.parent_run_id
-            run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-            self.run_id = run.info.run_id
-            items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-            for start in range(0, len(items), MAX_BATCH):
-                self.client.log_batch(self.run_id, params=items[start:start + MAX_BATCH])
-        else:                                    # resumed: the same run continues
-            self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
-            self.set_tags({"resumed": "true", **tags})
+        self.run_id = run_id
+        self.logged_through: dict[str, int] = {}      # metric -> last step already in the store
+        try:
+            if run_id is None:
+                experiment_id = ensure_experiment(self.client, cfg.experiment, run_dir / "mlartifacts")
+                all_tags = {"host": socket.gethostname(), "git_commit": git_commit(), **cfg.tags, **tags}
+                if cfg.parent_run_id:
+                    all_tags["mlflow.parentRunId"] = cfg.parent_run_id
+                self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+                items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+                for start in range(0, len(items), MAX_BATCH):
+                    self.client.log_batch(self.run_id, params=items[start:start + MAX_BATCH])
+            else:                                    # resumed: the same run continues
+                self.client.update_run(run_id, status="RUNNING")
+                self.set_tags({"resumed": "true", **tags})
+                for key in self.client.get_run(run_id).data.metrics:
+                    history = self.client.get_metric_history(run_id, key)
+                    self.logged_through[key] = max(m.step for m in history) if history else -1
+        except BaseException as err:
+            if self.run_id is not None:
+                self._try_finish("FAILED", f"{type(err).__name__}: {err}")
+            raise
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import time
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if step > self.logged_through.get(k, -1)]
         for start in range(0, len(items), MAX_BATCH):
             self.client.log_batch(self.run_id, metrics=items[start:start + MAX_BATCH])
 
@@ -82,6 +95,18 @@ class Tracker:
         if reason:
             self.set_tags({"failure_reason": reason[:5000]})
         self.client.set_terminated(self.run_id, status)
+
+    def _try_finish(self, status: str, reason: str) -> None:
+        try:
+            self.finish(status, reason)
+        except Exception:                         # the store itself failed: the job's failure file tells why
+            pass
+
+
+def migrated_signatures(cfg: TrackingConfig, run_dir: Path, run_id: str) -> tuple[str | None, list[str]]:
+    """(current signature, earlier signatures) of an MLflow run that `run_sweep.py migrate` may have re-signed."""
+    tags = MlflowClient(tracking_uri(cfg, run_dir)).get_run(run_id).data.tags
+    return tags.get("signature"), [s for s in tags.get("signature_previous", "").split(",") if s]
 
 
 class NullTracker:

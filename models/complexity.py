@@ -13,7 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import ModelConfig
-from .transformer import build_model
+from .families import build_model
 
 
 @dataclass

@@ -12,34 +12,115 @@ Sources cited in the field comments:
   [REPA]      Yu et al., "Representation Alignment for Generation" (section 3.2).
   [DiffiT]    Hatamizadeh et al., "DiffiT: Diffusion Vision Transformers for Image Generation", arXiv
               2312.02139 (section 3.2, ablations 5.x, appendix H-I) and its official latent-model code.
-  [seeds]     ../shared/seeds/000 and 001: the code-vs-paper audits of the jitmask codebase.
+  [seeds]     the code-vs-paper audits of the jitmask codebase this project started from (JiT-B/16 with pixel blocks).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
+
+
+_NO_VALUE = object()
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be built; the message names the offending key."""
+    """A configuration that cannot be built, as data: the dotted `key`, its `value` and the `reason`.
+
+    `str()` is one line, `KEY=VALUE: reason` (`KEY: reason` without a value), prefixed by `source`
+    (a file, or "overrides") when the caller knows where the key came from; `suggestion` names the
+    closest valid value or key when there is one.
+    """
+
+    def __init__(self, key: str | None, value: Any = _NO_VALUE, reason: str = "", *,
+                 source: str | None = None, suggestion: str | None = None):
+        self.key, self.value, self.reason = key, value, reason
+        self.source, self.suggestion = source, suggestion
+        super().__init__(str(self))
+
+    @property
+    def has_value(self) -> bool:
+        return self.value is not _NO_VALUE
+
+    def at(self, source: str | None = None, key: str | None = None) -> "ConfigError":
+        """The same error located elsewhere: in a file, or under another key (a sweep file's path to it)."""
+        return type(self)(self.key if key is None else key, self.value, self.reason,
+                          source=self.source if source is None else source, suggestion=self.suggestion)
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        value = f"={_show(self.value)}" if self.has_value else ""
+        head = f"{self.key}{value}" if self.key else ""
+        hint = f" (did you mean {self.suggestion}?)" if self.suggestion else ""
+        return where + ": ".join(part for part in (head, self.reason) if part) + hint
 
 
-CHOICES = {
-    "ffn": ("swiglu", "gelu"),
-    "patch_embed": ("linear", "bottleneck"),
-    "norm": ("layernorm", "rmsnorm"),
-    "pos_embed": ("abs_sincos", "rope", "both"),
-    "prediction": ("image", "velocity", "noise"),
-    "hint_path": ("output", "blocks"),
-    "adaln": ("A", "B", "C"),
-    "pixel_modulation": ("pre_gated", "post"),
-    "repa_projector": ("mlp", "linear"),
-    "architecture": ("transformer", "unet"),
-    "time_conditioning": ("adaln", "tmsa"),
-    "tmsa_time": ("qkv", "none", "rel_bias", "mlp"),
-    "rel_pos_bias": ("none", "relative"),
-}
+def _show(value: Any) -> str:
+    """Values as the user typed them: strings quoted, booleans as YAML writes them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, str) else str(list(value) if isinstance(value, tuple) else value)
+
+
+def closest(word: str, options) -> str | None:
+    """The option nearest to a mistyped word, or None when nothing is close."""
+    found = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown(key: str, value: Any, options, what: str = "value") -> ConfigError:
+    """`key` (=`value`) is not one of `options`: the closest option when one is near, else the whole list."""
+    options = list(options)
+    suggestion = closest(value, options)
+    reason = f"unknown {what}" if suggestion else f"unknown {what}, expected one of {options}"
+    return ConfigError(key, value, reason, suggestion=suggestion)
+
+
+def closest_key(key: str, keys) -> str | None:
+    """The valid dotted key a mistyped one most likely meant: one with the same last part
+    (`train.lr` -> `optim.lr`), else the nearest spelling."""
+    keys = list(keys)
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    return closest(key, same_leaf) or (same_leaf[0] if len(same_leaf) == 1 else None) or closest(key, keys)
+
+
+def from_omegaconf(err: Exception, source: str | None, keys=(), prefix: str = "") -> ConfigError:
+    """An OmegaConf (or hydra-wrapped) error as a ConfigError: the key, the first line of the reason, and
+    the closest valid key among `keys` when the key is unknown. Hydra hides the OmegaConf error in the cause."""
+    cause = err.__cause__ if err.__cause__ is not None else err
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    key = getattr(cause, "full_key", None) or next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+    reason = lines[0] if lines else type(err).__name__
+    key = f"{prefix}{key}" if key else None
+    unknown = key is not None and key not in keys and ("not in" in reason or "not found" in reason)
+    return ConfigError(key, reason=reason.replace(f"full_key: {key}", "").strip(), source=source,
+                       suggestion=closest_key(key, keys) if unknown else None)
+
+
+def choice(default: str, *others: str):
+    """A switch's field: its default and the other allowed values, declared once, on the field."""
+    return field(default=default, metadata={"choices": (default, *others)})
+
+
+def check_choices(cfg: Any, prefix: str) -> None:
+    """Every field declared with `choice` (recursively through nested dataclasses) holds an allowed value."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        allowed = f.metadata.get("choices")
+        if allowed is not None and value not in allowed:
+            raise unknown(f"{prefix}{f.name}", value, allowed)
+        if dataclasses.is_dataclass(value):
+            check_choices(value, f"{prefix}{f.name}.")
+
+
+def choices_of(cls: type, name: str) -> tuple:
+    """The allowed values of a switch declared with `choice`."""
+    return next(f.metadata["choices"] for f in dataclasses.fields(cls) if f.name == name)
 
 
 @dataclass
@@ -57,15 +138,24 @@ class ModelConfig:
     hidden_size: int = 1152        # D
     num_heads: int = 16
     mlp_ratio: float = 4.0
-    ffn: str = "swiglu"            # swiglu (PixelDiT/JiT code, hidden int(2/3*ratio*D)) | gelu (DiT, GELU-tanh)
+    ffn: str = choice("swiglu", "gelu")   # swiglu (PixelDiT/JiT code, hidden int(2/3*ratio*D)) | gelu (DiT)
     ffn_bias: bool = False         # PixelDiT's SwiGLU has no biases; JiT's and DiT's MLPs do
-    patch_embed: str = "linear"    # linear [PixelDiT eq. s0 = W x_patch, DiT] | bottleneck [JiT; seeds 001 #4]
+    patch_embed: str = choice("linear", "bottleneck")   # linear [PixelDiT eq. s0 = W x_patch, DiT] |
+                                                        # bottleneck [JiT; seeds 001 #4]
     bottleneck_dim: int = 128      # JiT: 128 for B/L, 256 for H
-    norm: str = "rmsnorm"          # rmsnorm [PixelDiT Table 4 "+RoPE, RMSNorm"; JiT] | layernorm (DiT, no affine)
+    norm: str = choice("rmsnorm", "layernorm")   # rmsnorm [PixelDiT Table 4 "+RoPE, RMSNorm"; JiT] |
+                                                 # layernorm [DiT]
+    norm_affine: bool = True       # learnable per-channel weight on the block, final and PiT norms: PixelDiT's and
+                                   # JiT's RMSNorm have one [PixelDiT code modules.RMSNorm; JiT util/model_util.py];
+                                   # DiT's and DiffiT's LayerNorm have none (elementwise_affine=False)
     qk_norm: bool = True           # RMSNorm on per-head q and k [PixelDiT code; JiT]
     qkv_bias: bool = False         # PixelDiT code: none; JiT and DiT: yes
-    pos_embed: str = "rope"        # rope [PixelDiT] | abs_sincos [DiT] | both [JiT]
+    pos_embed: str = choice("rope", "abs_sincos", "both")   # rope [PixelDiT] | abs_sincos [DiT] | both [JiT]
     rope_theta: float = 10000.0
+    rope_positions: str = choice("span16", "index")   # where RoPE places the g grid positions per axis:
+                                   # span16: torch.linspace(0, 16, g), the grid squeezed into [0, 16] whatever its
+                                   # size, in the patch blocks and the PiT attention [PixelDiT code
+                                   # precompute_freqs_cis_2d] | index: 0, 1, ..., g-1 [JiT VisionRotaryEmbeddingFast]
     time_max_period: float = 10.0  # sinusoid max period: 10 [PixelDiT code, t in [0,1]] | 10000 [DiT, JiT]
     time_freq_dim: int = 256       # size of the sinusoidal timestep features [DiT]
     cond_silu: bool = True         # adaLN input SiLU(t_emb + y_emb) [PixelDiT c = SiLU(W_t t + W_y y + b); DiT]
@@ -73,13 +163,18 @@ class ModelConfig:
     # ---- JiT extras [JiT; seeds 000 #10-#11] -------------------------------------------------
     in_context_tokens: int = 0     # class tokens prepended to the sequence (JiT: 32)
     in_context_start: int = 0      # inserted before this block index (JiT: 4 B, 8 L, 10 H)
-    dropout: float = 0.0           # attention/FFN output dropout, only inside the band below [JiT]
+    dropout: float = 0.0           # dropout after the attention projection and on the FFN hidden (SwiGLU: before
+                                   # w3), only inside the band below; none on attention probabilities [JiT code]
     dropout_band: List[float] = field(default_factory=lambda: [0.25, 0.75])  # fraction of depth [start, end)
     hint_fraction: float = 0.0     # GT pixel hints: fraction of pixels revealed in training (seeds: 0.25)
     hint_loss_weight: float = 1.0  # loss weight on revealed pixels (seeds: 0.1)
-    hint_path: str = "output"      # output: hints modulate the per-pixel output layer (local);
-                                   # blocks: hints modulate every pixel block, as the seeds' code does
-    prediction: str = "velocity"   # what the network outputs: image [JiT] | velocity [PixelDiT] | noise [DiT]
+    hint_path: str = choice("output", "blocks")   # output: hints modulate the per-pixel output layer (local);
+                                                  # blocks: hints modulate every pixel block, as the seeds' code does
+    prediction: str = choice("velocity", "image", "noise")   # what the network outputs: velocity [PixelDiT] |
+                                                             # image [JiT] | noise [DiT]
+    flow_time: str = choice("data_at_1", "data_at_0")   # the network's time input under rectified flow:
+                                   # data_at_1: t = 1 is data, velocity x - eps [PixelDiT, JiT] | data_at_0: t = 0 is
+                                   # data, x_t = (1-t) x + t eps, velocity eps - x [SiT, REPA loss.py]
     learn_sigma: bool = False      # DiT: also predict the variance (doubles the output channels)
 
     # ---- pixel-level pathway [PixelDiT 3.2, Figure 2] ----------------------------------------
@@ -87,10 +182,13 @@ class ModelConfig:
     pixel_depth: int = 4           # M PiT blocks
     pixel_dim: int = 16            # D_pix
     pixel_mlp_ratio: float = 4.0   # GELU MLP at width D_pix
-    adaln: str = "C"               # A: one global vector for all pixels (mean of s_cond over patches);
-                                   # B: patch-wise, repeated over the p^2 pixels [seeds' code];
-                                   # C: pixel-wise, Linear(D -> p^2 * 6 * D_pix) [PixelDiT]
-    pixel_modulation: str = "pre_gated"  # pre_gated: 6-way adaLN-Zero | post: 4-way post-modulation, no gates
+    gelu: str = choice("exact", "tanh")   # GELU of every GELU MLP: exact [PixelDiT code: the PiT MLP's nn.GELU()] |
+                                          # tanh approximation [DiT, DiffiT, SiT: GELU(approximate="tanh")]
+    adaln: str = choice("C", "A", "B")   # C: pixel-wise, Linear(D -> p^2 * 6 * D_pix) [PixelDiT];
+                                         # A: one global vector for all pixels (mean of s_cond over patches);
+                                         # B: patch-wise, repeated over the p^2 pixels [seeds' code]
+    pixel_modulation: str = choice("pre_gated", "post")   # pre_gated: 6-way adaLN-Zero |
+                                                          # post: 4-way post-modulation, no gates
     s_cond_timestep: bool = True   # s_cond = s_N + t_emb [PixelDiT 3.1]; off: s_cond = s_N [seeds 000 #2]
     pixel_attention: bool = True   # off: the "no pixel-pathway attention" row (279 GFLOPs)
     compaction: Optional[int] = None      # r pixels per attention token, r | p^2; None = p^2 (PTC [PixelDiT 3.2]);
@@ -101,19 +199,21 @@ class ModelConfig:
     # ---- REPA hook [REPA 3.2; PixelDiT 3.4] --------------------------------------------------
     repa: bool = False             # build the projector and return aligned features
     repa_block: int = 8            # patch tokens after this many blocks are aligned (both papers: 8)
-    repa_projector: str = "mlp"    # mlp: 3 linears with SiLU [REPA, PixelDiT] | linear [seeds' code]
+    repa_projector: str = choice("mlp", "linear")   # mlp: 3 linears with SiLU [REPA, PixelDiT] | linear [seeds]
     repa_hidden: int = 2048        # projector width: 2048 [REPA]; D [PixelDiT]
     repa_dim: int = 768            # encoder feature width (DINOv2 ViT-B/14: 768)
 
     # ---- DiffiT [DiffiT 3.2, appendix H-I] -------------------------------------------------------
-    architecture: str = "transformer"   # transformer: the flat model above (DiT/JiT/PixelDiT/latent DiffiT) |
-                                        # unet: DiffiT's image-space U-Net (uses the unet_* fields, not
-                                        # depth/hidden_size/num_heads/patch_size or the pixel pathway)
-    time_conditioning: str = "adaln"    # flat model's blocks: adaln: adaLN-Zero [DiT] | tmsa: DiffiT blocks,
-                                        # the time token enters only through them [DiffiT 5.9: TMSA vs DiT modulation]
-    tmsa_time: str = "qkv"              # where a DiffiT block takes the time token [DiffiT Table 6]: qkv (TMSA,
-                                        # eq. 3-5) | none (plain self-attention) | rel_bias (config F) | mlp (config G)
-    rel_pos_bias: str = "none"          # relative: learned bias per head and offset, B in [DiffiT eq. 6] | none
+    architecture: str = choice("transformer", "unet")   # the model family (models/families.py): transformer: the
+                                        # flat model above (DiT/JiT/PixelDiT/SiT/latent DiffiT) | unet: DiffiT's image-
+                                        # space U-Net (uses the unet_* fields, not depth/hidden_size/num_heads/
+                                        # patch_size or the pixel pathway)
+    time_conditioning: str = choice("adaln", "tmsa")   # flat model's blocks: adaln: adaLN-Zero [DiT] | tmsa: DiffiT
+                                        # blocks, the time token enters only through them [DiffiT 5.9: TMSA vs DiT]
+    tmsa_time: str = choice("qkv", "none", "rel_bias", "mlp")   # where a DiffiT block takes the time token [DiffiT
+                                        # Table 6]: qkv (TMSA, eq. 3-5) | none (plain self-attention) |
+                                        # rel_bias (config F) | mlp (config G)
+    rel_pos_bias: str = choice("none", "relative")   # relative: learned bias per head and offset [DiffiT eq. 6]
     window_size: Optional[int] = None   # DiffiT blocks attend in w x w windows; None or >= the map: whole map
                                         # [DiffiT 5.10: CIFAR-10 4, FFHQ-64 8; latent: the whole 16x16 grid]
     window_shift: bool = False          # shift alternate blocks' windows by w/2 [Swin]; not in DiffiT
@@ -122,6 +222,10 @@ class ModelConfig:
     unet_blocks: List[int] = field(default_factory=lambda: [4, 4, 4])           # ResBlocks L_i per level [H.1]
     unet_head_dim: int = 64             # channels per attention head in the U-Net (not in the paper; EDM's 64)
     gn_groups: int = 32                 # GroupNorm groups of the ResBlocks and head
+
+    # ---- starting weights --------------------------------------------------------------------
+    init_from: Optional[str] = None     # a safetensors file of this config's weights (`python -m models.convert`
+                                        # writes one from an official checkpoint); loaded strictly before training
 
     # ---- derived values ----------------------------------------------------------------------
     @property
@@ -173,101 +277,42 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         """Refuse invalid combinations with one message naming the field; returns self."""
-        for key, choices in CHOICES.items():
-            value = getattr(self, key)
-            if value not in choices:
-                raise ConfigError(f"model.{key}={value!r}: unknown value, expected one of {list(choices)}")
+        check_choices(self, "model.")
         if self.num_classes < 0:
-            raise ConfigError(f"model.num_classes={self.num_classes}: must be >= 0 (0: unconditional)")
+            raise ConfigError("model.num_classes", self.num_classes, "must be >= 0 (0: unconditional)")
         positive = ["input_size", "in_channels", "patch_size", "latent_downsample", "depth",
                     "hidden_size", "num_heads", "time_freq_dim", "pixel_dim", "repa_dim", "repa_hidden",
                     "bottleneck_dim"]
         for key in positive:
             if getattr(self, key) <= 0:
-                raise ConfigError(f"model.{key}={getattr(self, key)}: must be positive")
+                raise ConfigError(f"model.{key}", getattr(self, key), "must be positive")
         p = self.patch_size
         if self.input_size % p:
-            raise ConfigError(f"model.input_size={self.input_size}: resolution not divisible by "
+            raise ConfigError("model.input_size", self.input_size, f"resolution not divisible by "
                               f"patch_size={p}")
-        _check_heads("hidden_size", self.hidden_size, "num_heads", self.num_heads, self.uses_rope)
+        check_heads("hidden_size", self.hidden_size, "num_heads", self.num_heads, self.uses_rope)
         if self.time_freq_dim % 2:
-            raise ConfigError(f"model.time_freq_dim={self.time_freq_dim}: must be even")
+            raise ConfigError("model.time_freq_dim", self.time_freq_dim, "must be even")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout={self.dropout}: must be in [0, 1)")
+            raise ConfigError("model.dropout", self.dropout, "must be in [0, 1)")
         if len(self.dropout_band) != 2 or not 0.0 <= self.dropout_band[0] <= self.dropout_band[1] <= 1.0:
-            raise ConfigError(f"model.dropout_band={list(self.dropout_band)}: expected [start, end] "
-                              f"with 0 <= start <= end <= 1")
+            raise ConfigError("model.dropout_band", list(self.dropout_band), "expected [start, end] "
+                              "with 0 <= start <= end <= 1")
         if self.in_context_tokens < 0:
-            raise ConfigError(f"model.in_context_tokens={self.in_context_tokens}: must be >= 0")
+            raise ConfigError("model.in_context_tokens", self.in_context_tokens, "must be >= 0")
         if self.in_context_tokens and not 0 <= self.in_context_start < self.depth:
-            raise ConfigError(f"model.in_context_start={self.in_context_start}: insertion block beyond "
+            raise ConfigError("model.in_context_start", self.in_context_start, f"insertion block beyond "
                               f"depth={self.depth}")
         if not 0.0 <= self.hint_fraction <= 1.0:
-            raise ConfigError(f"model.hint_fraction={self.hint_fraction}: must be in [0, 1]")
-        if self.hint_fraction > 0 and not self.pixel_pathway:
-            raise ConfigError("model.hint_fraction: GT pixel hints need the pixel pathway "
-                              "(model.pixel_pathway=true)")
-        if self.architecture == "unet":
-            self._validate_unet()
-        elif self.time_conditioning == "tmsa":
-            if self.in_context_tokens:
-                raise ConfigError("model.in_context_tokens: in-context tokens have no place on the grid of "
-                                  "DiffiT's windows (model.time_conditioning=tmsa needs 0)")
-            self._check_window(self.grid_size, "the patch grid")
+            raise ConfigError("model.hint_fraction", self.hint_fraction, "must be in [0, 1]")
         if self.time_embed_dim is not None and self.time_embed_dim <= 0:
-            raise ConfigError(f"model.time_embed_dim={self.time_embed_dim}: must be positive")
-        if self.architecture == "transformer" and self.time_embed_dim not in (None, self.hidden_size):
-            raise ConfigError(f"model.time_embed_dim={self.time_embed_dim}: the flat model's time token has "
-                              f"the width of its tokens, model.hidden_size={self.hidden_size}")
+            raise ConfigError("model.time_embed_dim", self.time_embed_dim, "must be positive")
         if self.tmsa_time == "rel_bias" and self.rel_pos_bias != "relative":
-            raise ConfigError("model.tmsa_time=rel_bias: the time token shifts the relative position bias, "
+            raise ConfigError("model.tmsa_time", "rel_bias", "the time token shifts the relative position bias, "
                               "which needs model.rel_pos_bias=relative")
-        if self.repa and not 1 <= self.repa_block <= self.depth:
-            raise ConfigError(f"model.repa_block={self.repa_block}: REPA block beyond depth={self.depth} "
-                              f"(valid: 1..{self.depth})")
-        if self.pixel_pathway:
-            if self.pixel_depth <= 0:
-                raise ConfigError(f"model.pixel_depth={self.pixel_depth}: must be positive")
-            r = self.compaction_rate
-            if r <= 0 or (p * p) % r:
-                raise ConfigError(f"model.compaction={self.compaction}: the compaction rate must divide "
-                                  f"patch_size^2={p * p}")
-            if self.pixel_attention:
-                _check_heads("pixel_attn_dim", self.attn_dim, "pixel_heads", self.attn_heads,
-                             self.uses_rope)
+        from .families import family    # the registry imports this module
+        family(self).validate(self)
         return self
-
-    def _validate_unet(self) -> None:
-        for key in ("pixel_pathway", "repa"):
-            if getattr(self, key):
-                raise ConfigError(f"model.{key}=true: not available with model.architecture=unet")
-        if self.hint_fraction > 0:
-            raise ConfigError("model.hint_fraction: GT pixel hints need model.architecture=transformer")
-        chs, blocks = list(self.unet_channels), list(self.unet_blocks)
-        if not chs or len(blocks) != len(chs):
-            raise ConfigError(f"model.unet_blocks={blocks}: one entry per level of model.unet_channels={chs}")
-        if min(blocks) < 1:
-            raise ConfigError(f"model.unet_blocks={blocks}: every level needs at least one ResBlock")
-        if self.input_size % 2 ** (len(chs) - 1):
-            raise ConfigError(f"model.input_size={self.input_size}: not divisible by 2^{len(chs) - 1} for "
-                              f"{len(chs)} U-Net levels")
-        for ch in chs:
-            if ch <= 0 or ch % self.unet_head_dim:
-                raise ConfigError(f"model.unet_channels={chs}: every width must be a positive multiple of "
-                                  f"model.unet_head_dim={self.unet_head_dim}")
-            if self.gn_groups <= 0 or ch % self.gn_groups:
-                raise ConfigError(f"model.gn_groups={self.gn_groups}: must divide every width of "
-                                  f"model.unet_channels={chs}")
-        for size in self.unet_sizes:
-            self._check_window(size, f"a {size}x{size} U-Net level")
-
-    def _check_window(self, size: int, where: str) -> None:
-        if self.window_size is None:
-            return
-        if self.window_size <= 0:
-            raise ConfigError(f"model.window_size={self.window_size}: must be positive (or null: the whole map)")
-        if size % min(self.window_size, size):
-            raise ConfigError(f"model.window_size={self.window_size}: does not tile {where}")
 
     @property
     def uses_rope(self) -> bool:
@@ -276,10 +321,20 @@ class ModelConfig:
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
+    def inert_fields(self) -> dict[str, str]:
+        """Switches that have no effect on this model, each with the setting that makes it so (e.g.
+        `adaln` without a pixel pathway): what a config comparison should not list as a difference."""
+        from .families import family
+        inert: dict[str, str] = {}
+        for reason, names in family(self).inert(self):
+            for name in names:
+                inert.setdefault(name, reason)
+        return inert
 
-def _check_heads(dim_key: str, dim: int, heads_key: str, heads: int, rope: bool) -> None:
+
+def check_heads(dim_key: str, dim: int, heads_key: str, heads: int, rope: bool) -> None:
     if heads <= 0 or dim % heads:
-        raise ConfigError(f"model.{heads_key}={heads}: must divide model.{dim_key}={dim}")
+        raise ConfigError(f"model.{heads_key}", heads, f"must divide model.{dim_key}={dim}")
     if rope and (dim // heads) % 4:
-        raise ConfigError(f"model.{heads_key}={heads}: 2D RoPE needs a head width divisible by 4, "
+        raise ConfigError(f"model.{heads_key}", heads, f"2D RoPE needs a head width divisible by 4, "
                           f"got {dim_key}/{heads_key}={dim // heads}")

@@ -93,8 +93,7 @@ class TMSA(nn.Module):
         if shift:
             self.register_buffer("shift_mask", shifted_window_mask(size, size, window, shift), persistent=False)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(dropout)
-        self.dropout = dropout
+        self.proj_drop = nn.Dropout(dropout)     # after the projection, none on the probabilities [JiT code]
 
     def bias(self, time: torch.Tensor) -> Optional[torch.Tensor]:
         """The additive attention bias, (1 | B, heads, N, N), or None."""
@@ -130,8 +129,7 @@ class TMSA(nn.Module):
             mask = shift_mask if mask is None else mask + shift_mask
         if mask is not None:     # SDPA's kernels take 4-D inputs: windows join the batch, the mask follows
             mask = mask[0] if mask.shape[:2] == (1, 1) else mask.expand(B, nW, -1, N, N).flatten(0, 1)
-        out = F.scaled_dot_product_attention(*(z.flatten(0, 1) for z in (q, k, v)), attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(*(z.flatten(0, 1) for z in (q, k, v)), attn_mask=mask)
         out = window_merge(out.view(B, nW, -1, N, self.head_dim).permute(0, 1, 3, 2, 4), w, H, W)
         if s:
             out = torch.roll(out, (s, s), dims=(1, 2))
@@ -171,14 +169,14 @@ class DiffiTBlock(nn.Module):
         super().__init__()
         window = effective_window(cfg, size)
         shift = window // 2 if shifted and window < size else 0      # Swin: no shift when one window covers the map
-        self.norm1, self.norm2 = make_norm(cfg.norm, dim), make_norm(cfg.norm, dim)
+        self.norm1, self.norm2 = make_norm(cfg.norm, dim, cfg.norm_affine), make_norm(cfg.norm, dim, cfg.norm_affine)
         self.attn = TMSA(dim, heads, time_dim, size, window, shift, cfg.tmsa_time, cfg.rel_pos_bias == "relative",
                          cfg.qkv_bias, cfg.qk_norm, dropout)
         hidden = int(cfg.mlp_ratio * dim)
         if cfg.ffn == "swiglu":
             self.ffn = SwiGLU(dim, int(2 * hidden / 3), cfg.ffn_bias, dropout)
         else:
-            self.ffn = GeluMLP(dim, hidden, cfg.ffn_bias, dropout)
+            self.ffn = GeluMLP(dim, hidden, cfg.gelu, cfg.ffn_bias, dropout)
         if cfg.tmsa_time == "mlp":
             self.mlp_time = nn.Linear(time_dim, dim)
 

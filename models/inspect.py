@@ -4,7 +4,7 @@
     python -m models.inspect pixeldit_xl adaln=B compaction=1   # with overrides
     python -m models.inspect pixeldit_xl --resolution 1024 --json
     python -m models.inspect pixeldit_b pixeldit_l pixeldit_xl  # several: a comparison table
-    python -m models.inspect --all                              # every preset against its paper
+    python -m models.inspect --all                              # every preset against its paper and official code
 """
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ import argparse
 import json
 import sys
 
-import pandas as pd
-
-from .complexity import measure, with_resolution
-from .config import ConfigError
+from .cli import ArgumentParser, run
 from .presets import PUBLISHED, model_config, preset_names
 
 
 def inspect_preset(preset: str, overrides: list[str], resolution: int | None) -> dict:
+    from .complexity import measure, with_resolution          # torch: only once the arguments are read
     cfg = model_config(preset, overrides)
     if resolution:
         cfg = with_resolution(cfg, resolution)
@@ -30,8 +28,9 @@ def inspect_preset(preset: str, overrides: list[str], resolution: int | None) ->
                 components=c.components)
 
 
-def comparison_table(rows: list[dict]) -> pd.DataFrame:
-    """One row per preset; the paper's figures beside ours where the paper gives them."""
+def comparison_table(rows: list[dict]):
+    """One row per preset (a pandas frame); the paper's figures beside ours where the paper gives them."""
+    import pandas as pd
     table = []
     for row in rows:
         paper = PUBLISHED.get(row["preset"], {}) if row["resolution"] == default_resolution(row["preset"]) else {}
@@ -39,6 +38,7 @@ def comparison_table(rows: list[dict]) -> pd.DataFrame:
             "preset": row["preset"], "res": row["resolution"],
             "params (M)": row["params"] / 1e6,
             "paper params (M)": f"{paper['params'] / 1e6:g}" if "params" in paper else "",
+            "official code params": official_column(row["params"], paper.get("official")),
             "GMACs": row["gmacs"], "GFLOPs": row["gflops"],
             "paper": (f"{paper['gflops']:g} GFLOPs" if "gflops" in paper
                       else f"{paper['gmacs']:g} GMACs" if "gmacs" in paper else ""),
@@ -47,13 +47,24 @@ def comparison_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(table).set_index("preset")
 
 
+def official_column(ours: int, official: int | None) -> str:
+    """The official code's exact count, and whether ours equals it."""
+    if official is None:
+        return ""
+    return f"{official:,} " + ("(equal)" if ours == official else f"(ours {ours - official:+,})")
+
+
 def default_resolution(preset: str) -> int:
     return model_config(preset).image_size
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.inspect", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run(lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
+    parser = ArgumentParser(prog="python -m models.inspect", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="*", metavar="PRESET|key=value",
                         help=f"presets ({', '.join(preset_names())}) and overrides applied to each")
     parser.add_argument("--resolution", type=int, help="image resolution in pixels (default: the preset's)")
@@ -64,11 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [item for item in args.items if "=" in item]
     if not presets:
         parser.error("name at least one preset, or --all")
-    try:
-        rows = [inspect_preset(preset, overrides, args.resolution) for preset in presets]
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    rows = [inspect_preset(preset, overrides, args.resolution) for preset in presets]
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
     elif len(rows) == 1:
@@ -81,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, count in row["components"].items():
             print(f"    {name:28s} {count / 1e6:10.3f}")
     else:
-        with pd.option_context("display.float_format", "{:,.2f}".format, "display.width", 200):
-            print(comparison_table(rows).to_string())
+        print(comparison_table(rows).to_string(float_format="{:,.2f}".format))
     return 0
 
 

@@ -25,12 +25,12 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-def make_norm(kind: str, dim: int) -> nn.Module:
-    """Affine-free norm: before an adaLN modulation (which supplies scale and shift) [DiT], and in DiffiT's
-    blocks, as its official code has them."""
+def make_norm(kind: str, dim: int, affine: bool) -> nn.Module:
+    """The norm of a block, a final layer or a PiT block, eps 1e-6: PixelDiT's and JiT's RMSNorm carry a
+    learnable weight; DiT's and DiffiT's LayerNorm none (its adaLN supplies scale and shift) [official codes]."""
     if kind == "layernorm":
-        return nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-    return nn.RMSNorm(dim, elementwise_affine=False, eps=1e-6)
+        return nn.LayerNorm(dim, elementwise_affine=affine, eps=1e-6)
+    return nn.RMSNorm(dim, elementwise_affine=affine, eps=1e-6)
 
 
 # ---- time and class ---------------------------------------------------------------------------
@@ -76,26 +76,37 @@ class LabelEmbedder(nn.Module):
 # ---- positions --------------------------------------------------------------------------------
 
 def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
-    """Fixed 2D sin-cos position embedding of shape (height*width, dim), raster order [MAE, DiT]."""
+    """Fixed 2D sin-cos position embedding of shape (height*width, dim), raster order:
+    [sin | cos of the column, sin | cos of the row]. The column comes first, as in the MAE code that DiT,
+    JiT, PixelDiT, SiT and DiffiT share (`np.meshgrid(grid_w, grid_h)` makes `grid[0]` the column)."""
     assert dim % 4 == 0, "2D sin-cos embedding needs a width divisible by 4"
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64),
                                 torch.arange(width, dtype=torch.float64), indexing="ij")
-    out = [f(axis.reshape(-1, 1) * omega) for axis in (rows, cols) for f in (torch.sin, torch.cos)]
+    out = [f(axis.reshape(-1, 1) * omega) for axis in (cols, rows) for f in (torch.sin, torch.cos)]
     return torch.cat(out, dim=1).float()
 
 
-def rope_2d(head_dim: int, height: int, width: int, theta: float, prefix: int = 0):
+def rope_positions(n: int, placement: str) -> torch.Tensor:
+    """Positions of n grid cells along one axis: `index` 0..n-1 [JiT]; `span16` n points spread over
+    [0, 16] whatever n is, `torch.linspace(0, 16, n)` [PixelDiT code]."""
+    if placement == "span16":
+        return torch.linspace(0, 16, n, dtype=torch.float64)
+    return torch.arange(n, dtype=torch.float64)
+
+
+def rope_2d(head_dim: int, height: int, width: int, theta: float, prefix: int = 0, placement: str = "index"):
     """cos and sin tables, each (prefix + height*width, head_dim), for 2D rotary embedding.
 
     Dimension pairs (k, k + head_dim/2) rotate together; the first half of the pairs by the row
-    index, the second half by the column index. `prefix` tokens (in-context class tokens) get the
-    identity rotation, as they have no position on the grid.
+    position, the second half by the column position, at frequencies theta^(-4k/head_dim) (the official
+    codes pair adjacent channels instead, in their own orders: `models.convert` permutes q and k to
+    match). `prefix` tokens (in-context class tokens) get the identity rotation, as they have no
+    position on the grid. `placement` chooses the positions (`rope_positions`).
     """
     quarter = head_dim // 4
     freqs = 1.0 / theta ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64),
-                                torch.arange(width, dtype=torch.float64), indexing="ij")
+    rows, cols = torch.meshgrid(rope_positions(height, placement), rope_positions(width, placement), indexing="ij")
     angles = torch.cat([rows.reshape(-1, 1) * freqs, cols.reshape(-1, 1) * freqs], dim=1)  # (HW, hd/2)
     angles = torch.cat([torch.zeros(prefix, head_dim // 2, dtype=torch.float64), angles])
     angles = torch.cat([angles, angles], dim=1)
@@ -112,11 +123,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ---- attention and feed-forward ---------------------------------------------------------------
 
 class Attention(nn.Module):
-    """Multi-head self-attention through torch SDPA, with optional q/k RMSNorm and 2D RoPE."""
+    """Multi-head self-attention through torch SDPA, with optional q/k RMSNorm and 2D RoPE; `dropout`
+    after the output projection (none on the attention probabilities) [JiT code]."""
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool, qk_norm: bool, dropout: float = 0.0):
         super().__init__()
-        self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
+        self.heads, self.head_dim = heads, dim // heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
@@ -129,12 +141,12 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = F.scaled_dot_product_attention(q, k, v)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, S, D)))
 
 
 class SwiGLU(nn.Module):
-    """SwiGLU feed-forward [PixelDiT code, JiT]: W3(SiLU(W1 x) * W2 x)."""
+    """SwiGLU feed-forward [PixelDiT code, JiT]: W3(drop(SiLU(W1 x) * W2 x)), dropout on the hidden [JiT code]."""
 
     def __init__(self, dim: int, hidden: int, bias: bool, dropout: float = 0.0):
         super().__init__()
@@ -144,21 +156,21 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.w12(x).chunk(2, dim=-1)
-        return self.drop(self.w3(F.silu(gate) * value))
+        return self.w3(self.drop(F.silu(gate) * value))
 
 
 class GeluMLP(nn.Module):
-    """Two-layer GELU MLP; `approximate='tanh'` is DiT's choice."""
+    """Two-layer GELU MLP, dropout on the hidden; `gelu` exact [PixelDiT's PiT MLP] or tanh [DiT, DiffiT, SiT]."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool = True, dropout: float = 0.0, approximate: str = "tanh"):
+    def __init__(self, dim: int, hidden: int, gelu: str, bias: bool = True, dropout: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
-        self.approximate = approximate
+        self.approximate = "tanh" if gelu == "tanh" else "none"
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(F.gelu(self.fc1(x), approximate=self.approximate)))
+        return self.fc2(self.drop(F.gelu(self.fc1(x), approximate=self.approximate)))
 
 
 # ---- image <-> tokens -------------------------------------------------------------------------

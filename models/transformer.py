@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .diffit import DiffiTBlock, DiffiTUNet, base_init
+from .diffit import DiffiTBlock, base_init
+from .families import build_model  # noqa: F401  (the zoo's entry point, importable from here as before)
 from .layers import (Attention, GeluMLP, LabelEmbedder, ModelOutput, SwiGLU, TimestepEmbedder, make_norm,
                      modulate, patchify, rope_2d, sincos_2d, unpatchify)
 
@@ -50,12 +51,12 @@ class PatchBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, dropout: float):
         super().__init__()
         D = cfg.hidden_size
-        self.norm1, self.norm2 = make_norm(cfg.norm, D), make_norm(cfg.norm, D)
+        self.norm1, self.norm2 = make_norm(cfg.norm, D, cfg.norm_affine), make_norm(cfg.norm, D, cfg.norm_affine)
         self.attn = Attention(D, cfg.num_heads, cfg.qkv_bias, cfg.qk_norm, dropout)
         if cfg.ffn == "swiglu":
             self.ffn = SwiGLU(D, cfg.ffn_hidden, cfg.ffn_bias, dropout)
         else:
-            self.ffn = GeluMLP(D, cfg.ffn_hidden, cfg.ffn_bias, dropout)
+            self.ffn = GeluMLP(D, cfg.ffn_hidden, cfg.gelu, cfg.ffn_bias, dropout)
         self.adaLN = nn.Linear(D, 6 * D)
 
     def forward(self, x, c, rope=None):
@@ -69,7 +70,7 @@ class FinalLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm = make_norm(cfg.norm, cfg.hidden_size)
+        self.norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_affine)
         self.adaLN = nn.Linear(cfg.hidden_size, 2 * cfg.hidden_size)
         self.linear = nn.Linear(cfg.hidden_size, cfg.patch_size ** 2 * cfg.out_channels)
 
@@ -83,7 +84,7 @@ class PlainFinalLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm = make_norm(cfg.norm, cfg.hidden_size)
+        self.norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_affine)
         self.linear = nn.Linear(cfg.hidden_size, cfg.patch_size ** 2 * cfg.out_channels)
 
     def forward(self, x, c):
@@ -197,7 +198,8 @@ class PixelBlock(nn.Module):
     """PiT block: pixel-wise AdaLN, compacted attention, per-pixel GELU MLP [PixelDiT 3.2].
 
     `pixel_modulation='post'` replaces the 6-way gated pre-modulation by the 4-way post-modulation
-    (scale/shift on the sub-layer outputs, no gates) that the official code added against loss spikes.
+    (scale/shift on the sub-layer outputs, no gates, chunks in the official order scale, shift, scale,
+    shift) that the official code added against loss spikes.
     With `pixel_attention` off the 6-way projection is kept, as in the paper's 279-GFLOP row.
     """
 
@@ -207,15 +209,16 @@ class PixelBlock(nn.Module):
         self.has_attention = cfg.pixel_attention
         Dp = cfg.pixel_dim
         self.modulation = PixelModulation(cfg, 4 if self.post else 6)
-        self.norm1, self.norm2 = make_norm(cfg.norm, Dp), make_norm(cfg.norm, Dp)
+        self.norm1, self.norm2 = make_norm(cfg.norm, Dp, cfg.norm_affine), make_norm(cfg.norm, Dp, cfg.norm_affine)
         if self.has_attention:
             self.compaction = TokenCompaction(cfg)
             self.attn = Attention(cfg.attn_dim, cfg.attn_heads, cfg.qkv_bias, cfg.qk_norm)
             if cfg.uses_rope:
-                cos, sin = rope_2d(cfg.attn_dim // cfg.attn_heads, *self.compaction.token_grid, cfg.rope_theta)
+                cos, sin = rope_2d(cfg.attn_dim // cfg.attn_heads, *self.compaction.token_grid, cfg.rope_theta,
+                                   placement=cfg.rope_positions)
                 self.register_buffer("rope_cos", cos, persistent=False)
                 self.register_buffer("rope_sin", sin, persistent=False)
-        self.mlp = GeluMLP(Dp, int(cfg.pixel_mlp_ratio * Dp))
+        self.mlp = GeluMLP(Dp, int(cfg.pixel_mlp_ratio * Dp), cfg.gelu)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         rope = (self.rope_cos, self.rope_sin) if hasattr(self, "rope_cos") else None
@@ -226,7 +229,7 @@ class PixelBlock(nn.Module):
         if hint_mod is not None:
             mod = mod + hint_mod
         if self.post:
-            shift1, scale1, shift2, scale2 = mod.unbind(dim=3)
+            scale1, shift1, scale2, shift2 = mod.unbind(dim=3)
             if self.has_attention:
                 x = x + modulate(self.attention(self.norm1(x)), shift1, scale1)
             return x + modulate(self.mlp(self.norm2(x)), shift2, scale2)
@@ -258,7 +261,7 @@ class PixelOutput(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm = make_norm(cfg.norm, cfg.pixel_dim)
+        self.norm = make_norm(cfg.norm, cfg.pixel_dim, cfg.norm_affine)
         self.linear = nn.Linear(cfg.pixel_dim, cfg.out_channels)
 
     def forward(self, x, hint_mod=None):
@@ -284,7 +287,7 @@ class DiffusionTransformer(nn.Module):
             self.register_buffer("pos_embed", sincos_2d(D, g, g)[None], persistent=False)
         n_ctx = cfg.in_context_tokens
         if cfg.uses_rope:
-            cos, sin = rope_2d(D // cfg.num_heads, g, g, cfg.rope_theta, prefix=n_ctx)
+            cos, sin = rope_2d(D // cfg.num_heads, g, g, cfg.rope_theta, prefix=n_ctx, placement=cfg.rope_positions)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         if n_ctx:
@@ -376,9 +379,3 @@ class DiffusionTransformer(nn.Module):
             pixels = block(pixels, s_cond, block_hint)
         return self.pixel_out(pixels, hint_mod if cfg.hint_path == "output" else None)
 
-
-def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> nn.Module:
-    """Build (and validate) the model of `cfg.architecture`; `device='meta'` allocates nothing, for
-    counting and planning. Every model maps (x, t, y[, hint, hint_mask]) to a `ModelOutput`."""
-    with torch.device(device or "cpu"):
-        return DiffiTUNet(cfg) if cfg.architecture == "unet" else DiffusionTransformer(cfg)

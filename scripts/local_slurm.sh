@@ -17,25 +17,8 @@ DB_PORT=3307
 DB_PASS=ditlab-slurm
 
 log() { echo "[local_slurm] $*"; }
-
-install_packages() {
-    if command -v slurmctld >/dev/null && command -v slurmdbd >/dev/null && command -v mariadbd >/dev/null \
-        && command -v munged >/dev/null; then
-        return
-    fi
-    log "installing slurm-wlm munge slurmdbd mariadb-server"
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge slurmdbd mariadb-server >/dev/null
-}
-
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-    local limit=$1 what=$2; shift 2
-    for _ in $(seq $((limit * 10))); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    log "timed out waiting for $what"; return 1
-}
+# shellcheck source=scripts/slurm_common.sh
+source "$(dirname "$0")/slurm_common.sh"
 
 write_configs() {
     mkdir -p "$DIR"/{etc,state,spool,log,run,mysql}
@@ -71,50 +54,7 @@ KillWait=30
 NodeName=$HOST CPUs=$(nproc) RealMemory=20000 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
-    cat > "$DIR/etc/slurmdbd.conf" <<EOF
-AuthType=auth/munge
-DbdHost=localhost
-DbdPort=6819
-SlurmUser=root
-StorageType=accounting_storage/mysql
-StorageHost=127.0.0.1
-StoragePort=$DB_PORT
-StorageLoc=slurm_acct_db
-StorageUser=slurm
-StoragePass=$DB_PASS
-LogFile=$DIR/log/slurmdbd.log
-PidFile=$DIR/run/slurmdbd.pid
-EOF
-    chmod 600 "$DIR/etc/slurmdbd.conf"
-}
-
-start_munge() {
-    mkdir -p /etc/munge /run/munge /var/lib/munge /var/log/munge
-    if [ ! -s /etc/munge/munge.key ]; then
-        dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
-    fi
-    chmod 400 /etc/munge/munge.key
-    if ! (munge -n | unmunge) >/dev/null 2>&1; then
-        munged --force --pid-file="$DIR/run/munged.pid"
-        wait_for 10 munge sh -c 'munge -n | unmunge'
-    fi
-}
-
-start_mariadb() {
-    if [ ! -d "$DIR/mysql/mysql" ]; then
-        mysql_install_db --user=root --datadir="$DIR/mysql" >/dev/null
-    fi
-    mariadbd --user=root --datadir="$DIR/mysql" --socket="$DIR/mysql/mysql.sock" --port=$DB_PORT \
-        --bind-address=127.0.0.1 --pid-file="$DIR/run/mariadb.pid" >"$DIR/log/mariadb.log" 2>&1 &
-    wait_for 30 mariadb mysqladmin --socket="$DIR/mysql/mysql.sock" ping
-    mysql --socket="$DIR/mysql/mysql.sock" -uroot <<EOF
-CREATE DATABASE IF NOT EXISTS slurm_acct_db;
-CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
-CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$DB_PASS';
-GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
-GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
-FLUSH PRIVILEGES;
-EOF
+    write_slurmdbd_conf 6819
 }
 
 start() {

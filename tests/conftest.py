@@ -1,10 +1,20 @@
+import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
-from models.config import ModelConfig
+from harness.sweep.commands import current_states
+from harness.sweep.plan import plan_sweep
+from harness.sweep.server import stop_server
+from harness.sweep.spec import SweepError, load_sweep
+from harness.sweep.store import store_uri
+from models.config import ConfigError, ModelConfig
 
 
 @pytest.fixture(autouse=True)
@@ -60,12 +70,14 @@ class Recorder:
 
 
 def run_evaluated_sweep(folder: Path, name: str, steps: int, eval_step: int, paper: dict, **more) -> Path:
-    """A real tiny sweep, run in-process (debug executor): 3 rows x 2 seeds — patch-wise and pixel-wise
-    AdaLN, and a row that diverges (lr 1e12) so its runs fail — with the offline metric at `eval_step`
-    and at the end. `paper` maps labels to their `paper:` numbers."""
+    """A real tiny sweep, run in-process (debug executor): 4 rows x 2 seeds — patch-wise and pixel-wise
+    AdaLN, a row that diverges (lr 1e12) so its runs fail, and a model without a pixel pathway whose label
+    starts with "+" (as the papers' cumulative rows do) — with the offline metric at `eval_step` and at
+    the end. `paper` maps labels to their `paper:` numbers; `more` adds top-level sweep keys."""
     from harness.sweep.cli import main
     rows = [{"label": "patch-wise", "set": {"model.adaln": "B"}}, {"label": "pixel-wise", "set": {"model.adaln": "C"}},
-            {"label": "diverges", "set": {"optim.lr": 1.0e12, "optim.grad_clip": 0.0}}]
+            {"label": "diverges", "set": {"optim.lr": 1.0e12, "optim.grad_clip": 0.0}},
+            {"label": "+ no pixel pathway", "set": {"model.pixel_pathway": False}}]
     for row in rows:
         if row["label"] in paper:
             row["paper"] = paper[row["label"]]
@@ -80,3 +92,117 @@ def run_evaluated_sweep(folder: Path, name: str, steps: int, eval_step: int, pap
     path.write_text(f"# the {name} test sweep\n" + yaml.safe_dump(sweep, sort_keys=False))
     assert main([str(path)]) == 0
     return path
+
+
+# ---- sweeps against real executors: a real SLURM where one answers (scripts/local_slurm.sh), local processes ----
+
+def slurm_available() -> str | None:
+    """None when a SLURM controller answers, else the reason to skip."""
+    if shutil.which("sbatch") is None:
+        return "SLURM is not installed (no sbatch); scripts/local_slurm.sh start installs and starts one"
+    if "SLURM_CONF" not in os.environ:
+        return "SLURM_CONF is not set; run `scripts/local_slurm.sh start` and export what `env` prints"
+    probe = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0 or "idle" not in probe.stdout and "mix" not in probe.stdout:
+        return f"no idle SLURM node answers: {probe.stderr.strip() or probe.stdout.strip()}"
+    return None
+
+
+SLURM_SKIP = slurm_available()
+EXECUTORS = ["local", pytest.param("slurm", marks=pytest.mark.skipif(SLURM_SKIP is not None,
+                                                                    reason=str(SLURM_SKIP)))]
+TINY = {"train.steps": 4, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
+        "model.hidden_size": 32, "model.num_heads": 2, "eval.metric": "none", "checkpoint.every_steps": 2}
+# Steps of tens of milliseconds, so a job can be interrupted mid-run.
+SLOW = {**TINY, "train.steps": 40, "train.global_batch": 32, "model.hidden_size": 64, "model.num_heads": 4,
+        "checkpoint.every_steps": 5, "train.log_every": 5}
+
+
+def write_sweep(folder: Path, name="s", rows=None, executor="local", overrides=None, **more) -> Path:
+    sweep = {"name": name, "experiment": "tiny_digits", "output": str(folder / "out"),
+             "overrides": overrides or TINY,
+             "rows": rows or [{"label": "patch-wise", "set": {"model.adaln": "B"}},
+                              {"label": "pixel-wise", "set": {"model.adaln": "C"}}],
+             "seeds": [0, 1], "executor": executor if isinstance(executor, dict) else
+             {"kind": executor, **({"max_parallel": 4} if executor == "local" else {})},
+             **more}
+    path = folder / f"{name}.yaml"
+    path.write_text("# a comment that must survive\n" + yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def wait_until(predicate, timeout=300, every=0.5, what="condition"):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+def release_when_requeued(job_id: str) -> None:
+    """SLURM holds a requeued batch job for 120 s (EligibleTime); let it start now."""
+    def requeued():
+        out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+        return "JobState=PENDING" in out and "Restarts=1" in out
+    wait_until(requeued, timeout=120, what=f"job {job_id} to be requeued")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+
+def states(path: Path) -> dict:
+    spec = load_sweep(path)
+    return {(s.run.label, s.run.seed): s for s in current_states(spec, plan_sweep(spec))}
+
+
+def all_ended(path: Path) -> bool:
+    return all(s.state in ("done", "failed") for s in states(path).values())
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    from harness.sweep.commands import cancel_command
+    yield tmp_path
+    for path in tmp_path.rglob("*.yaml"):            # stop the jobs and tracking servers the sweeps started
+        try:
+            spec = load_sweep(path)
+        except SweepError:                          # a deliberately malformed file started none
+            continue
+        try:
+            cancel_command(spec)
+        except ConfigError:                         # nothing was submitted
+            pass
+        stop_server(spec)
+
+
+# ---- weights of finished runs -------------------------------------------------------------------
+
+def weights(run_dir: Path) -> dict:
+    """The model, EMA and step of a run folder's last checkpoint."""
+    from harness.checkpoint import load_checkpoint
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    return {"model": state["model"], "ema": state["ema"], "step": state["step"]}
+
+
+# Ranks change the order of float32 sums, nothing else: the gradient is averaged over ranks instead of over
+# one batch (DDP's all-reduce, FSDP's reduce-scatter). Weights of order 1 trained at lr 1e-3 end within
+# ~4e-8 of each other after 6 steps here; a different sample, noise draw or missed step moves them by ~1e-3.
+REDUCTION_ATOL = 1e-6
+
+
+def assert_close_weights(a: dict, b: dict, atol: float = REDUCTION_ATOL):
+    assert a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], rtol=0, atol=atol), key
+    for decay in a["ema"]:
+        for key in a["ema"][decay]:
+            assert torch.allclose(a["ema"][decay][key], b["ema"][decay][key], rtol=0, atol=atol), key
+
+
+def children(path: Path):
+    spec = load_sweep(path)
+    client = MlflowClient(store_uri(spec))
+    experiment = client.get_experiment_by_name(spec.experiment_name)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, kids
+
+

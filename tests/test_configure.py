@@ -28,8 +28,8 @@ def test_group_and_field_overrides_apply():
 @pytest.mark.parametrize("overrides, start", [
     (["model.nonsense=1"], "overrides: model.nonsense: Key 'nonsense' not in 'ModelConfig'"),
     (["optim.lr=abc"], "overrides: optim.lr: Value 'abc'"),
-    (["model=nope"], "overrides: model=nope: unknown option"),
-    (["+experiment=nope"], "overrides: experiment=nope: unknown option"),
+    (["model=nope"], "overrides: model='nope': unknown option"),
+    (["+experiment=nope"], "overrides: experiment='nope': unknown option"),
     (["+experiment=tiny_digits", "model.adaln=Q"], "model.adaln='Q': unknown value"),
     (["+experiment=tiny_digits", "model.compaction=5"], "model.compaction=5: the compaction rate must divide"),
     (["+experiment=tiny_digits", "optim.schedule=linear"], "optim.schedule='linear': unknown value"),

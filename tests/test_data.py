@@ -1,4 +1,7 @@
-"""Datasets (digits, shapes, imagefolder) and deterministic, resumable, rank-sharded step batching."""
+"""Datasets (digits, mnist, fashion_mnist, shapes, imagefolder), their held-out splits, and deterministic,
+resumable, rank-sharded step batching."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,7 @@ from models.config import ConfigError
 
 @pytest.fixture(scope="module")
 def digits16():
-    return build_dataset(DataConfig(name="digits", resolution=16))
+    return build_dataset(DataConfig(name="digits", resolution=16), channels=3)
 
 
 def small_dataset(n: int = 50) -> TensorImageDataset:
@@ -32,33 +35,93 @@ def fg_spectrum(images: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# digits
+# grey datasets: digits, mnist, fashion_mnist
 # ---------------------------------------------------------------------------------------------
-def test_digits_are_the_real_scikit_learn_digits(digits16):
+def test_digits_are_the_real_scikit_learn_digits_with_every_fifth_held_out(digits16):
     from sklearn.datasets import load_digits
 
     ds = digits16
-    assert len(ds) == 1797 and ds.num_classes == 10
+    assert len(ds) == 1438 and ds.num_classes == 10 and ds.channels == 3
     images, labels = ds.all_images()
-    assert images.shape == (1797, 3, 16, 16) and images.dtype == torch.float32
+    assert images.shape == (1438, 3, 16, 16) and images.dtype == torch.float32
     assert labels.dtype == torch.long and sorted(labels.unique().tolist()) == list(range(10))
     assert images.min().item() == pytest.approx(-1.0, abs=1e-3)
-    assert images.max().item() == pytest.approx(1.0, abs=1e-3)
-    assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 0], images[:, 2])  # grey
+    assert images.max().item() == pytest.approx(1.0, abs=1e-2)
+    assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 0], images[:, 2])  # grey, replicated
     ref = load_digits()
-    assert torch.equal(labels, torch.from_numpy(ref.target).long())
-    original = torch.from_numpy(ref.images).float() / 8.0 - 1.0                       # (N, 8, 8)
+    train = np.arange(1797) % 5 != 4
+    assert torch.equal(labels, torch.from_numpy(ref.target[train]).long())
+    original = torch.from_numpy(ref.images[train]).float() / 8.0 - 1.0               # (N, 8, 8)
     back = F.adaptive_avg_pool2d(images[:, :1], 8)[:, 0]                             # area downsample
     corr = torch.corrcoef(torch.stack([back.flatten(), original.flatten()]))[0, 1]
     assert corr > 0.97
     assert (back - original).abs().mean() < 0.2
+    held_out = build_dataset(DataConfig(name="digits", resolution=16), channels=1, split="held_out")
+    assert len(held_out) == 359 and held_out.channels == 1
+    assert torch.equal(held_out.labels, torch.from_numpy(ref.target[~train]).long())
 
 
 @pytest.mark.parametrize("resolution", [4, 8, 32])
 def test_digits_any_resolution(resolution):
-    images, labels = build_dataset(DataConfig(name="digits", resolution=resolution)).all_images(limit=5)
-    assert images.shape == (5, 3, resolution, resolution) and labels.shape == (5,)
+    images, labels = build_dataset(DataConfig(name="digits", resolution=resolution), 1).all_images(limit=5)
+    assert images.shape == (5, 1, resolution, resolution) and labels.shape == (5,)
     assert images.min() >= -1.0 and images.max() <= 1.0
+
+
+def test_mnist_is_mlxtends_5k_with_100_per_class_held_out():
+    import gzip
+    from harness.data import mnist_5k_file
+    with gzip.open(mnist_5k_file(), "rt") as fh:
+        rows = np.loadtxt(fh, delimiter=",", dtype=np.int64)
+    assert rows.shape == (5000, 785)
+    cfg = DataConfig(name="mnist", resolution=28)
+    train, held_out = build_dataset(cfg, 1), build_dataset(cfg, 1, "held_out")
+    assert (len(train), len(held_out), train.num_classes, dataset_num_classes(cfg)) == (4000, 1000, 10, 10)
+    assert train.labels.bincount().tolist() == [400] * 10 and held_out.labels.bincount().tolist() == [100] * 10
+    first_of_class_1 = int(np.argmax(rows[:, -1] == 1))
+    images, labels = held_out.all_images()
+    expected = torch.from_numpy(rows[first_of_class_1 - 100:first_of_class_1, :784]).float().view(-1, 28, 28)
+    np.testing.assert_allclose(images[:100, 0], expected / 127.5 - 1, atol=1e-6)    # the last 100 zeros, as is
+    assert (labels[:100] == 0).all()
+    # the stated size rule: 28 -> 32 pads with background around the centre; 28 -> 16 resizes
+    ten, ten_labels = held_out.all_images(limit=10)              # evenly spaced: one of each class
+    assert torch.equal(ten, images[::100]) and ten_labels.tolist() == list(range(10))
+    padded, _ = build_dataset(DataConfig(name="mnist", resolution=32), 1, "held_out").all_images(limit=10)
+    assert torch.equal(padded[:, :, 2:30, 2:30], ten) and (padded[:, :, :2] == -1).all()
+    small, _ = build_dataset(DataConfig(name="mnist", resolution=16), 1, "held_out").all_images(limit=10)
+    assert small.shape == (10, 1, 16, 16)
+    assert (F.adaptive_avg_pool2d(ten, 4) - F.adaptive_avg_pool2d(small, 4)).abs().mean() < 0.05
+
+
+def test_fashion_mnist_from_debian_or_one_line_naming_the_package():
+    from harness import data
+    cfg = DataConfig(name="fashion_mnist", resolution=28)
+    if not Path(data.FASHION_MNIST_DIR).is_dir():
+        with pytest.raises(ConfigError, match=r"^data\.name='fashion_mnist': not installed .*dataset-fashion-mnist"):
+            validate_data(cfg, 28, 1)
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (scripts/install_debian.sh datasets installs it)")
+    train, held_out = build_dataset(cfg, 1), build_dataset(cfg, 1, "held_out")
+    assert (len(train), len(held_out)) == (60000, 10000)
+    assert train.labels.bincount().tolist() == [6000] * 10 and held_out.labels.bincount().tolist() == [1000] * 10
+    images, _ = held_out.all_images(limit=100)
+    assert images.shape == (100, 1, 28, 28) and images.min() == -1 and images.max() > 0.5
+
+
+def test_missing_fashion_mnist_fails_in_one_line(monkeypatch, tmp_path):
+    from harness import data
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    with pytest.raises(ConfigError) as err:
+        validate_data(DataConfig(name="fashion_mnist", resolution=16), 16, 1)
+    assert str(err.value) == ("data.name='fashion_mnist': not installed (" + str(tmp_path / "absent") + " is missing): "
+                              "apt-get install dataset-fashion-mnist (scripts/install_debian.sh datasets)")
+
+
+def test_channels_follow_the_model():
+    validate_data(DataConfig(name="mnist", resolution=16), 16, 3)             # grey replicated for an RGB model
+    with pytest.raises(ConfigError, match=r"^model\.in_channels=1: data\.name=shapes gives colour images"):
+        validate_data(DataConfig(name="shapes", resolution=16), 16, 1)
+    with pytest.raises(ConfigError, match=r"^model\.in_channels=4: data\.name=digits gives grey images"):
+        validate_data(DataConfig(name="digits", resolution=16), 16, 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,6 +141,9 @@ def test_shapes_are_deterministic_and_independent_of_the_run_seed():
     assert not torch.equal(labels[:10], torch.arange(10))              # but shuffled
     # anti-aliased edges: some pixels lie strictly between the background and the shape colours
     assert len(images[0, 0].unique()) > 2
+    held_out, held_labels = build_dataset(cfg, split="held_out").all_images()     # from the next seed
+    assert held_out.shape == (60, 3, 16, 16) and torch.bincount(held_labels, minlength=10).tolist() == [6] * 10
+    assert not any(torch.equal(held_out[0], image) for image in images)
 
 
 @pytest.mark.parametrize("resolution", [16, 32, 64])
@@ -232,7 +298,7 @@ def test_center_crop_arr_is_adm():
 
 def test_imagefolder_labels_crop_and_pattern(folder):
     cfg = DataConfig(name="imagefolder", path=str(folder), resolution=16, num_workers=0)
-    validate_data(cfg, 16)
+    validate_data(cfg, 16, 3)
     assert dataset_num_classes(cfg) == 3
     ds = build_dataset(cfg)
     assert ds.classes == ["n01", "n02", "n03"] and ds.num_classes == 3 and len(ds) == 7
@@ -276,6 +342,53 @@ def test_imagefolder_dataloader_workers_equal_direct_batches(folder):
     assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
 
 
+def test_imagefolder_batches_are_the_same_whatever_the_number_of_ranks(folder):
+    """A step's global batch is a function of (seed, step) only: 1, 2 or 4 ranks (one node or several: only
+    the global rank counts), each loading its slice through its own DataLoader workers, see the same images."""
+    ds = build_dataset(DataConfig(name="imagefolder", path=str(folder), resolution=16, num_workers=2))
+    one = StepBatches(ds, global_batch=4, seed=7, num_workers=0)
+    for world in (2, 4):
+        loaders = [StepBatches(ds, global_batch=4, seed=7, rank=r, world_size=world, num_workers=2).iterate(3)
+                   for r in range(world)]
+        for step in range(3, 7):                                  # several epochs (one step per epoch here)
+            parts = [next(loader) for loader in loaders]
+            images, labels = one.batch(step)
+            assert torch.equal(torch.cat([p[0] for p in parts]), images)
+            assert torch.equal(torch.cat([p[1] for p in parts]), labels)
+        for loader in loaders:
+            loader.close()
+
+
+def test_a_packed_folder_gives_exactly_the_batches_of_its_image_folder(folder, tmp_path, capsys):
+    from harness.packed import main as packed_main
+    packed = tmp_path / "packed16"
+    assert packed_main(["prepare", str(folder), str(packed), "--resolution", "16", "--workers", "2"]) == 0
+    assert f"packed 7 images at 16 px into {packed}" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*.partial"))                  # built beside, renamed into place
+    cfg = DataConfig(name="imagefolder", path=str(packed), resolution=16, num_workers=2)
+    validate_data(cfg, 16, 3)
+    assert dataset_num_classes(cfg) == 3
+    fast = build_dataset(cfg)
+    slow = build_dataset(DataConfig(name="imagefolder", path=str(folder), resolution=16, num_workers=0))
+    assert fast.classes == slow.classes and torch.equal(fast.labels, slow.labels)
+    for world in (1, 2):
+        for rank in range(world):
+            a = StepBatches(fast, global_batch=6, seed=3, rank=rank, world_size=world)
+            b = StepBatches(slow, global_batch=6, seed=3, rank=rank, world_size=world)
+            for step in range(4):
+                (x, y), (ref_x, ref_y) = a.batch(step), b.batch(step)
+                assert torch.equal(x, ref_x) and torch.equal(y, ref_y)     # the same floats, flips included
+    loader = StepBatches(fast, global_batch=6, seed=3, num_workers=2).iterate(1)   # prefetched by workers
+    for step in range(1, 4):
+        x, y = next(loader)
+        assert torch.equal(x, slow.get(*StepBatches(slow, 6, 3).global_indices(step))[0])
+    loader.close()
+    with pytest.raises(ConfigError, match=r"^data\.resolution=32: .* is packed at 16 px"):
+        validate_data(DataConfig(name="imagefolder", path=str(packed), resolution=32), 32, 3)
+    assert packed_main(["prepare", str(folder), str(packed), "--resolution", "16"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: dest='{packed}': exists")
+
+
 # ---------------------------------------------------------------------------------------------
 # validation
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +402,7 @@ def test_imagefolder_dataloader_workers_equal_direct_batches(folder):
 ])
 def test_validate_data_names_the_key(changes, key):
     with pytest.raises(ConfigError) as err:
-        validate_data(DataConfig(**changes), 32)
+        validate_data(DataConfig(**changes), 32, 3)
     message = str(err.value)
     assert message.startswith(key) and "\n" not in message
 
@@ -299,12 +412,12 @@ def test_validate_data_rejects_a_folder_without_images(tmp_path):
     (tmp_path / "class_a" / "readme.txt").write_text("x")
     cfg = DataConfig(name="imagefolder", path=str(tmp_path), resolution=16)
     with pytest.raises(ConfigError, match=r"^data\.path=.*no images \(class folders of images, or images"):
-        validate_data(cfg, 16)
+        validate_data(cfg, 16, 3)
     with pytest.raises(ConfigError, match=r"^data\.path"):
         build_dataset(cfg)
     with pytest.raises(ConfigError, match=r"^data\.name"):
         build_dataset(DataConfig(name="cifar"))
-    validate_data(DataConfig(name="shapes", resolution=64), 64)
+    validate_data(DataConfig(name="shapes", resolution=64), 64, 3)
     assert dataset_num_classes(DataConfig(name="digits")) == 10
     assert dataset_num_classes(DataConfig(name="shapes")) == 10
 
@@ -315,7 +428,7 @@ def test_a_flat_folder_of_images_is_one_class(tmp_path):
     for i in range(3):
         Image.new("RGB", (20, 24), (40 * i, 0, 0)).save(tmp_path / f"{i:05d}.png")
     cfg = DataConfig(name="imagefolder", path=str(tmp_path), resolution=16)
-    validate_data(cfg, 16)
+    validate_data(cfg, 16, 3)
     dataset = build_dataset(cfg)
     assert dataset.num_classes == 1 and dataset_num_classes(cfg) == 1 and len(dataset) == 3
     images, labels = dataset.all_images()

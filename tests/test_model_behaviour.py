@@ -2,10 +2,14 @@
 import pytest
 import torch
 
+import math
+
 from conftest import inputs, randomize, tiny
 from models.complexity import component_params
-from models.config import ConfigError
-from models.layers import apply_rope, patchify, rope_2d, unpatchify
+from models.config import ConfigError, ModelConfig, choices_of
+from models.diffit import DiffiTUNet
+from models.families import FAMILIES, build_model, family, miniature
+from models.layers import apply_rope, patchify, rope_2d, sincos_2d, unpatchify
 from models.presets import model_config
 from models.transformer import DiffusionTransformer, PixelBlock
 
@@ -157,8 +161,23 @@ def test_in_context_tokens_are_removed_before_the_output(pixel_pathway):
 def test_dropout_only_inside_the_band():
     cfg = tiny(depth=8, dropout=0.2, pixel_pathway=False)
     model = DiffusionTransformer(cfg)
-    rates = [block.attn.dropout for block in model.blocks]
-    assert rates == [0.0, 0.0, 0.2, 0.2, 0.2, 0.2, 0.0, 0.0]
+    rates = [(block.attn.proj_drop.p, block.ffn.drop.p) for block in model.blocks]
+    assert rates == [(0.0, 0.0)] * 2 + [(0.2, 0.2)] * 4 + [(0.0, 0.0)] * 2
+
+
+def test_dropout_where_jit_drops_after_the_projection_and_on_the_swiglu_hidden():
+    """JiT's code: no dropout on the attention probabilities; on the attention output after its projection,
+    and on the SwiGLU hidden before w3. Seen as exact zeros where each dropout acts."""
+    cfg = tiny(depth=1, dropout=0.5, dropout_band=[0.0, 1.0], pixel_pathway=False)
+    block = randomize(DiffusionTransformer(cfg)).train().blocks[0]
+    seen = {}
+    block.attn.proj.register_forward_pre_hook(lambda m, args: seen.__setitem__("attention", args[0]))
+    block.attn.register_forward_hook(lambda m, args, out: seen.__setitem__("projected", out))
+    block.ffn.w3.register_forward_pre_hook(lambda m, args: seen.__setitem__("hidden", args[0]))
+    block(torch.randn(2, cfg.num_patches, cfg.hidden_size), torch.randn(2, cfg.hidden_size))
+    zeros = {name: float((value == 0).float().mean()) for name, value in seen.items()}
+    assert zeros["attention"] == 0.0                          # softmax(qk) v: no probability was dropped to 0
+    assert 0.4 < zeros["projected"] < 0.6 and 0.4 < zeros["hidden"] < 0.6
 
 
 def test_pixel_attention_off_removes_compaction_and_attention():
@@ -173,6 +192,38 @@ def test_post_modulation_has_four_way_modulation_and_no_gates():
     cfg = tiny(pixel_modulation="post", adaln="B")
     block = PixelBlock(cfg)
     assert block.modulation.proj.out_features == 4 * cfg.pixel_dim
+
+
+@pytest.mark.parametrize("placement, last", [("index", 5.0), ("span16", 16.0)])
+def test_rope_positions_index_or_the_grid_squeezed_into_0_16(placement, last):
+    """JiT rotates by the integer index; PixelDiT's code by linspace(0, 16, g), so the last row sits at 16
+    whatever the grid (channel 0: the row at frequency 1)."""
+    cos, _ = rope_2d(16, 6, 6, 10000.0, placement=placement)
+    assert cos[-1, 0] == pytest.approx(math.cos(last), abs=1e-6)
+    assert cos[5, 0] == pytest.approx(1.0)                  # row 0, last column: no row rotation
+
+
+def test_sincos_table_is_column_first():
+    """The MAE layout of DiT, JiT, PixelDiT and DiffiT: the first half of the channels encodes the column."""
+    table = sincos_2d(8, 2, 3)                              # tokens in raster order: (row, col)
+    assert table[1, 0] == pytest.approx(math.sin(1.0))      # (0, 1): the column is 1
+    assert table[3, 0] == pytest.approx(0.0)                # (1, 0): the column is 0
+    assert table[3, 4] == pytest.approx(math.sin(1.0))      # ... and the row, in the second half, is 1
+
+
+@pytest.mark.parametrize("preset, normed", [("pixeldit_xl", True), ("jit_b16", True), ("dit_xl2", False),
+                                            ("diffit_latent_xl2", False)])
+def test_norm_weights_where_the_official_code_has_them(preset, normed):
+    names = [n for n, _ in build_model(miniature(model_config(preset)), device="meta").named_parameters()]
+    block_norms = [n for n in names if ".norm" in n and "_norm" not in n]
+    assert bool(block_norms) == normed
+
+
+def test_the_family_registry_names_every_architecture():
+    assert set(FAMILIES) == set(choices_of(ModelConfig, "architecture"))
+    for preset, cls in [("pixeldit_xl", DiffusionTransformer), ("diffit_cifar10", DiffiTUNet)]:
+        cfg = model_config(preset)
+        assert type(build_model(miniature(cfg))) is cls is family(cfg).model_class()
 
 
 def test_rope_scores_depend_only_on_relative_offsets():
@@ -203,6 +254,8 @@ def test_patchify_round_trip():
     (dict(in_context_tokens=4, in_context_start=2), "model.in_context_start"),
     (dict(hint_fraction=0.2, pixel_pathway=False), "model.hint_fraction"),
     (dict(ffn="relu"), "model.ffn"),
+    (dict(gelu="fast"), "model.gelu"),
+    (dict(rope_positions="linspace"), "model.rope_positions"),
 ])
 def test_invalid_combinations_are_refused_naming_the_field(change, field):
     with pytest.raises(ConfigError) as err:

@@ -1,20 +1,28 @@
 """Plots and the report notebook of a real (tiny) sweep, run once in-process with the debug executor:
-two rows that finish (with an evaluation at step 2 and at the end) and one whose learning rate makes
-every run diverge, so the figures and the report have a failed row to show."""
+three rows that finish (with an evaluation at step 2 and at the end; one without a pixel pathway, its
+label starting with "+") and one whose learning rate makes every run diverge, so the figures and the
+report have a failed row to show."""
+import dataclasses
+import re
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from matplotlib.colors import to_rgb
 
-from analysis.plots import build_figures, log_plots, make_plots, row_colours
+import harness.sampling
+from analysis.plots import build_figures, log_plots, make_plots, progress_notes, row_colours
 from analysis.report import config_differences, failed_runs, write_report
-from analysis.runs import load_sweep_runs
-from conftest import run_evaluated_sweep
+from analysis.runs import load_sweep_runs, metric_history
+from analysis.samples import GRID_SEED, sample_grids
+from conftest import inputs, randomize, run_evaluated_sweep, tiny
+from models.config import ConfigError, ModelConfig, choices_of
+from models.transformer import build_model
 
-LABELS = ["patch-wise", "pixel-wise", "diverges"]
-FINISHED = LABELS[:2]
+LABELS = ["patch-wise", "pixel-wise", "diverges", "+ no pixel pathway"]
+FINISHED = ["patch-wise", "pixel-wise", "+ no pixel pathway"]
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +111,75 @@ def test_bar_chart_keeps_a_slot_for_the_failed_row(sweep):
     assert any("failed" in t.get_text() for t in ax.texts)                          # marked, not blank
 
 
+def test_progress_plots_need_two_evaluation_points(sweep_path, sweep):
+    """The runs evaluated fd at steps 2 and 4: a progress plot. With the history cut to its last point
+    (as a sweep evaluated only at the end logs it), the figure is left out and one sentence says why."""
+    assert progress_notes(sweep, "fd") == []
+    once = load_sweep_runs(sweep_path)
+    history = metric_history(once, "fd")
+    assert sorted(set(history["step"])) == [2, 4]
+    once.histories["fd"] = history[history["step"] == 4]
+    figures = build_figures(once, "fd")
+    assert "fd_during_training" not in figures and {"loss", "fd_per_row", "fd_vs_cost"} <= set(figures)
+    assert progress_notes(once, "fd") == ["fd was logged once (step 4): no progress plot (it needs two "
+                                          "evaluation points or more)."]
+
+
 def test_log_plots_to_the_parent_run(sweep, tmp_path):
     paths = make_plots(sweep, tmp_path / "logged", "loss")
     assert {p.stem for p in paths} == {"loss", "loss_per_row", "loss_vs_cost"}      # no duplicate loss curve
     assert log_plots(sweep, paths) == len(paths)
     logged = {Path(a.path).name for a in sweep.client.list_artifacts(sweep.parent_run_id, "plots")}
     assert {p.name for p in paths} <= logged
+
+
+def other_value(cfg: ModelConfig, name: str):
+    """A different valid-looking value for a field (None where there is none to try)."""
+    value = getattr(cfg, name)
+    field = next(f for f in dataclasses.fields(cfg) if f.name == name)
+    if "choices" in field.metadata:
+        return next(c for c in choices_of(ModelConfig, name) if c != value)
+    if isinstance(value, bool):
+        return not value
+    if value is None:
+        return {"time_embed_dim": cfg.hidden_size}.get(name, 2)
+    if isinstance(value, int):
+        return value * 2
+    if isinstance(value, float):
+        return value / 2 + 0.1
+    if isinstance(value, list):
+        return [v / 2 if isinstance(v, float) else max(1, v // 2) for v in value]
+    return None
+
+
+@pytest.mark.parametrize("cfg", [tiny(pixel_pathway=False), tiny(), tiny(pixel_attention=False),
+                                 ModelConfig(architecture="unet", input_size=8, num_classes=10, pixel_pathway=False,
+                                             unet_channels=[32, 32], unet_blocks=[1, 1], unet_head_dim=16,
+                                             gn_groups=8, window_size=4, hidden_size=32, num_heads=2, patch_size=4)],
+                         ids=["no-pixel-pathway", "pixeldit", "no-pixel-attention", "unet"])
+def test_inert_fields_change_nothing(cfg):
+    """What the report leaves out of a row's config differences really does nothing to that model: the
+    same weights and the same output for any other value of the switch."""
+    x, t, y = inputs(cfg)
+
+    def output(config):
+        torch.manual_seed(1)
+        model = randomize(build_model(config)).eval()
+        return {k: v.shape for k, v in model.state_dict().items()}, model(x, t, y).prediction
+
+    shapes, reference = output(cfg)
+    tried = 0
+    for name in cfg.inert_fields():
+        changed = other_value(cfg, name)
+        try:
+            other = cfg.replace(**{name: changed}).validate()
+        except ConfigError:                     # e.g. GT pixel hints without a pixel pathway: refused anyway
+            continue
+        other_shapes, out = output(other)
+        assert other_shapes == shapes and torch.equal(out, reference), (name, changed)
+        tried += 1
+    assert tried >= 5
+    assert "adaln" in tiny(pixel_pathway=False).inert_fields() and "adaln" not in tiny().inert_fields()
 
 
 # ---- report --------------------------------------------------------------------------------------
@@ -119,6 +190,8 @@ def test_config_differences_and_failed_runs(sweep):
     by_row = {label: dict(zip(g["key"], zip(g["baseline"], g["value"]))) for label, g in diffs.groupby("label")}
     assert by_row["pixel-wise"] == {"model.adaln": ("B", "C")}                     # nothing but the change
     assert by_row["diverges"]["optim.lr"] == ("0.001", "1000000000000.0")
+    # adaln (C here, B in the baseline) does nothing without a pixel pathway: not listed as a difference
+    assert by_row["+ no pixel pathway"] == {"model.pixel_pathway": ("True", "False")}
     failed = failed_runs(sweep)
     assert list(zip(failed["label"], failed["seed"])) == [("diverges", 0), ("diverges", 1)]
     assert all(r.startswith("NonFiniteLoss") for r in failed["reason"])
@@ -138,7 +211,10 @@ def test_report_executes_and_shows_table_diffs_failures(report, sweep):
     for label in FINISHED:                                                           # the table's numbers
         assert f"{final_mean(sweep, label):.4g}" in text, label
     assert "no finished run: failed (2)" in text
-    section = text[text.index("**pixel-wise**"):]
+    assert "ours: class accuracy (held-out-split classifier)" in text                      # beside the distance
+    assert "interval and test unreliable, never bold" in text                        # the table's caption
+    differences = text[text.index("Baseline row: **patch-wise**"):]
+    section = differences[differences.index("**pixel-wise**"):]
     assert "`model.adaln` | B | C" in section[:section.index("**diverges**")]
     failures = text[text.index("planned runs did not finish"):]
     for reason in sweep.frame[sweep.frame["state"] == "failed"]["failure_reason"]:
@@ -149,11 +225,68 @@ def test_report_executes_and_shows_table_diffs_failures(report, sweep):
     assert Path(interpreter).resolve() == Path(sys.executable).resolve()
     commit = sweep.client.get_run(sweep.frame["mlflow_run_id"].iloc[0]).data.tags["git_commit"]
     assert f"| runs' git commit | {commit}" in text
-    # the figures are embedded, so the notebook and the HTML stand alone
-    assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) == 4
+    # the figures are embedded, so the notebook and the HTML stand alone: 4 plots and 3 sample grids
+    assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) == 4 + 3
     html = html_path.read_text()
     assert html_path.suffix == ".html" and "data:image/png;base64" in html
     assert "Ablation report: rep" in html and "NonFiniteLoss" in html and "model.adaln" in html
+    for name in ("table.md", "table.tex", "table.csv"):
+        assert (notebook_path.parent / name).read_text().startswith(("|", "\\begin{table}", "label,"))
+
+
+def sample_cell(nb):
+    return next(c for c in nb.cells if c.cell_type == "code" and "sample_grids(" in c.source)
+
+
+def test_report_has_one_sample_grid_per_row(report, sweep):
+    """Exactly one grid per finished row, each under its row's name with the run's distance and class
+    accuracy; the failed row says why it has none."""
+    nb = nbformat.read(report[0], as_version=4)
+    outputs = sample_cell(nb)["outputs"]
+    images = [i for i, o in enumerate(outputs) if "image/png" in o.get("data", {})]
+    assert len(images) == len(FINISHED)
+    captions = [outputs[i - 1]["data"]["text/markdown"] for i in images]
+    for label, caption in zip(FINISHED, captions):                                  # the file's order
+        run = sweep.frame[(sweep.frame["label"] == label) & (sweep.frame["seed"] == 0)].iloc[0]
+        assert label.lstrip("+ ") in caption and "seed 0, step 4" in caption
+        assert f"fd {run['metric.fd']:.4g}" in caption and f"class_acc {run['metric.class_acc']:.4g}" in caption
+    texts = [o.get("data", {}).get("text/markdown", "") for o in outputs]
+    assert "**diverges**: no grid (no finished run)." in texts
+    assert f"Noise: seed {GRID_SEED}, the same tensor for every row." in texts
+
+
+def test_sample_grids_use_the_same_noise_and_labels_in_every_row(sweep, tmp_path, monkeypatch):
+    """The initial noise each row's sampler draws (recorded where the sampler draws it) is one and the
+    same tensor, the labels too; the images differ, because the models do."""
+    drawn = []
+    original = harness.sampling.draw_normal
+
+    def recording(*args, **kwargs):
+        drawn.append(original(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(harness.sampling, "draw_normal", recording)
+    grids = sample_grids(sweep, tmp_path)
+    made = [g for g in grids if g.path is not None]
+    assert [g.label for g in made] == FINISHED and [g.label for g in grids if g.path is None] == ["diverges"]
+    assert len(drawn) == len(made)                      # the flow sampler draws once per grid: its noise
+    assert all(torch.equal(d, drawn[0]) for d in drawn[1:])
+    assert all(g.labels == made[0].labels for g in made) and made[0].labels == list(range(10)) * 2
+    pictures = [g.path.read_bytes() for g in made]
+    assert len(set(pictures)) == len(pictures)
+
+
+def test_report_html_hides_code_and_shows_plus_labels_as_text(report):
+    notebook_path, html_path = report
+    nb = nbformat.read(notebook_path, as_version=4)
+    html = html_path.read_text()
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert any("load_sweep_runs(sweep_path)" in source for source in code)           # the notebook keeps it
+    assert "load_sweep_runs(sweep_path)" not in html and "hl-ipython3" not in html   # the HTML does not show it
+    # "+ no pixel pathway" is a label, not a bullet list: as text in the rows list and in bold captions
+    assert "<ul" not in html
+    assert "<li>+ no pixel pathway</li>" in html
+    assert re.search(r"<strong>\+ no pixel pathway</strong>", html)
 
 
 def test_report_is_logged_to_the_parent_run(report, sweep):

@@ -8,6 +8,7 @@ import torch
 
 from models.complexity import count_flops, measure, with_resolution
 from models.presets import PRESETS, PUBLISHED, miniature, model_config
+from models.families import build_model
 from models.transformer import DiffusionTransformer
 
 
@@ -16,6 +17,11 @@ def test_parameter_count_matches_the_paper(name):
     paper = PUBLISHED[name]
     params = measure(model_config(name)).params
     assert params == pytest.approx(paper["params"], rel=paper["params_tol"])
+
+
+@pytest.mark.parametrize("name", [n for n in PUBLISHED if "official" in PUBLISHED[n]])
+def test_parameter_count_equals_the_official_code_exactly(name):
+    assert measure(model_config(name)).params == PUBLISHED[name]["official"]
 
 
 @pytest.mark.parametrize("name", [n for n in PUBLISHED if "flops_tol" in PUBLISHED[n]])
@@ -33,7 +39,7 @@ def test_table4_rows_differ_only_in_their_named_switches():
     assert ptc == pixelwise.replace(adaln="B")
     assert nocompact == ptc.replace(compaction=1)
     vanilla, rope = model_config("table4_vanilla_dit16"), model_config("table4_rope_rmsnorm")
-    assert rope == vanilla.replace(pos_embed="rope", norm="rmsnorm")
+    assert rope == vanilla.replace(pos_embed="rope", norm="rmsnorm", norm_affine=True)    # PixelDiT's RMSNorm
     assert not vanilla.pixel_pathway and vanilla.patch_size == 16 and vanilla.in_channels == 3
 
 
@@ -59,7 +65,7 @@ def test_overrides_change_exactly_the_named_fields():
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_runs_forward_and_backward_at_toy_size(name):
     cfg = miniature(model_config(name))
-    model = DiffusionTransformer(cfg)
+    model = build_model(cfg)
     x = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size)
     hints = (x, torch.rand_like(x[:, :1]) < cfg.hint_fraction) if cfg.hint_fraction else (None, None)
     out = model(x, torch.rand(2), torch.tensor([0, cfg.num_classes]), *hints)     # one dropped label
@@ -96,4 +102,4 @@ def test_inspect_compares_several_presets_and_refuses_bad_overrides():
     assert table.returncode == 0 and "pixeldit_b" in table.stdout and "dit_xl2" in table.stdout
     bad = run_inspect("pixeldit_xl", "compaction=7")
     assert bad.returncode == 2 and bad.stderr.strip() == (
-        "error: model.compaction=7: the compaction rate must divide patch_size^2=256")
+        "error: command line: model.compaction=7: the compaction rate must divide patch_size^2=256")

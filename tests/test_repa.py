@@ -94,7 +94,7 @@ def test_missing_file_and_unknown_model_are_config_errors(tmp_path):
     assert str(err.value) == f"repa.encoder_weights='{missing}': file does not exist"
     with pytest.raises(ConfigError) as err:
         RepaEncoder("no_such_vit_xyz", "random", grid_size=2)
-    assert str(err.value).startswith("repa.encoder=no_such_vit_xyz: unknown timm model")
+    assert str(err.value).startswith("repa.encoder='no_such_vit_xyz': unknown timm model")
     with pytest.raises(ConfigError, match=r"^repa\.encoder=.*unknown timm model"):
         RepaEncoder("vit_small_patch14_dinov2.no_such_tag", "random", grid_size=2)
 
@@ -111,7 +111,7 @@ def test_hub_without_cache_fails_fast_and_restores_the_environment(tmp_path, mon
     with pytest.raises(ConfigError) as err:
         RepaEncoder(SMALL, "hub", grid_size=2)
     assert time.time() - t0 < 10
-    assert str(err.value) == (f"repa.encoder_weights=hub: no cached weights for {SMALL} and the hub is "
+    assert str(err.value) == (f"repa.encoder_weights='hub': no cached weights for {SMALL} and the hub is "
                               "unreachable; give a local file or 'random'")
     assert "\n" not in str(err.value)
     assert "HF_HUB_OFFLINE" not in os.environ and constants.HF_HUB_OFFLINE == offline_before

@@ -4,94 +4,21 @@ answers; the same scenarios then still run with the local executor."""
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from mlflow.tracking import MlflowClient
 
+from conftest import (EXECUTORS, SLOW, SLURM_SKIP, TINY, all_ended, children, release_when_requeued, states,
+                      wait_until, write_sweep)
 from harness.checkpoint import load_checkpoint
 from harness.configure import resolve
 from harness.sweep.cli import main
 from harness.sweep.plan import plan_sweep
-from harness.sweep.server import stop_server, store_uri
-from harness.sweep.spec import SweepError, load_sweep
+from harness.sweep.spec import load_sweep
 from harness.train import train
-
-def slurm_available() -> str | None:
-    """None when a SLURM controller answers, else the reason to skip."""
-    if shutil.which("sbatch") is None:
-        return "SLURM is not installed (no sbatch); scripts/local_slurm.sh start installs and starts one"
-    if "SLURM_CONF" not in os.environ:
-        return "SLURM_CONF is not set; run `scripts/local_slurm.sh start` and export what `env` prints"
-    probe = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0 or "idle" not in probe.stdout and "mix" not in probe.stdout:
-        return f"no idle SLURM node answers: {probe.stderr.strip() or probe.stdout.strip()}"
-    return None
-
-
-SLURM_SKIP = slurm_available()
-EXECUTORS = ["local", pytest.param("slurm", marks=pytest.mark.skipif(SLURM_SKIP is not None,
-                                                                    reason=str(SLURM_SKIP)))]
-TINY = {"train.steps": 4, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
-        "model.hidden_size": 32, "model.num_heads": 2, "eval.metric": "none", "checkpoint.every_steps": 2}
-# Steps of tens of milliseconds, so a job can be interrupted mid-run.
-SLOW = {**TINY, "train.steps": 40, "train.global_batch": 32, "model.hidden_size": 64, "model.num_heads": 4,
-        "checkpoint.every_steps": 5, "train.log_every": 5}
-
-
-def write_sweep(folder: Path, name="s", rows=None, executor="local", overrides=None, **more) -> Path:
-    sweep = {"name": name, "experiment": "tiny_digits", "output": str(folder / "out"),
-             "overrides": overrides or TINY,
-             "rows": rows or [{"label": "patch-wise", "set": {"model.adaln": "B"}},
-                              {"label": "pixel-wise", "set": {"model.adaln": "C"}}],
-             "seeds": [0, 1], "executor": {"kind": executor, "max_parallel": 4}, **more}
-    path = folder / f"{name}.yaml"
-    path.write_text("# a comment that must survive\n" + yaml.safe_dump(sweep, sort_keys=False))
-    return path
-
-
-def wait_until(predicate, timeout=300, every=0.5, what="condition"):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
-
-
-def states(path: Path) -> dict:
-    spec = load_sweep(path)
-    from harness.sweep.cli import current_states
-    return {(s.run.label, s.run.seed): s for s in current_states(spec, plan_sweep(spec))}
-
-
-def all_ended(path: Path) -> bool:
-    return all(s.state in ("done", "failed") for s in states(path).values())
-
-
-@pytest.fixture
-def sweep_dir(tmp_path):
-    yield tmp_path
-    for path in tmp_path.glob("*.yaml"):             # stop the tracking servers the sweeps started
-        try:
-            stop_server(load_sweep(path))
-        except SweepError:                          # a deliberately malformed file started none
-            pass
-
-
-def children(path: Path):
-    spec = load_sweep(path)
-    client = MlflowClient(store_uri(spec))
-    experiment = client.get_experiment_by_name(spec.experiment_name)
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
-    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return client, parents, kids
-
 
 # ---- malformed sweeps: one line naming file and key; nothing submitted, nothing created -------------
 
@@ -102,7 +29,7 @@ def children(path: Path):
     (lambda text: re.sub(r"rows:\n(- .*\n(  .*\n)*)+", "rows: []\n", text), "rows: at least one row"),
     (lambda text: text.replace("label: pixel-wise", "label: patch-wise"), "rows[1].label='patch-wise': duplicate"),
     (lambda text: text.replace("max_parallel: 4", "max_parallel: 4\n  gpus: 8"), "executor.gpus: unknown executor field"),
-    (lambda text: text.replace("model.adaln: B", "model: nope"), "rows[0].set.model=nope: unknown option"),
+    (lambda text: text.replace("model.adaln: B", "model: nope"), "rows[0].set.model='nope': unknown option"),
     (lambda text: text.replace("model.depth: 2", "model.depth: deep"), "overrides.model.depth"),
 ])
 def test_malformed_sweeps_fail_before_anything_is_created(sweep_dir, capsys, mutate, key):
@@ -131,7 +58,7 @@ def test_plan_resolves_each_run_exactly_as_the_training_job_will(sweep_dir):
 
 # ---- end to end: submit, complete, dedup, fail, retry ------------------------------------------
 
-def last_logged_loss(log: str, run_name: str) -> float:
+def last_logged_loss(log: str) -> float:
     lines = [l for l in log.splitlines() if l.startswith("step ")]
     return float(lines[-1].split(" loss ")[1].split()[0])
 
@@ -166,12 +93,14 @@ def test_sweep_submits_completes_dedups_and_retries_exactly_the_failed_run(sweep
     assert client.download_artifacts(parents[0].info.run_id, "sweep.yaml").endswith("sweep.yaml")
     assert "# a comment that must survive" in Path(client.download_artifacts(parents[0].info.run_id,
                                                                               "sweep.yaml")).read_text()
+    by_run = {(r["label"], r["seed"]): name for name, r in manifest["runs"].items()}
     for kid in kids:
-        record = manifest["runs"][kid.info.run_name]
-        assert kid.data.tags["label"] == record["label"] and kid.data.tags["seed"] == str(record["seed"])
-        if kid.info.status == "FINISHED":             # MLflow's numbers are the job log's numbers
-            log = Path(record["stdout"]).read_text()
-            assert kid.data.metrics["loss"] == pytest.approx(last_logged_loss(log, kid.info.run_name), abs=6e-5)
+        run_name = by_run[kid.data.tags["label"], int(kid.data.tags["seed"])]
+        record = manifest["runs"][run_name]
+        assert kid.info.run_name == f"{record['label']} · seed {record['seed']}"
+        if kid.info.status == "FINISHED":             # MLflow's numbers are the run's log's numbers
+            log = (load_sweep(path).folder / run_name / "job.log").read_text()
+            assert kid.data.metrics["loss"] == pytest.approx(last_logged_loss(log), abs=6e-5)
         if executor == "slurm":
             assert kid.data.tags["slurm_job_id"] == record["job_id"]
 
@@ -186,15 +115,6 @@ def test_sweep_submits_completes_dedups_and_retries_exactly_the_failed_run(sweep
 
 
 # ---- SLURM preemption: checkpoint, requeue, resume, identical weights -----------------------------
-
-def release_when_requeued(job_id: str) -> None:
-    """SLURM holds a requeued batch job for 120 s (EligibleTime); let it start now."""
-    def requeued():
-        out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
-        return "JobState=PENDING" in out and "Restarts=1" in out
-    wait_until(requeued, timeout=120, what=f"job {job_id} to be requeued")
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
-
 
 @pytest.mark.skipif(SLURM_SKIP is not None, reason=str(SLURM_SKIP))
 @pytest.mark.parametrize("interrupt", ["scontrol requeue", "scancel --signal=USR2"])
@@ -237,11 +157,76 @@ def test_cancel_stops_live_jobs_and_logs_shows_a_runs_output(sweep_dir, capsys):
     wait_until(lambda: all((d / "checkpoints" / "last.pt").exists() for d in run_dirs), what="checkpoints")
     capsys.readouterr()
     assert main(["cancel", str(path)]) == 0
-    assert "cancelled 0 SLURM and 2 local jobs" in capsys.readouterr().out
+    assert "cancelled 2 local, 0 slurm jobs" in capsys.readouterr().out
     wait_until(lambda: all_ended(path), what="the cancelled runs to end")
     ended = states(path)
     assert {s.state for s in ended.values()} == {"failed"}
     assert all(s.mlflow_run.info.status == "KILLED" for s in ended.values())   # checkpointed, then stopped
     assert main(["logs", str(path), "pixel-wise", "--seed", "0"]) == 0
     out = capsys.readouterr().out
-    assert "==> pixel-wise seed 0" in out and "step 5/400 loss" in out
+    assert "==> pixel-wise · seed 0" in out and "step 5/400 loss" in out
+
+
+def test_logs_shows_one_runs_lines_when_one_job_runs_several(sweep_dir, capsys):
+    """A local lane runs its runs one after another in one job; each run's output is also its own job.log."""
+    path = write_sweep(sweep_dir, name="lane", seeds=[0])
+    path.write_text(path.read_text().replace("max_parallel: 4", "max_parallel: 1"))
+    assert main([str(path), "--wait"]) == 0                   # follows the lane's two runs to their end
+    from harness.sweep.server import running_server
+    assert running_server(load_sweep(path)) is None              # ... and stops the server it started
+    records = list(json.loads((load_sweep(path).folder / "manifest.json").read_text())["runs"].values())
+    assert len({r["job_id"] for r in records}) == 1 and len(records) == 2       # one job, two runs
+    assert Path(records[0]["stdout"]).read_text().count("step 4/4 loss") == 2
+    _, _, kids = children(path)
+    capsys.readouterr()
+    for kid in kids:
+        label = kid.data.tags["label"]
+        assert main(["logs", str(path), label]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"==> {label} · seed 0 (") and out.count("step 4/4 loss") == 1
+        assert kid.data.metrics["loss"] == pytest.approx(last_logged_loss(out), abs=6e-5)
+    assert main(["logs", str(path), "pixelwise"]) == 2
+    err = capsys.readouterr().err
+    assert "rows are ['patch-wise', 'pixel-wise']" in err and err.rstrip().endswith("(did you mean pixel-wise?)")
+
+
+def test_runs_are_named_by_row_and_seed_and_the_parent_carries_the_description(sweep_dir):
+    """Run names `LABEL · seed S`; the parent run's description is the sweep's description and notes; each
+    evaluation point is logged under the name it was asked by (`fd/step_3`, `fd/epoch_0.02`) and nothing else
+    (no `fd/epoch_0.0265` beside every step point); the step and heartbeat under MLflow's system/ section."""
+    overrides = {**TINY, "eval.metric": "offline", "eval.num_samples": 40, "eval.batch_size": 20,
+                 "eval.sampler.steps": 3, "eval.at_steps": [3], "eval.at_epochs": [0.02],
+                 "eval.cache_dir": str(sweep_dir / "cache")}
+    path = write_sweep(sweep_dir, name="named", executor="debug", overrides=overrides, seeds=[0],
+                       description="Which AdaLN?", notes="A *toy* check.")
+    assert main([str(path)]) == 0
+    client, (parent,), kids = children(path)
+    assert parent.data.tags["mlflow.note.content"] == "Which AdaLN?\n\n**Notes.** A *toy* check."
+    assert sorted(kid.info.run_name for kid in kids) == ["patch-wise · seed 0", "pixel-wise · seed 0"]
+    for kid in kids:
+        assert {key for key in kid.data.metrics if "/" in key} == {
+            "fd/step_3", "class_acc/step_3", "fd/epoch_0.02", "class_acc/epoch_0.02", "system/step",
+            "system/heartbeat"}
+        assert [m.step for m in client.get_metric_history(kid.info.run_id, "fd")] == [2, 3, 4]
+
+
+@pytest.mark.skipif(SLURM_SKIP is not None, reason=str(SLURM_SKIP))
+def test_cancel_stops_slurm_jobs_in_every_live_state_status_knows(sweep_dir, capsys):
+    """A job held after a requeue (REQUEUE_HOLD; SLURM 22.05 shows it PENDING, held) is live for `status`, so
+    `cancel` stops it too."""
+    path = write_sweep(sweep_dir, name="held", executor="slurm", overrides={**SLOW, "train.steps": 4000}, seeds=[0],
+                       rows=[{"label": "pixel-wise", "set": {"model.adaln": "C"}}])
+    assert main([str(path)]) == 0
+    spec = load_sweep(path)
+    (record,) = json.loads((spec.folder / "manifest.json").read_text())["runs"].values()
+    job = record["job_id"]
+    state = lambda: subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout  # noqa: E731
+    wait_until(lambda: "JobState=RUNNING" in state(), what="the job to run")
+    subprocess.run(["scontrol", "requeuehold", job], check=True)
+    wait_until(lambda: "JobState=REQUEUE_HOLD" in state() or "Reason=job_requeued_in_held_state" in state(),
+               what="the hold")
+    assert states(path)[("pixel-wise", 0)].state == "pending"
+    capsys.readouterr()
+    assert main(["cancel", str(path)]) == 0
+    assert "cancelled 0 local, 1 slurm jobs" in capsys.readouterr().out
+    wait_until(lambda: "JobState=CANCELLED" in state(), what="the cancellation")

@@ -1,6 +1,7 @@
 """The training job end to end on tiny configs: MLflow records, exact resume after a real kill,
 preemption by signal, failures, REPA, hints, offline evaluation, data parallel."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,9 +13,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from harness.checkpoint import load_checkpoint
+from conftest import assert_close_weights, weights
 from harness.configure import resolve
-from harness.train import NonFiniteLoss, main, train
+from harness.train import NonFiniteLoss, train
+from harness.train_cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,11 +65,6 @@ def mlflow_run(run_dir: Path):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     return client, runs[0]
-
-
-def weights(run_dir: Path) -> dict:
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    return {"model": state["model"], "ema": state["ema"], "step": state["step"]}
 
 
 def assert_same_weights(a: dict, b: dict):
@@ -176,7 +173,7 @@ def test_bad_input_fails_before_any_mlflow_run(tmp_path, capsys):
                                             "data.resolution": 32})
     assert main(overrides) == 2
     message = capsys.readouterr().err.strip()
-    assert message.startswith("error: data.path=") and "\n" not in message
+    assert message.startswith("error: overrides: data.path=") and "\n" not in message
     assert not (tmp_path / "runs").exists()
 
 
@@ -222,15 +219,67 @@ def test_fid_evaluation_through_the_trainer(tmp_path):
     assert run.data.metrics["fid"] == pytest.approx(result.metrics["fid"])
 
 
-def test_two_data_parallel_ranks_log_one_run(tmp_path, seed_store):
-    args = tiny_overrides(tmp_path, "ddp", steps=4)
+def torchrun(args, port: int, nproc: int = 2, **kwargs):
+    """`harness.train` on `nproc` gloo ranks of this machine (torchrun's environment)."""
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                             f"--master_port={port}", "-m", "harness.train", *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finished(proc) -> str:
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    return out
+
+
+def loss_history(run_dir: Path) -> list[float]:
+    client, run = mlflow_run(run_dir)
+    return [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+
+
+def test_two_data_parallel_ranks_train_and_log_what_one_process_does(tmp_path, seed_store):
+    """Two gloo ranks on the same global batch draw each sample's noise, time and label dropout as one process
+    does: the same weights up to the reduction order, and the logged loss is the mean over both ranks'
+    samples (the loss of the whole batch, not rank 0's half)."""
+    evaluated = {"eval.metric": "offline", "eval.num_samples": 20, "eval.batch_size": 10, "eval.at_steps": "[3]",
+                 "eval.sampler.steps": 2}             # both ranks sample; the kept checkpoint is written by rank 0
+    single = train(resolve(tiny_overrides(tmp_path, "single", steps=6, **evaluated)))
     seed_store(tmp_path / "runs" / "ddp")
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                          "-m", "harness.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    _, run = mlflow_run(tmp_path / "runs" / "ddp")
-    assert run.info.status == "FINISHED"
-    assert weights(tmp_path / "runs" / "ddp")["step"] == 4
+    finished(torchrun(tiny_overrides(tmp_path, "ddp", steps=6, **evaluated), port=29517))
+    client, run = mlflow_run(tmp_path / "runs" / "ddp")
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "fd")] == [3, 6]
+    assert (tmp_path / "runs" / "ddp" / "checkpoints" / "step00000003.pt").exists()
+    assert_close_weights(weights(single.run_dir), weights(tmp_path / "runs" / "ddp"))
+    assert loss_history(tmp_path / "runs" / "ddp") == pytest.approx(loss_history(single.run_dir), rel=1e-5)
+
+
+def test_fsdp_with_activation_checkpointing_trains_like_ddp_and_resumes_its_full_checkpoint(tmp_path, seed_store):
+    """train.parallel=fsdp (torch's fully_shard per block) with activation checkpointing, on 2 gloo ranks,
+    SIGTERM'd after its first checkpoint and resumed: every rank resumes from the same step of the one full
+    checkpoint rank 0 wrote, and the run ends with DDP's weights up to the reduction order."""
+    ddp_args = tiny_overrides(tmp_path, "ddp", **SLOW)
+    seed_store(tmp_path / "runs" / "ddp")
+    finished(torchrun(ddp_args, port=29518))
+    args = tiny_overrides(tmp_path, "fsdp", **SLOW, **{"train.parallel": "fsdp", "train.activation_checkpointing": True})
+    run_dir = tmp_path / "runs" / "fsdp"
+    seed_store(run_dir)
+    proc = torchrun(args, port=29519)
+    wait_for(run_dir / "checkpoints" / "last.pt", proc, timeout=300)
+    proc.send_signal(signal.SIGTERM)               # torchrun passes it to both ranks, as SLURM signals every task
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0 and "interrupted: signal 15 at step" in out, out
+    stopped_at = weights(run_dir)["step"]
+    assert 0 < stopped_at < 24
+    out = finished(torchrun(args, port=29520))
+    resumed = re.findall(r"rank (\d): resumed from (\S+) at step (\d+)", out)     # the ranks' lines may interleave
+    assert sorted(rank for rank, _, _ in resumed) == ["0", "1"], out
+    assert {(path, int(step)) for _, path, step in resumed} == {(str(run_dir / "checkpoints" / "last.pt"), stopped_at)}
+    assert_close_weights(weights(tmp_path / "runs" / "ddp"), weights(run_dir))
+    _, run = mlflow_run(run_dir)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+    assert run.data.tags["interrupted_at_step"] == str(stopped_at)
 
 
 def test_bf16_autocast_with_gradient_accumulation_trains(tmp_path):

@@ -1,10 +1,15 @@
 """The sweep's MLflow UI in a real browser: a tiny finished sweep, `analysis.ui.start_ui`, and Debian's
-headless Chromium rendering the runs table (its DOM is read back and a screenshot kept). Skipped, saying
-why, where /usr/bin/chromium is missing: `bash scripts/install_browser.sh` (as root) installs it.
+headless Chromium driven over the DevTools protocol (on a pipe: `--remote-debugging-pipe`), which checks what
+is on the first screen and keeps a screenshot. Skipped, saying why, where /usr/bin/chromium is missing:
+`bash scripts/install_debian.sh browser` (as root) installs it.
 
-The screenshot lies under the test's tmp_path; with DITLAB_SCREENSHOT_DIR set it is copied there too."""
+The screenshot lies under the test's tmp_path (its path is printed: `pytest -rP` shows it); with
+DITLAB_SCREENSHOT_DIR set it is copied there too."""
+import base64
+import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -25,22 +30,26 @@ from harness.sweep.spec import load_sweep
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
     not os.access(CHROMIUM, os.X_OK),
-    reason=f"{CHROMIUM} is missing: `bash scripts/install_browser.sh` (as root) installs Debian's chromium")
+    reason=f"{CHROMIUM} is missing: `bash scripts/install_debian.sh browser` (as root) installs Debian's chromium")
 
 # Flags for this machine's closed network: without the background-networking ones Chromium's own
-# connections are refused, many at a time. Each start gets a fresh profile.
+# connections are refused, many at a time. Each start gets a fresh profile (as a first visit does).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-quic", "--hide-scrollbars",
-                  "--window-size=1400,900"]
+                  "--disable-component-update", "--disable-sync", "--disable-quic", "--hide-scrollbars"]
+SCREEN = (1400, 900)                  # the first screen: a laptop's browser window
 TINY = {"train.steps": 4, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
-        "model.hidden_size": 32, "model.num_heads": 2, "eval.metric": "none", "checkpoint.every_steps": 2}
+        "model.hidden_size": 32, "model.num_heads": 2, "checkpoint.every_steps": 2, "eval.metric": "offline",
+        "eval.num_samples": 40, "eval.batch_size": 20, "eval.at_steps": [2], "eval.sampler.steps": 3}
+DESCRIPTION = "Does pixel-wise AdaLN beat patch-wise AdaLN?"
 
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
-    """A 2 rows x 1 seed sweep, run to the end in this process."""
+    """A 2 rows x 1 seed sweep with the offline metric, run to the end in this process."""
     folder = tmp_path_factory.mktemp("ui_sweep")
-    sweep = {"name": "ui_sweep", "experiment": "tiny_digits", "output": str(folder / "out"), "overrides": TINY,
+    sweep = {"name": "ui_sweep", "description": DESCRIPTION, "notes": "Two rows, one seed: a UI check.",
+             "experiment": "tiny_digits", "output": str(folder / "out"),
+             "overrides": {**TINY, "eval.cache_dir": str(folder / "cache")},
              "rows": [{"label": "patch-wise", "set": {"model.adaln": "B"}},
                       {"label": "pixel-wise", "set": {"model.adaln": "C"}}],
              "seeds": [0], "executor": {"kind": "debug"}}
@@ -51,8 +60,9 @@ def finished_sweep(tmp_path_factory):
 
 
 def run_names(spec) -> list[str]:
-    """The planned run names (manifest.json), checked against the finished runs in MLflow."""
-    planned = sorted(json.loads((spec.folder / "manifest.json").read_text())["runs"])
+    """The planned runs' MLflow names (`LABEL · seed S`, from manifest.json), checked against the finished runs."""
+    planned = sorted(f"{r['label']} · seed {r['seed']}"
+                     for r in json.loads((spec.folder / "manifest.json").read_text())["runs"].values())
     client = MlflowClient(store_uri(spec))
     experiment = client.get_experiment_by_name(spec.experiment_name)
     finished = sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id])
@@ -69,70 +79,132 @@ def ui(finished_sweep):
     assert not pid_alive(proc.pid)
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)           # Chromium's zygote, renderer and GPU processes too
-    except ProcessLookupError:
-        pass
-    proc.wait()
+def _high_fd(fd: int) -> int:
+    """The same pipe end at a descriptor above 10 (so the child's dup2 onto 3 and 4 clobbers none of them)."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return high
+
+
+class Page:
+    """One page of a headless Chromium, driven over the DevTools protocol on a pipe: NUL-terminated JSON messages,
+    written to the browser's fd 3 and read from its fd 4 (`--remote-debugging-pipe`)."""
+
+    def __init__(self, profile: Path):
+        to_browser, self.writer = map(_high_fd, os.pipe())
+        self.reader, from_browser = map(_high_fd, os.pipe())
+
+        def wire():                                # in the child: the protocol's descriptors
+            os.dup2(to_browser, 3)
+            os.dup2(from_browser, 4)
+
+        self.proc = subprocess.Popen([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                                      "--remote-debugging-pipe", "about:blank"], pass_fds=(3, 4), preexec_fn=wire,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        os.close(to_browser)
+        os.close(from_browser)
+        self.buffer, self.next_id, self.session = b"", 0, None
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        width, height = SCREEN
+        self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
+                                                         "mobile": False})
+
+    def send(self, method: str, params: dict | None = None, timeout: float = 60) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params or {}}
+        if self.session:
+            message["sessionId"] = self.session
+        os.write(self.writer, json.dumps(message).encode() + b"\0")
+        deadline = time.time() + timeout
+        while True:
+            while b"\0" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self.next_id:
+                    assert "error" not in reply, f"{method}: {reply['error']}"
+                    return reply["result"]
+            ready, _, _ = select.select([self.reader], [], [], max(0.0, deadline - time.time()))
+            assert ready, f"chromium did not answer {method} within {timeout}s"
+            chunk = os.read(self.reader, 1 << 20)
+            assert chunk, f"chromium closed the protocol pipe during {method} (exit code {self.proc.poll()})"
+            self.buffer += chunk
+
+    def goto(self, url: str) -> None:
+        self.send("Page.navigate", {"url": url})
+
+    def evaluate(self, expression: str):
+        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    def screenshot(self, path: Path) -> Path:
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"]))
+        return path
+
+    def close(self) -> None:
+        for fd in (self.writer, self.reader):
+            os.close(fd)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)   # Chromium's zygote, renderer and GPU processes too
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
 
 @pytest.fixture
-def chromium(tmp_path):
-    """Runs headless Chromium once per call (fresh profile, own process group); none outlives the test."""
-    started: list[subprocess.Popen] = []
-
-    def run(url: str, *flags: str, timeout: float = 45) -> str:
-        profile = tmp_path / f"chromium-profile-{len(started)}"
-        proc = subprocess.Popen([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, url],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        started.append(proc)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-            pytest.fail(f"chromium {' '.join(flags)} did not finish within {timeout}s")
-        finally:
-            kill_group(proc)
-        assert proc.returncode == 0, f"chromium exited with {proc.returncode}: {err.decode()[-2000:]}"
-        return out.decode(errors="replace")
-
-    yield run
-    for proc in started:
-        kill_group(proc)
+def page(tmp_path):
+    opened = Page(tmp_path / "chromium-profile")
+    yield opened
+    opened.close()
 
 
-def test_sweep_runs_are_listed_in_the_mlflow_ui(finished_sweep, ui, chromium, tmp_path):
+# Which of the given texts are on the first screen: a text node reading exactly that, laid out inside the
+# viewport, and the element on top at its centre (nothing covers it).
+ON_SCREEN_JS = """(texts => {
+  if (!document.body) return texts;              // right after Page.navigate the new document has no body yet
+  const found = {};
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const node = walker.currentNode, text = node.textContent.trim();
+    if (!texts.includes(text) || found[text]) continue;
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    for (const r of range.getClientRects()) {
+      if (r.width <= 0 || r.left < 0 || r.top < 0 || r.right > innerWidth || r.bottom > innerHeight) continue;
+      const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+      if (top && (top === node.parentElement || top.contains(node.parentElement) || node.parentElement.contains(top)))
+        found[text] = true;
+    }
+  }
+  return texts.filter(text => !found[text]);
+})(%s)"""
+
+
+def test_first_screen_shows_each_row_its_metric_and_switched_parameter(finished_sweep, ui, page, tmp_path):
+    """The URL `ui` prints opens the sweep's view: its runs under their row labels (`LABEL · seed S`, grouped by
+    row), the metric and the switched parameter as columns, the parent run and the sweep's description — all on
+    the first screen of a fresh browser, without a click."""
     names = run_names(finished_sweep)
-    assert ui.startswith("http://127.0.0.1:") and "/#/experiments/" in ui
-    # The React app fetches the runs after loading: read the DOM once it has had time, again if it was slow.
-    deadline = time.time() + 40
-    while True:
-        dom = chromium(ui, "--virtual-time-budget=10000", "--dump-dom")
-        missing = [name for name in names if name not in dom]
-        if not missing or time.time() > deadline:
-            break
-    assert not missing, f"run names {missing} not in the rendered page; it reads: {visible_text(dom)[:1500]}"
-    assert "Run Name" in dom and "ui_sweep" in dom            # the runs table of the sweep's experiment
-    assert "ui_sweep #1" in dom                                # the submission's parent run, flat beside them
-
-    shot = tmp_path / "mlflow_ui_runs.png"
-    chromium(ui, "--virtual-time-budget=10000", f"--screenshot={shot}")
-    from PIL import Image
-    with Image.open(shot) as image:
-        assert image.size == (1400, 900)
-        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50, "the screenshot is blank"
+    assert ui.startswith("http://127.0.0.1:") and "/#/experiments/" in ui and "viewStateShareKey=" in ui
+    wanted = [*names, "Group: patch-wise", "Group: pixel-wise", "fd", "model.adaln", "ui_sweep #1", DESCRIPTION]
+    page.goto(ui)
+    deadline = time.time() + 60              # the React app fetches the runs after loading
+    while (missing := page.evaluate(ON_SCREEN_JS % json.dumps(wanted))) and time.time() < deadline:
+        time.sleep(1)
+    shot = page.screenshot(tmp_path / "mlflow_ui_first_screen.png")
+    print(f"screenshot of the first screen: {shot}")
     if os.environ.get("DITLAB_SCREENSHOT_DIR"):
         target = Path(os.environ["DITLAB_SCREENSHOT_DIR"])
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, target / shot.name)
-
-
-def visible_text(dom: str) -> str:
-    import re
-    body = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", dom, flags=re.S)
-    return " ".join(re.sub(r"<[^>]+>", " ", body).split())
+    assert not missing, f"not on the first screen: {missing}; see {shot}"
+    assert "Additional runs" in page.evaluate("document.body.innerText")     # the parent runs' group, open
+    from PIL import Image
+    with Image.open(shot) as image:
+        assert image.size == SCREEN
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50, "the screenshot is blank"
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -23,9 +23,11 @@ from models.complexity import measure
 from models.config import ConfigError, ModelConfig
 
 from ..config import TrainConfig
-from ..configure import _one_line, compose_config, config_signature, validate
+from ..configure import compose_config, config_error, config_signature, validate
+from ..data import validate_data
 from ..files import atomic_write_text
-from .spec import ExecutorSpec, SweepError, SweepSpec
+from .executors import ExecutorSpec
+from .spec import SweepError, SweepSpec
 
 GROUP_KEYS = ("model",)          # config groups a row may pick by name (hydra `model=<preset>`)
 
@@ -46,24 +48,39 @@ class PlannedRun:
     gflops: float = 0.0
     paper: dict = field(default_factory=dict)
 
+    @property
+    def title(self) -> str:
+        """The run as people name it, its MLflow run name: `+ RoPE, RMSNorm · seed 1` (grid values in brackets)."""
+        grid = " [" + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in self.grid.items()) + "]" if self.grid else ""
+        return f"{self.label}{grid} · seed {self.seed}"
+
     def overrides(self, spec: SweepSpec, tracking_uri: str, parent_run_id: str | None = None) -> list[str]:
         """The full command line of `harness.train` for this run."""
-        extra = [f"run.name={self.run_name}", f"run.out_dir={json.dumps(str(spec.folder))}",
-                 f"tracking.uri={json.dumps(tracking_uri)}", f"tracking.experiment={json.dumps(spec.experiment_name)}",
-                 f"+tracking.tags.sweep={json.dumps(spec.name)}", f"+tracking.tags.label={json.dumps(self.label)}",
-                 f"+tracking.tags.seed={json.dumps(str(self.seed))}", f"+tracking.tags.row={json.dumps(str(self.row))}"]
+        extra = [f"run.name={self.run_name}", f"run.out_dir={hydra_value(str(spec.folder))}",
+                 f"tracking.uri={hydra_value(tracking_uri)}",
+                 f"tracking.experiment={hydra_value(spec.experiment_name)}",
+                 f"tracking.run_name={hydra_value(self.title)}",
+                 f"+tracking.tags.sweep={hydra_value(spec.name)}", f"+tracking.tags.label={hydra_value(self.label)}",
+                 f"+tracking.tags.seed={hydra_value(str(self.seed))}",
+                 f"+tracking.tags.row={hydra_value(str(self.row))}"]
         if self.grid:
-            extra.append(f"+tracking.tags.grid={json.dumps(json.dumps(self.grid, sort_keys=True))}")
+            extra.append(f"+tracking.tags.grid={hydra_value(json.dumps(self.grid, sort_keys=True))}")
         if parent_run_id:
             extra.append(f"tracking.parent_run_id={parent_run_id}")
         return [f"+experiment={spec.experiment}", *self.config_overrides, *extra]
 
 
+def hydra_value(value) -> str:
+    """A value as JSON, which both hydra's grammar and YAML read back unchanged (text as written: `·`, not `\\u00b7`,
+    which hydra would keep as six characters)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def to_override(key: str, value) -> str:
-    """One hydra override; values as JSON, which both hydra's grammar and YAML read back unchanged."""
+    """One hydra override."""
     if key in GROUP_KEYS:
         return f"{key}={value}"
-    return f"{key}={json.dumps(value)}"
+    return f"{key}={hydra_value(value)}"
 
 
 def slug(text: str) -> str:
@@ -98,8 +115,8 @@ def _resolve_cached(experiment: str, overrides_json: str) -> TrainConfig:
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(composed, OmegaConf.from_dotlist(fields)))
     except OmegaConfBaseException as err:
-        raise ConfigError(_one_line(err)) from None
-    validate(cfg)
+        raise config_error(err, None) from None
+    validate(cfg, check_paths=False)             # data paths: at submission (`check_data_paths`), not in a dry run
     return cfg
 
 
@@ -116,20 +133,24 @@ def resolve_fast(experiment: str, overrides: dict) -> TrainConfig:
 
 
 def _where(spec: SweepSpec, row: int, key: str | None) -> str:
-    """The place in the sweep file a failing config key came from, as a prefix of the message."""
+    """The path in the sweep file to the failing config key: where the row, grid or overrides set it,
+    else the row (a key the preset or experiment set, refused in combination with the row's)."""
     if key is not None:
         if key in spec.rows[row].set or key.split(".")[0] in spec.rows[row].set:
-            return f"rows[{row}].set."
+            return f"rows[{row}].set.{key}"
         if key in spec.grid:
-            return "grid."
+            return f"grid.{key}"
         if key in spec.overrides:
-            return "overrides."
-    return f"rows[{row}] ({spec.rows[row].label!r}): "
+            return f"overrides.{key}"
+    return f"rows[{row}] ({spec.rows[row].label!r}): {key}" if key else f"rows[{row}] ({spec.rows[row].label!r})"
 
 
-def _failing_key(message: str) -> str | None:
-    match = re.match(r"([A-Za-z_][\w.]*)\s*[=:]", message)
-    return match.group(1) if match else None
+def check_world_size(cfg: TrainConfig, executor: ExecutorSpec) -> None:
+    """Each rank of a run's job takes an equal share of every global batch, in equal micro-batches."""
+    world, accum = executor.world_size, cfg.train.grad_accum
+    if world > 1 and cfg.train.global_batch % (world * accum):
+        raise ConfigError("train.global_batch", cfg.train.global_batch, f"must be divisible by the job's {world} "
+                          f"ranks (executor nodes x tasks_per_node) x train.grad_accum={accum}")
 
 
 def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
@@ -144,11 +165,10 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                 overrides = {**spec.overrides, **row.set, **point, "run.seed": seed}
                 try:
                     cfg = resolve_fast(spec.experiment, overrides)
+                    check_world_size(cfg, executor)
                     params, gflops = complexity(cfg.model)
                 except ConfigError as err:
-                    message = str(err).removeprefix("sweep: ")
-                    raise SweepError(f"{spec.path}: {_where(spec, row_index, _failing_key(message))}"
-                                     f"{message}") from None
+                    raise err.at(source=str(spec.path), key=_where(spec, row_index, err.key)) from None
                 signature = config_signature(cfg)
                 grid_tag = "".join(f"-{slug(k.split('.')[-1])}{slug(str(v))}" for k, v in point.items())
                 run_name = f"{slug(row.label)}{grid_tag}-s{seed}-{signature[:8]}"
@@ -157,12 +177,46 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                     config_overrides=[to_override(k, v) for k, v in overrides.items()],
                     run_name=run_name, signature=signature, executor=executor, cfg=cfg,
                     params=params, gflops=gflops, paper=row.paper))
-    names = [run.run_name for run in runs]
-    if len(set(names)) != len(names):
-        duplicate = next(n for n in names if names.count(n) > 1)
-        raise SweepError(f"{spec.path}: rows: two runs resolve to the same config ({duplicate}); "
-                         f"make the rows differ")
+    first: dict[str, PlannedRun] = {}
+    for run in runs:                             # one signature is one run: never two rows training it
+        other = first.setdefault(run.signature, run)
+        if other is not run:
+            where = _describe(spec, other) + " and " + _describe(spec, run)
+            raise SweepError("rows", reason=f"{where} resolve to the same run (signature {run.signature}); "
+                                            f"make the rows differ or drop one", source=str(spec.path))
     return runs
+
+
+def _describe(spec: SweepSpec, run: PlannedRun) -> str:
+    grid = f" at {json.dumps(run.grid)}" if run.grid else ""
+    return f"rows[{run.row}] ({run.label!r}){grid} seed {run.seed}"
+
+
+def check_data_paths(spec: SweepSpec, runs: list[PlannedRun]) -> None:
+    """The data paths (and initial weights) a dry run leaves unchecked, checked once per distinct config
+    before submission (`runs` freshly planned: their configs are resolved)."""
+    seen = set()
+    for run in runs:
+        init = run.cfg.model.init_from
+        if init and not Path(init).is_file():
+            raise SweepError(_where(spec, run.row, "model.init_from"), init, "file does not exist (checked at "
+                             "submission; a dry run does not look at files)", source=str(spec.path))
+        data = run.cfg.data
+        key = repr((data, run.cfg.model.in_channels))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            validate_data(data, data.resolution, run.cfg.model.in_channels)
+        except ConfigError as err:
+            reason = f"{err.reason} (checked at submission; a dry run does not look at data paths)"
+            raise SweepError(_where(spec, run.row, err.key), err.value, reason, source=str(spec.path)) from None
+
+
+def data_paths(runs: list[PlannedRun]) -> list[str]:
+    """The data paths and initial weights of a plan (what a dry run does not check)."""
+    return sorted({path for run in runs if run.cfg is not None
+                   for path in (run.cfg.data.path, run.cfg.model.init_from) if path})
 
 
 # ---- the plan cache: status and tables of big sweeps without re-planning ----------------------------

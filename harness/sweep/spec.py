@@ -2,65 +2,97 @@
 
 ```yaml
 name: pixeldit_table4
+description: Does each of PixelDiT's design steps lower gFID?   # the parent run's description, the report's
+notes: Rows as in PixelDiT Table 4.    # optional, Markdown: shown in the report and on the parent run
 experiment: pixeldit_xl_paper          # base experiment preset (harness/conf/experiment)
+output: ../runs                        # the sweep's folder is <output>/<name>; relative to THIS file's folder
 overrides: {train.epochs: 80}          # applied to every run
 baseline: "Vanilla DiT/16"             # the row differences are measured against (default: the first)
 rows:                                  # in table order; `set` holds config overrides, `model` picks a preset
   - {label: "Vanilla DiT/16", set: {model: table4_vanilla_dit16}, paper: {fid: 9.84}}
   - {label: "+ RoPE, RMSNorm", set: {model: table4_rope_rmsnorm}, executor: {timeout_min: 600}}
+paper_metric:                          # what the rows' `paper:` numbers are, one entry per key used there
+  fid: {metric: gFID-50K, dataset: ImageNet 256x256, source: "PixelDiT Table 4, XL, 80 epochs"}
 grid: {optim.lr: [1.0e-4, 2.0e-4]}     # optional Cartesian axes, crossed with every row
-seeds: [0, 1, 2]
-executor: {kind: slurm, partition: gpu, gpus_per_node: 8, timeout_min: 240}
+seeds: [0, 1, 2]                       # the sweep owns run.seed (and run.name, run.out_dir, tracking.*)
+executor: {kind: slurm, partition: gpu, gpus_per_node: 8, timeout_min: 240}   # fields of its kind only
 tracking: {uri: null}                  # null: the sweep's own store (a local server for slurm/local)
+                                       # {host: 0.0.0.0}: that server reachable from a cluster's compute nodes
+reuse_from: [other_sweep.yaml]         # finished runs of the same signature there count as done here
+max_runs: 1000                         # refuse a plan larger than this (a typo in a grid)
 ```
 
-The file is never rewritten: its text, comments included, is what gets logged to MLflow.
+The file is never rewritten: its text, comments included, is what gets logged to MLflow. Everything a
+hostile or careless file can get wrong is refused here or in planning, in one line naming the file and
+the key, before anything is created.
+
+`paper:` numbers are kept as written (`3.50` stays `3.50` in every table: `PaperValue`, a float that
+keeps its YAML text) and must be numbers. `paper_metric` says what they measure — the paper's metric
+and dataset (required) and where it was printed (optional) — so a table never puts an unlabelled paper
+column beside its own. Without `paper_metric` the tables label the paper column "not stated"; with it,
+every `paper:` key of the rows must have an entry and every entry must be used.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-from models.config import ConfigError
+from models.config import ConfigError, closest
 
-EXECUTOR_KINDS = ("slurm", "local", "debug")
+from ..configure import SEED_RANGE
+from .executors import ExecutorSpec, parse_spec
+from .safe_yaml import read_yaml
 
-
-@dataclass
-class ExecutorSpec:
-    kind: str = "local"                   # slurm (submitit job arrays) | local (subprocesses) | debug (in-process)
-    partition: Optional[str] = None
-    gpus_per_node: int = 0                # tasks per node = GPUs (one rank each); 0 = one CPU task
-    nodes: int = 1
-    cpus_per_task: Optional[int] = None
-    mem_gb: Optional[float] = None
-    timeout_min: int = 240
-    array_parallelism: int = 64           # SLURM: array tasks running at once
-    max_parallel: int = 2                 # local: runs at once
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    setup: list = field(default_factory=list)                    # shell lines run before each job
-    additional_parameters: dict = field(default_factory=dict)    # any other sbatch option
-    max_num_timeout: int = 3              # requeues after a time-out before giving up (preemptions are free)
+MAX_NAME = 100                  # the name is a folder and an MLflow experiment name
+# Config keys a sweep sets itself for every run: rows, grid and overrides may not.
+OWNED_KEYS = {"run.seed": "the sweep's `seeds:` set it", "run.name": "the sweep names its runs",
+              "run.out_dir": "runs live in the sweep's folder (`output:`)", "run.resume": "jobs always resume",
+              "experiment": "the sweep's `experiment:` picks it", "tracking": "the sweep's `tracking:` section sets it"}
 
 
 @dataclass
 class TrackingSpec:
     uri: Optional[str] = None             # None: <output>/<name>/mlflow.db (served over HTTP to slurm/local jobs)
     experiment: Optional[str] = None      # MLflow experiment; default: the sweep name
+    host: Optional[str] = None            # where the sweep's own tracking server listens (default 127.0.0.1: jobs on
+                                          # this machine); 0.0.0.0: every interface, jobs reach it by this machine's
+                                          # hostname (a cluster's compute nodes); or one address of this machine
+
+
+@dataclass(frozen=True)
+class PaperMetric:
+    """What a sweep's `paper:` numbers measure, e.g. gFID-50K on ImageNet 256x256, PixelDiT Table 4."""
+    metric: str                           # the paper's metric, as the paper names it: "gFID-50K"
+    dataset: str                          # the paper's data and resolution: "ImageNet 256x256"
+    source: str = ""                      # where it is printed: "PixelDiT Table 4, XL, 80 epochs"
+
+    def __str__(self) -> str:
+        return f"{self.metric}, {self.dataset}" + (f" ({self.source})" if self.source else "")
+
+
+class PaperValue(float):
+    """A `paper:` number that keeps the text it was written with: str(PaperValue("3.50")) == "3.50"."""
+
+    def __new__(cls, text):
+        value = super().__new__(cls, text)
+        value.text = str(text)
+        return value
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass
 class RowSpec:
     label: str
     set: dict = field(default_factory=dict)
-    executor: dict = field(default_factory=dict)
-    paper: dict = field(default_factory=dict)
+    executor: Optional[ExecutorSpec] = None   # the sweep's executor with this row's changes
+    paper: dict = field(default_factory=dict)       # metric key -> PaperValue
 
 
 @dataclass
@@ -75,14 +107,19 @@ class SweepSpec:
     seeds: list = field(default_factory=lambda: [0])
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
-    output: str = "runs"                  # the sweep's folder is <output>/<name>
+    output: str = "runs"
     baseline: Optional[str] = None
+    reuse_from: list = field(default_factory=list)
+    max_runs: int = 1000
+    paper_metric: dict = field(default_factory=dict)   # `paper:` key -> PaperMetric
+    description: str = ""                 # what the sweep asks, in a sentence or two: the parent run's description
+    notes: str = ""                       # anything else worth keeping beside the results (Markdown)
 
     @property
     def folder(self) -> Path:
-        """Where the sweep keeps its store, manifest, job logs and run folders: <output>/<name>,
-        with a relative `output` taken from the working directory (like hydra's outputs/)."""
-        return (Path(self.output) / self.name).resolve()
+        """Where the sweep keeps its store, manifest, job logs and run folders: <output>/<name>, a relative
+        `output` taken from the sweep file's folder (never from the working directory)."""
+        return (self.path.resolve().parent / self.output / self.name).resolve()
 
     @property
     def experiment_name(self) -> str:
@@ -92,14 +129,26 @@ class SweepSpec:
     def baseline_label(self) -> str:
         return self.baseline or self.rows[0].label
 
+    @property
+    def num_runs(self) -> int:
+        return len(self.rows) * math.prod(len(v) for v in self.grid.values()) * len(self.seeds)
+
     def executor_for(self, row: RowSpec) -> ExecutorSpec:
-        return dataclasses.replace(self.executor, **row.executor)
+        return row.executor or self.executor
+
+    def with_executor(self, kind: str) -> "SweepSpec":
+        """The sweep run by another kind of executor (`--executor`): the fields that kind does not take
+        (another kind's) are dropped, everywhere."""
+        executor = parse_spec({"kind": kind}, "executor", self.executor)
+        rows = [dataclasses.replace(row, executor=None if row.executor is None else
+                                    parse_spec({"kind": kind}, "executor", row.executor)) for row in self.rows]
+        return dataclasses.replace(self, executor=executor, rows=rows)
 
 
 TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)} - {"path", "text"}
 ROW_KEYS = {f.name for f in dataclasses.fields(RowSpec)}
-EXECUTOR_KEYS = {f.name: f for f in dataclasses.fields(ExecutorSpec)}
 TRACKING_KEYS = {f.name for f in dataclasses.fields(TrackingSpec)}
+PAPER_METRIC_KEYS = [f.name for f in dataclasses.fields(PaperMetric)]
 
 
 class SweepError(ConfigError):
@@ -108,85 +157,182 @@ class SweepError(ConfigError):
 
 def load_sweep(path: str | Path) -> SweepSpec:
     path = Path(path)
-    where = str(path)
-    if not path.exists():
-        raise SweepError(f"{where}: file does not exist")
-    text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SweepError(f"{where}: invalid YAML{at}: {reason}") from None
+        text, raw = read_yaml(path)
+        return _parse(path, text, raw)
+    except ConfigError as err:
+        raise SweepError(err.key, err.value, err.reason, source=str(path), suggestion=err.suggestion) from None
+
+
+def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
     if not isinstance(raw, dict):
-        raise SweepError(f"{where}: expected a mapping with name, experiment and rows")
-    unknown = set(raw) - TOP_KEYS
-    if unknown:
-        raise SweepError(f"{where}: {sorted(unknown)[0]}: unknown key, expected one of {sorted(TOP_KEYS)}")
+        raise ConfigError(None, reason="expected a mapping with name, experiment and rows")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise _unknown_key(str(key), sorted(TOP_KEYS))
     for key in ("name", "experiment"):
         if not isinstance(raw.get(key), str) or not raw[key]:
-            raise SweepError(f"{where}: {key}: required, a non-empty string")
-    if not raw["name"].replace("_", "").replace("-", "").isalnum():
-        raise SweepError(f"{where}: name={raw['name']!r}: use letters, digits, '-' and '_' only")
-    rows = raw.get("rows")
+            raise ConfigError(key, reason="required, a non-empty string")
+    name = raw["name"]
+    if not name.replace("_", "").replace("-", "").isalnum() or not name.isascii():
+        raise ConfigError("name", name, "use letters, digits, '-' and '_' only")
+    if len(name) > MAX_NAME:
+        raise ConfigError("name", f"{name[:20]}...", f"{len(name)} characters; at most {MAX_NAME} "
+                                                   f"(it names a folder and an MLflow experiment)")
+    for key in ("output", "baseline", "description", "notes"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(key, raw[key], "expected a string")
+    executor = parse_spec(raw.get("executor") or {}, "executor")
+    rows = _rows(raw.get("rows"), executor, _paper_texts(text))
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError("overrides", reason="expected a mapping of config keys to values")
+    _check_config_keys(overrides, "overrides")
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError("grid", reason="expected a mapping of config keys to non-empty lists")
+    _check_config_keys(grid, "grid")
+    seeds = _seeds(raw.get("seeds", [0]))
+    tracking = raw.get("tracking") or {}
+    if not isinstance(tracking, dict):
+        raise ConfigError("tracking", reason="expected a mapping")
+    for key, value in tracking.items():
+        if key not in TRACKING_KEYS:
+            raise _unknown_key(f"tracking.{key}", sorted(TRACKING_KEYS))
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"tracking.{key}", value, "expected a string (or null)")
+    reuse_from = raw.get("reuse_from") or []
+    if not isinstance(reuse_from, list) or not all(isinstance(v, str) and v for v in reuse_from):
+        raise ConfigError("reuse_from", reuse_from, "expected a list of sweep files or tracking URIs")
+    max_runs = raw.get("max_runs", SweepSpec.max_runs)
+    if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+        raise ConfigError("max_runs", max_runs, "expected a positive integer")
+    labels = [row.label for row in rows]
+    baseline = raw.get("baseline")
+    if baseline is not None and baseline not in labels:
+        raise ConfigError("baseline", baseline, "no row has this label", suggestion=closest(baseline, labels))
+    spec = SweepSpec(path=path, text=text, name=name, experiment=raw["experiment"], rows=rows, overrides=overrides,
+                     grid=grid, seeds=seeds, executor=executor, tracking=TrackingSpec(**tracking),
+                     output=raw.get("output", SweepSpec.output), baseline=baseline, reuse_from=reuse_from,
+                     max_runs=max_runs, paper_metric=_paper_metric(raw.get("paper_metric"), rows),
+                     description=raw.get("description", "").strip(), notes=raw.get("notes", "").strip())
+    if spec.num_runs > max_runs:                   # before planning: a 10^6-run grid must not take minutes
+        raise ConfigError("grid" if grid else "rows", reason=f"{spec.num_runs} runs ({len(rows)} rows x "
+                          f"{spec.num_runs // (len(rows) * len(seeds))} grid points x {len(seeds)} seeds) exceed "
+                          f"max_runs={max_runs}; raise max_runs if you mean it")
+    return spec
+
+
+def _rows(rows: Any, executor: ExecutorSpec, paper_texts: dict) -> list[RowSpec]:
     if not isinstance(rows, list) or not rows:
-        raise SweepError(f"{where}: rows: at least one row is required")
-    parsed_rows, labels = [], set()
+        raise ConfigError("rows", reason="at least one row is required")
+    parsed, labels = [], set()
     for i, row in enumerate(rows):
         key = f"rows[{i}]"
         if not isinstance(row, dict):
-            raise SweepError(f"{where}: {key}: expected a mapping with label and set")
-        unknown = set(row) - ROW_KEYS
-        if unknown:
-            raise SweepError(f"{where}: {key}.{sorted(unknown)[0]}: unknown key, expected one of {sorted(ROW_KEYS)}")
+            raise ConfigError(key, reason="expected a mapping with label and set")
+        for sub in row:
+            if sub not in ROW_KEYS:
+                raise _unknown_key(f"{key}.{sub}", sorted(ROW_KEYS))
         label = row.get("label")
         if not isinstance(label, str) or not label.strip():
-            raise SweepError(f"{where}: {key}.label: required, a non-empty string")
+            raise ConfigError(f"{key}.label", reason="required, a non-empty string")
         if label in labels:
-            raise SweepError(f"{where}: {key}.label={label!r}: duplicate label")
+            raise ConfigError(f"{key}.label", label, "duplicate label")
         labels.add(label)
         for sub in ("set", "executor", "paper"):
-            if not isinstance(row.get(sub, {}) or {}, dict):
-                raise SweepError(f"{where}: {key}.{sub}: expected a mapping")
-        _check_executor(row.get("executor") or {}, f"{where}: {key}.executor")
-        parsed_rows.append(RowSpec(label=label, set=row.get("set") or {}, executor=row.get("executor") or {},
-                                   paper=row.get("paper") or {}))
-    overrides = raw.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise SweepError(f"{where}: overrides: expected a mapping of config keys to values")
-    grid = raw.get("grid") or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise SweepError(f"{where}: grid: expected a mapping of config keys to non-empty lists")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) \
-            or len(set(seeds)) != len(seeds):
-        raise SweepError(f"{where}: seeds: expected a non-empty list of distinct integers")
-    executor = raw.get("executor") or {}
-    if not isinstance(executor, dict):
-        raise SweepError(f"{where}: executor: expected a mapping")
-    _check_executor(executor, f"{where}: executor")
-    tracking = raw.get("tracking") or {}
-    if not isinstance(tracking, dict) or set(tracking) - TRACKING_KEYS:
-        bad = sorted(set(tracking) - TRACKING_KEYS)[0] if isinstance(tracking, dict) else ""
-        raise SweepError(f"{where}: tracking.{bad}: unknown key, expected one of {sorted(TRACKING_KEYS)}")
-    baseline = raw.get("baseline")
-    if baseline is not None and baseline not in labels:
-        raise SweepError(f"{where}: baseline={baseline!r}: no row has this label")
-    return SweepSpec(path=path, text=text, name=raw["name"], experiment=raw["experiment"], rows=parsed_rows,
-                     overrides=overrides, grid=grid, seeds=seeds, executor=ExecutorSpec(**executor),
-                     tracking=TrackingSpec(**tracking), output=str(raw.get("output", "runs")), baseline=baseline)
+            if not isinstance(row.get(sub) or {}, dict):
+                raise ConfigError(f"{key}.{sub}", reason="expected a mapping")
+        _check_config_keys(row.get("set") or {}, f"{key}.set")
+        row_executor = parse_spec(row["executor"], f"{key}.executor", executor) if row.get("executor") else None
+        parsed.append(RowSpec(label=label, set=row.get("set") or {}, executor=row_executor,
+                              paper=_paper_values(row.get("paper") or {}, paper_texts, i)))
+    return parsed
 
 
-def _check_executor(values: dict[str, Any], where: str) -> None:
-    for key, value in values.items():
-        if key not in EXECUTOR_KEYS:
-            raise SweepError(f"{where}.{key}: unknown executor field, expected one of {sorted(EXECUTOR_KEYS)}")
-    kind = values.get("kind")
-    if kind is not None and kind not in EXECUTOR_KINDS:
-        raise SweepError(f"{where}.kind={kind!r}: unknown executor, expected one of {list(EXECUTOR_KINDS)}")
-    for key in ("gpus_per_node", "nodes", "timeout_min", "array_parallelism", "max_parallel", "max_num_timeout"):
-        value = values.get(key)
-        if value is not None and (not isinstance(value, int) or value < (0 if key in ("gpus_per_node",
-                                                                                      "max_num_timeout") else 1)):
-            raise SweepError(f"{where}.{key}={value!r}: expected a positive integer")
+def _unknown_key(path: str, options: list[str]) -> ConfigError:
+    """An unknown key: the closest valid one when one is near, else all of them."""
+    suggestion = closest(path.rsplit(".", 1)[-1], options)
+    return ConfigError(path, reason="unknown key" if suggestion else f"unknown key, expected one of {options}",
+                       suggestion=suggestion)
+
+
+def _check_config_keys(values: dict, where: str) -> None:
+    """Config overrides name config keys; the keys the sweep sets itself are refused, saying why."""
+    for key in values:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}.{key}", reason="expected a config key such as model.adaln")
+        owned = OWNED_KEYS.get(key) or OWNED_KEYS.get(key.split(".")[0])
+        if owned:
+            raise ConfigError(f"{where}.{key}", reason=f"set by the sweep, not by a row ({owned})")
+
+
+def _seeds(seeds: Any) -> list[int]:
+    low, high = SEED_RANGE
+    if not isinstance(seeds, list) or not seeds:
+        raise ConfigError("seeds", seeds, "expected a non-empty list of distinct integers")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed < high:
+            raise ConfigError("seeds", seed, f"expected integers in [{low}, 2^32)")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError("seeds", seeds, "seeds must be distinct")
+    return seeds
+
+
+def _paper_texts(text: str) -> dict[tuple[int, str], str]:
+    """(row index, key) -> the source text of each `rows[i].paper.<key>` scalar (yaml.compose keeps it;
+    safe_load would turn 3.50 into 3.5)."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    out = {}
+    rows = next((v for k, v in getattr(root, "value", []) if getattr(k, "value", None) == "rows"), None)
+    for i, row in enumerate(rows.value if isinstance(rows, yaml.SequenceNode) else []):
+        paper = next((v for k, v in getattr(row, "value", []) if getattr(k, "value", None) == "paper"), None)
+        for key, value in paper.value if isinstance(paper, yaml.MappingNode) else []:
+            if isinstance(value, yaml.ScalarNode):
+                out[(i, str(key.value))] = value.value
+    return out
+
+
+def _paper_values(paper: dict, texts: dict, i: int) -> dict[str, PaperValue]:
+    values = {}
+    for key, value in paper.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"rows[{i}].paper.{key}", value, "expected the paper's number as printed (e.g. 3.50); "
+                              "leave the key out where the paper has none")
+        values[str(key)] = PaperValue(texts.get((i, str(key)), str(value)))
+    return values
+
+
+def _paper_metric(raw, rows: list[RowSpec]) -> dict[str, PaperMetric]:
+    """`paper_metric: {<paper key>: {metric: ..., dataset: ..., source: ...}}`, one entry per key the rows'
+    `paper:` numbers use (each entry used)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("paper_metric", reason="expected a mapping {<paper key>: {metric: ..., dataset: ..., "
+                          "source: ...}}")
+    used = sorted({key for row in rows for key in row.paper})
+    out = {}
+    for key, entry in raw.items():
+        if key not in used:
+            raise ConfigError(f"paper_metric.{key}", reason=f"no row has a paper.{key} number; the rows' paper keys "
+                              f"are {used}", suggestion=closest(key, used))
+        if not isinstance(entry, dict):
+            raise ConfigError(f"paper_metric.{key}", entry, "expected a mapping with metric, dataset and optionally "
+                              "source")
+        for sub in entry:
+            if sub not in PAPER_METRIC_KEYS:
+                raise _unknown_key(f"paper_metric.{key}.{sub}", PAPER_METRIC_KEYS)
+        for sub in PAPER_METRIC_KEYS:
+            value = entry.get(sub, "")
+            if not isinstance(value, str) or (sub != "source" and not value.strip()):
+                raise ConfigError(f"paper_metric.{key}.{sub}", reason="required, a non-empty string (e.g. "
+                                  "metric: gFID-50K, dataset: ImageNet 256x256)" if sub != "source" else
+                                  "expected a string (where the paper prints it)")
+        out[key] = PaperMetric(**entry)
+    for i, row in enumerate(rows):
+        for key in row.paper:
+            if key not in out:
+                raise ConfigError(f"rows[{i}].paper.{key}", reason=f"paper_metric has no entry saying what this "
+                                  f"number measures (entries: {sorted(out)})", suggestion=closest(key, list(out)))
+    return out

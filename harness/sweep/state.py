@@ -1,12 +1,13 @@
 """Where every run of a sweep stands: one MLflow query and one scheduler query for the whole sweep.
 
 MLflow knows what finished or failed (by the run's signature tag); the manifest knows which job each
-run was submitted as; one `sacct` call (or a pid check for local jobs) knows which jobs are alive.
+run was submitted as; the executors (one `sacct` call, or a process check) know which jobs are alive.
+A run finished under the same signature elsewhere (another sweep of the store, or a store named by
+`reuse_from`) is done here too: `done (from sweep X)`.
 """
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,15 +15,11 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from ..files import atomic_write_text
-from .executors import JobRecord
+from .executors import JobRecord, executor_class
+from .jobs import JOB_FAILURE_FILE
 from .plan import PlannedRun
-from .server import pid_alive
 from .spec import SweepSpec
-
-ACCOUNTING_LAG_S = 600
-LIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
-                     "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
-
+from .store import finished_runs, reuse_stores, store_uri
 
 # ---- the manifest: what was submitted, as which job ---------------------------------------------
 
@@ -30,15 +27,18 @@ def manifest_path(spec: SweepSpec) -> Path:
     return spec.folder / "manifest.json"
 
 
-def read_manifest(spec: SweepSpec) -> dict:
+def read_manifest(spec: SweepSpec) -> dict | None:
+    """The manifest, or None for a sweep never submitted from its folder."""
     path = manifest_path(spec)
-    if path.exists():
-        return json.loads(path.read_text())
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def new_manifest(spec: SweepSpec) -> dict:
     return {"sweep": spec.name, "file": str(spec.path.resolve()), "submissions": [], "runs": {}}
 
 
 def record_submission(spec: SweepSpec, manifest: dict, runs: list[PlannedRun], jobs: list[JobRecord],
-                      parent_run_id: str, kind: str) -> None:
+                      parent_run_id: str | None, kind: str) -> None:
     by_name = {run.run_name: run for run in runs}
     now = time.time()
     manifest["submissions"].append({"time": now, "parent_run_id": parent_run_id, "executor": kind,
@@ -64,6 +64,12 @@ class RunState:
     job_id: str | None = None
     reason: str | None = None
     mlflow_run: object | None = None  # the MLflow run (params, tags, latest metrics), when there is one
+    source: str | None = None         # the sweep whose run this is, when reused from another sweep
+    store: str | None = None          # the store holding the MLflow run
+
+    @property
+    def shown(self) -> str:
+        return f"done (from sweep {self.source})" if self.source else self.state
 
 
 def mlflow_runs(client: MlflowClient, experiment_name: str, sweep: str) -> dict[str, object]:
@@ -86,66 +92,60 @@ def mlflow_runs(client: MlflowClient, experiment_name: str, sweep: str) -> dict[
 
 
 def scheduler_states(records: list[dict]) -> dict[str, str]:
-    """job id -> state, with one sacct call for SLURM jobs and a pid check for local ones."""
+    """job id -> state: one query per executor kind (one sacct call for all SLURM jobs)."""
     states: dict[str, str] = {}
-    slurm_ids = sorted({r["job_id"] for r in records if r["executor"] == "slurm"})
-    if slurm_ids:
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(slurm_ids)],
-                             capture_output=True, text=True, timeout=60)
-        for line in out.stdout.splitlines():
-            job_id, _, state = line.partition("|")
-            states[job_id] = state.split()[0] if state else "UNKNOWN"
-        # a pending array shows as one line "123_[0-3]": its tasks are pending
-        for line_id in list(states):
-            if "_[" in line_id:
-                base = line_id.split("_[")[0]
-                for r in records:
-                    if r["job_id"].startswith(base + "_") and r["job_id"] not in states:
-                        states[r["job_id"]] = states[line_id]
-        # accounting lags the controller by a moment: a just-submitted job sacct does not list yet is pending
-        now = time.time()
-        for r in records:
-            if r["executor"] == "slurm" and r["job_id"] not in states and now - r["submitted"] < ACCOUNTING_LAG_S:
-                states[r["job_id"]] = "PENDING"
-    for record in records:
-        if record["executor"] == "local":
-            states[record["job_id"]] = "RUNNING" if pid_alive(int(record["job_id"])) else "ENDED"
+    for kind in {r["executor"] for r in records}:
+        states.update(executor_class(kind).states([r for r in records if r["executor"] == kind]))
     return states
 
 
-def sweep_states(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient,
-                 manifest: dict | None = None) -> list[RunState]:
-    manifest = manifest if manifest is not None else read_manifest(spec)
+def job_failure(spec: SweepSpec, run_name: str) -> str | None:
+    """Why a job ended before its run reached MLflow, as the job wrote it."""
+    path = spec.folder / run_name / JOB_FAILURE_FILE
+    return json.loads(path.read_text()).get("reason") if path.exists() else None
+
+
+def sweep_states(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient, manifest: dict,
+                 reuse: bool = True) -> list[RunState]:
     tracked = mlflow_runs(client, spec.experiment_name, spec.name)
     submitted = [manifest["runs"][r.run_name] for r in runs if r.run_name in manifest["runs"]]
     jobs = scheduler_states(submitted) if submitted else {}
+    wanted = {r.signature for r in runs if tracked.get(r.signature) is None
+              or tracked[r.signature].info.status != "FINISHED"}
+    elsewhere = finished_runs(reuse_stores(spec), wanted) if reuse and wanted else {}
     now = time.time()
     states = []
     for run in runs:
         record = manifest["runs"].get(run.run_name)
         job_id = record["job_id"] if record else None
         job_state = jobs.get(job_id) if job_id else None
-        alive = job_state in LIVE_SLURM_STATES or job_state == "RUNNING"
-        found = tracked.get(run.signature)
+        alive = job_state is not None and job_state in executor_class(record["executor"]).LIVE
+        found, store, source = tracked.get(run.signature), store_uri(spec), None
         status = found.info.status if found else None
         if status == "FINISHED":
             state = "done"
         elif alive:
             state = "running" if status == "RUNNING" else "pending"
-        elif record and record["executor"] == "debug" and status is None:
-            state = "failed"
-        elif status in ("FAILED", "KILLED") or (status == "RUNNING" and job_id) or (job_id and status is None):
+        elif status in ("FAILED", "KILLED") or (job_id and status in ("RUNNING", None)):
             state = "failed"
         elif status == "RUNNING":                 # logged from outside this sweep's jobs
             state = "running"
         else:
             state = "new"
+        if state in ("new", "failed") and run.signature in elsewhere:
+            other = elsewhere[run.signature]
+            found, store, state = other.run, other.store, "done"
+            source = other.sweep if other.sweep != spec.name or other.store != store_uri(spec) else None
         metrics = dict(found.data.metrics) if found else {}
-        heartbeat = metrics.pop("heartbeat", None)
-        reason = found.data.tags.get("failure_reason") if found else None
-        if state == "failed" and not reason:
-            reason = f"job {job_id} ended ({job_state})" if job_id else None
+        # (`heartbeat` and `step` without the prefix: runs logged before the prefix)
+        heartbeat = metrics.pop("system/heartbeat", metrics.pop("heartbeat", None))
+        step = metrics.get("system/step", metrics.get("step"))
+        reason = None
+        if state == "failed":
+            reason = (found.data.tags.get("failure_reason") if found else None) or job_failure(spec, run.run_name) \
+                or (f"job {job_id} ended ({job_state})" if job_id else None)
         states.append(RunState(run, state, found.info.run_id if found else None,
-                               int(metrics["step"]) if "step" in metrics else None, metrics.get("loss"),
-                               metrics, now - heartbeat if heartbeat else None, job_id, reason, found))
+                               None if step is None else int(step), metrics.get("loss"),
+                               metrics, now - heartbeat if heartbeat else None, job_id, reason, found,
+                               source, store))
     return states

@@ -1,0 +1,284 @@
+"""The verbs of `python run_sweep.py` (parsed in cli.py): submit, status, cancel, logs, mlflow-server, migrate,
+table, report, ui. Every error is a ConfigError naming the sweep file and the key (cli.py prints it).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from models.config import ConfigError, closest
+
+from .executors import EXECUTORS, Task, executor_class
+from . import progress
+from .jobs import RUN_LOG_FILE, TrainJob
+from .plan import PlannedRun, check_data_paths, data_paths, load_plan, plan_sweep, write_plan_cache
+from .spec import SweepSpec, load_sweep
+from .state import RunState, new_manifest, read_manifest, record_submission, sweep_states
+from .store import NotSubmitted, open_store, prepare_store, store_uri
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one parsed verb; an error that names no file is located in the sweep file."""
+    spec = load_sweep(args.sweep)
+    try:
+        if getattr(args, "executor", None):
+            try:
+                spec = spec.with_executor(args.executor)
+            except ConfigError as err:
+                raise err.at(key="--executor") from None
+        if args.command == "mlflow-server":
+            return server_command(spec, args)
+        if args.command == "cancel":
+            return cancel_command(spec)
+        if args.command == "migrate":
+            from .migrate import migrate_command
+            return migrate_command(spec, dry_run=args.dry_run)
+        if args.command == "submit":
+            return submit_command(spec, plan_sweep(spec), args)
+        if args.command == "eval":
+            from .evaluation import check_eval_arguments
+            check_eval_arguments(spec, args)
+        manifest = read_manifest(spec)
+        open_store(spec, manifest)            # nothing submitted, or a store gone: one line, no file created
+        if args.command in ("table", "report", "ui"):
+            return analysis_command(spec, args)
+        if args.command == "eval":
+            from .evaluation import eval_command
+            return eval_command(spec, args)
+        return {"status": status_command, "logs": logs_command}[args.command](spec, load_plan(spec), args)
+    except ConfigError as err:
+        raise err if err.source else err.at(source=str(spec.path)) from None
+
+
+# ---- submit --------------------------------------------------------------------------------------
+
+def submit_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
+    manifest = read_manifest(spec)
+    if args.show:
+        return show_command(spec, runs, args)
+    if args.dry_run:
+        states = None
+        if manifest is not None:
+            states = sweep_states(spec, runs, open_store(spec, manifest), manifest, reuse=not args.no_reuse)
+        print_plan(spec, runs, states)
+        paths = data_paths(runs)
+        if paths:
+            print(f"note: data paths are checked at submission, not in a dry run: {', '.join(paths)}")
+        return 0
+    check_data_paths(spec, runs)
+    manifest = manifest or new_manifest(spec)
+    experiment_id = prepare_store(spec, manifest)
+    write_plan_cache(spec, runs)
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(store_uri(spec))
+    states = sweep_states(spec, runs, client, manifest, reuse=not args.no_reuse)
+    wanted = {"new", "failed"} if args.retry else {"new"}
+    todo = [s.run for s in states if s.state in wanted]
+    print_plan(spec, runs, states)
+    counts = {state: sum(s.state == state for s in states) for state in ("done", "running", "pending", "failed")}
+    reused = sum(s.source is not None for s in states)
+    others = ", ".join(f"{n} {k}" + (f" ({reused} from other sweeps)" if k == "done" and reused else "")
+                       for k, n in counts.items() if n)
+    hint = "; --retry resubmits the failed ones" if counts["failed"] and not args.retry else ""
+    print(f"{len(todo)} of {len(runs)} runs to submit" + (f" ({others}{hint})" if others else ""))
+    jobs, parent_id = [], None
+    from .server import running_server, stop_server
+    server_was_up = running_server(spec) is not None
+    if todo:
+        kinds = {spec.executor_for(spec.rows[run.row]).kind for run in todo}
+        tracking_uri = spec.tracking.uri or (store_uri(spec) if kinds == {"debug"} else _server(spec))
+        parent = client.create_run(experiment_id, run_name=f"{spec.name} #{len(manifest['submissions']) + 1}",
+                                   tags={"sweep": spec.name, "sweep_role": "parent",
+                                         "executor": ",".join(sorted(kinds)), "sweep_file": str(spec.path.resolve()),
+                                         **description_tags(spec)})
+        parent_id = parent.info.run_id
+        client.log_text(parent_id, spec.text, "sweep.yaml")           # the file as written, comments included
+        client.log_dict(parent_id, plan_records(runs, states), "plan.json")
+        try:
+            for kind in sorted(kinds):
+                tasks = [Task(run.run_name, spec.executor_for(spec.rows[run.row]),
+                              TrainJob(run.overrides(spec, tracking_uri, parent_id)))
+                         for run in todo if spec.executor_for(spec.rows[run.row]).kind == kind]
+                submitted = executor_class(kind)(spec.folder, spec.name).submit(tasks)
+                jobs += submitted
+                record_submission(spec, manifest, todo, submitted, parent_id, kind)
+        except Exception as err:
+            client.set_tag(parent_id, "failure_reason", f"{type(err).__name__}: {err}")
+            client.set_terminated(parent_id, "FAILED")
+            raise
+        client.set_tag(parent_id, "job_ids", ",".join(sorted({j.job_id for j in jobs}))[:5000])
+        client.set_terminated(parent_id, "FINISHED")
+        print(f"submitted {len(jobs)} runs as {len({j.job_id.split('_')[0] for j in jobs})} job(s) "
+              f"({', '.join(sorted(kinds))}); parent MLflow run {parent_id}; manifest {spec.folder / 'manifest.json'}")
+    else:
+        record_submission(spec, manifest, todo, [], None, spec.executor.kind)
+    if args.wait:
+        code = wait_command(spec, runs)
+        if args.report:
+            analysis_command(spec, argparse.Namespace(command="table", metric=None, at=None, format="markdown",
+                                                      baseline=None, columns=None))
+            analysis_command(spec, argparse.Namespace(command="report", metric=None))
+        if not server_was_up and stop_server(spec):     # every run has ended: no server left behind
+            print(f"stopped the sweep's MLflow server (`run_sweep.py mlflow-server {spec.path}` starts it again)")
+        return code
+    return 0
+
+
+def description_tags(spec: SweepSpec) -> dict[str, str]:
+    """The sweep's `description:` and `notes:` as the parent run's description (MLflow's `mlflow.note.content`,
+    Markdown) and tags."""
+    note = "\n\n".join(part for part in (spec.description, f"**Notes.** {spec.notes}" if spec.notes else "") if part)
+    tags = {"mlflow.note.content": note} if note else {}
+    tags.update({key: getattr(spec, key) for key in ("description", "notes") if getattr(spec, key)})
+    return tags
+
+
+def show_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
+    """`--dry-run --show LABEL [--seed S]`: one run's config as its job will resolve it, and what it changes
+    from the baseline row at the same seed and grid point (bookkeeping and switches without effect left out)."""
+    from ..configure import affects_result, config_differences, flatten, resolve
+    run = pick_run(spec, runs, args.show, args.seed, "--show", first_seed=True)
+    base = next(r for r in runs if r.label == spec.baseline_label and r.seed == run.seed and r.grid == run.grid)
+    resolved = resolve(run.overrides(spec, store_uri(spec)), source=str(spec.path), check_paths=False)
+    print(f"# {run.title}: run {run.run_name}, signature {run.signature}, {run.params / 1e6:.2f}M params, "
+          f"{run.gflops:.2f} GFLOPs; resolved as its job resolves it (tracking.uri: the store; a local or slurm "
+          f"job logs through the sweep's server)")
+    print(resolved.recorded_yaml(), end="")
+    changes = config_differences(flatten(base.cfg), flatten(run.cfg), base.cfg.model, run.cfg.model,
+                                 lambda key: not affects_result(key) or key == "run.seed")
+    print(f"# difference from the baseline row {base.label!r} (same seed and grid point): "
+          + (f"{len(changes)} keys" if changes else "none" if run is not base else "this is the baseline row"))
+    width = max((len(key) for key, _, _ in changes), default=0)
+    for key, baseline, value in changes:
+        print(f"#   {key:<{width}}  {baseline} -> {value}")
+    return 0
+
+
+def _server(spec: SweepSpec) -> str:
+    from .server import start_server
+    return start_server(spec)
+
+
+def plan_records(runs: list[PlannedRun], states: list[RunState] | None) -> list[dict]:
+    by_name = {s.run.run_name: s.shown for s in states} if states else {}
+    return [{"label": r.label, "seed": r.seed, "grid": r.grid, "run_name": r.run_name, "signature": r.signature,
+             "params": r.params, "gflops": r.gflops, "overrides": r.config_overrides,
+             "state": by_name.get(r.run_name, "new")} for r in runs]
+
+
+def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState] | None) -> None:
+    by_name = {s.run.run_name: s.shown for s in states} if states else {}
+    kinds = sorted({spec.executor_for(row).kind for row in spec.rows})
+    print(f"sweep {spec.name}: {len(runs)} runs ({len(spec.rows)} rows x "
+          f"{max(1, len(runs) // (len(spec.rows) * len(spec.seeds)))} grid points x {len(spec.seeds)} seeds), "
+          f"executor {', '.join(kinds)}, folder {spec.folder}")
+    width = max(len(r.label) for r in runs)
+    for r in runs:
+        changes = [o for o in r.config_overrides if not o.startswith("run.seed=")]
+        row_changes = [o for o in changes if o.split("=")[0] in spec.rows[r.row].set or o.split("=")[0] in r.grid]
+        print(f"  {r.label:<{width}}  seed {r.seed:<3} {r.params / 1e6:9.2f}M {r.gflops:10.2f} GFLOPs  "
+              f"{r.signature}  {by_name.get(r.run_name, 'new'):8s} {' '.join(row_changes)}")
+
+
+# ---- status, wait, cancel, logs ----------------------------------------------------------------
+
+def current_states(spec: SweepSpec, runs: list[PlannedRun]) -> list[RunState]:
+    manifest = read_manifest(spec)
+    return sweep_states(spec, runs, open_store(spec, manifest), manifest)
+
+
+def status_command(spec: SweepSpec, runs: list[PlannedRun], args=None) -> int:
+    """One line per run (harness/sweep/progress.py); with --watch, refreshed until every run has ended."""
+    if args is not None and args.watch:
+        return wait_command(spec, runs)
+    progress.show(current_states(spec, runs), Console())
+    return 0
+
+
+def wait_command(spec: SweepSpec, runs: list[PlannedRun], poll_s: float = 10.0, console: Console | None = None) -> int:
+    """Follow the runs until none is running or pending; 1 when one failed."""
+    states = progress.follow(lambda: current_states(spec, runs), console or Console(), poll_s)
+    return 1 if any(s.state == "failed" for s in states) else 0
+
+
+def cancel_command(spec: SweepSpec) -> int:
+    """Stop the sweep's live jobs, using the same live states as `status`; without a manifest, the jobs are
+    found in the sweep's submitit folders."""
+    manifest = read_manifest(spec)
+    records = list(manifest["runs"].values()) if manifest else []
+    known = {(r["executor"], r["job_id"]) for r in records}
+    for kind, cls in EXECUTORS.items():          # jobs the manifest does not list (or no manifest at all)
+        records += [r for r in cls(spec.folder, spec.name).discover() if (kind, r["job_id"]) not in known]
+    if not records:
+        raise NotSubmitted(None, reason=f"nothing submitted for {spec.name} under {spec.folder}",
+                           source=str(spec.path))
+    cancelled = {kind: cls.cancel([r for r in records if r["executor"] == kind]) for kind, cls in EXECUTORS.items()}
+    print("cancelled " + ", ".join(f"{len(ids)} {kind}" for kind, ids in cancelled.items() if kind != "debug")
+          + " jobs" + ("" if manifest else " (no manifest: jobs found in the submitit folders)"))
+    return 0
+
+
+def pick_run(spec: SweepSpec, runs: list[PlannedRun], name: str, seed: int | None, key: str,
+             first_seed: bool = False) -> PlannedRun:
+    """The one run a row label (or run name) and seed name; without a seed, the row's only one (or, with
+    `first_seed`, its first). Refused in one line listing what exists, with the closest label."""
+    labels = [row.label for row in spec.rows]
+    matches = [r for r in runs if name in (r.label, r.run_name)]
+    if not matches:
+        raise ConfigError(key, name, f"no row has this label; rows are {labels}",
+                          suggestion=closest(name, labels + [r.run_name for r in runs]))
+    seeds = sorted({r.seed for r in matches})
+    if seed is None and len(seeds) > 1 and not first_seed:
+        raise ConfigError("--seed", reason=f"the row {matches[0].label!r} has runs for seeds {seeds}: pick one")
+    chosen = [r for r in matches if r.seed == (seeds[0] if seed is None else seed)]
+    if not chosen:
+        raise ConfigError("--seed", seed, f"not a seed of the sweep; seeds are {spec.seeds}")
+    if len(chosen) > 1:
+        raise ConfigError(key, name, f"{len(chosen)} runs at seed {chosen[0].seed} (grid points); name one by its "
+                          f"run name: {[r.run_name for r in chosen]}")
+    return chosen[0]
+
+
+def logs_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
+    """One run's output: `<run folder>/job.log`, every attempt (jobs.run_log)."""
+    run = pick_run(spec, runs, args.label, args.seed, "label")
+    path = spec.folder / run.run_name / RUN_LOG_FILE
+    print(f"==> {run.title} ({run.run_name}): {path}")
+    if path.exists():
+        sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
+        return 0
+    record = read_manifest(spec)["runs"].get(run.run_name)
+    print("not submitted" if record is None else f"no log yet: its job {record['job_id']} has not started this "
+          f"run (the job's own log: {record['stderr']})")
+    return 0
+
+
+def server_command(spec: SweepSpec, args) -> int:
+    from .server import start_server, stop_server
+    if args.stop:
+        print("stopped" if stop_server(spec) else "no server was running")
+        return 0
+    manifest = read_manifest(spec) or new_manifest(spec)
+    prepare_store(spec, manifest)
+    url = start_server(spec, backend_uri=args.backend_uri, host=args.host, port=args.port)
+    print(f"MLflow tracking server for {spec.name}: {url}  (set `tracking: {{uri: {url}}}` to share it)")
+    return 0
+
+
+def analysis_command(spec: SweepSpec, args) -> int:
+    """table / report / ui: everything is read back from MLflow (analysis/)."""
+    if args.command == "ui":
+        from analysis.ui import ui_command
+        return ui_command(spec, port=args.port)
+    from analysis.runs import load_sweep_runs
+    if args.command == "report":
+        from analysis.report import write_report
+        notebook, html = write_report(spec.path, metric=args.metric)
+        print(f"report: {html}\nnotebook: {notebook} (re-runs on its own: it reads MLflow)")
+        return 0
+    from analysis.table import build_table
+    table = build_table(load_sweep_runs(spec.path), metric=args.metric, at=args.at, baseline=args.baseline)
+    print(table.render(args.format, args.columns))
+    return 0

@@ -1,0 +1,39 @@
+"""In-process, one task after another, blocking (tests, a debugger). A failing task is recorded, not pdb'd."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import submitit
+
+from . import Executor, ExecutorSpec, JobRecord, Task, register
+from .local import Lane
+
+
+@dataclass
+class DebugSpec(ExecutorSpec):
+    kind: str = "debug"
+
+
+@register
+class DebugExecutor(Executor):
+    kind = "debug"
+    Spec = DebugSpec
+    LIVE = frozenset()
+
+    def submit(self, tasks: list[Task]) -> list[JobRecord]:
+        ex = submitit.DebugExecutor(folder=self.jobs_folder / "%j")
+        records = []
+        for task in tasks:
+            job = ex.submit(Lane([task.fn], threads=os.cpu_count() or 1, detached=False))
+            records.append(self._record(task, job, self.kind))
+            job.result()
+        return records
+
+    @classmethod
+    def states(cls, records: list[dict]) -> dict[str, str]:
+        return {r["job_id"]: "ENDED" for r in records}
+
+    @classmethod
+    def cancel(cls, records: list[dict]) -> list[str]:
+        return []

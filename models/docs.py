@@ -1,0 +1,74 @@
+"""The documentation of config fields: the comment beside each dataclass field in its source.
+
+Every field of `ModelConfig` and of the training config (harness/config.py) is documented once, by the
+comment on its line and the indented comment lines under it:
+
+    ffn: str = choice("swiglu", "gelu")   # swiglu (PixelDiT/JiT code) | gelu (DiT)
+    kind: str = choice("flow", "ddpm")
+                                       # flow: rectified flow | ddpm: DDPM linear schedule
+
+`field_docs(cls)` reads those comments back (parsed once per source file), so `--help` shows the same text
+a reader of the source sees. Section comments at the indentation of the fields (`# ---- input ----`) belong
+to no field.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import io
+import tokenize
+from functools import lru_cache
+
+
+@lru_cache(maxsize=None)
+def _parsed(path: str) -> tuple[ast.Module, dict[int, tuple[int, str]], list[str]]:
+    """(syntax tree, line -> (column, text) of its comment, source lines) of a source file."""
+    with open(path, encoding="utf-8") as handle:
+        source = handle.read()
+    comments = {token.start[0]: (token.start[1], token.string.lstrip("#").strip())
+                for token in tokenize.generate_tokens(io.StringIO(source).readline)
+                if token.type == tokenize.COMMENT}
+    return ast.parse(source), comments, source.splitlines()
+
+
+def _class_node(tree: ast.Module, qualname: str) -> ast.ClassDef | None:
+    body = tree.body
+    node = None
+    for name in qualname.split("."):
+        node = next((n for n in body if isinstance(n, ast.ClassDef) and n.name == name), None)
+        if node is None:
+            return None
+        body = node.body
+    return node
+
+
+def _own_docs(cls: type) -> dict[str, str]:
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:                            # a class without a source file
+        return {}
+    tree, comments, lines = _parsed(path)
+    node = _class_node(tree, cls.__qualname__)
+    if node is None:
+        return {}
+    docs = {}
+    for stmt in node.body:
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+            continue
+        parts = [comments[row][1] for row in range(stmt.lineno, stmt.end_lineno + 1) if row in comments]
+        row = stmt.end_lineno + 1                # continuation: comment-only lines indented past the field
+        while row in comments and lines[row - 1].lstrip().startswith("#") and comments[row][0] > stmt.col_offset:
+            parts.append(comments[row][1])
+            row += 1
+        docs[stmt.target.id] = " ".join(part for part in parts if part)
+    return docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its comment (empty when it has none), for a dataclass and the dataclasses it extends."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update({k: v for k, v in _own_docs(klass).items() if v or k not in docs})
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}

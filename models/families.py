@@ -1,0 +1,186 @@
+"""The model families of the zoo, in one place: each `architecture` value maps to the module and class
+that build it, the checks only it needs, and its miniature (the same switches at toy size).
+
+    transformer  models.transformer.DiffusionTransformer  DiT, JiT, PixelDiT, SiT/REPA, latent DiffiT
+    unet         models.diffit.DiffiTUNet                 DiffiT's image-space U-Net [DiffiT Fig. 4]
+
+Nothing else branches on `cfg.architecture`: `ModelConfig.validate` runs the common checks and then the
+family's, `build_model` builds the family's class, `miniature` shrinks a config the family's way. The
+classes are imported when first built, so validating a config imports no model code.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from .config import ConfigError, ModelConfig, check_heads
+
+if TYPE_CHECKING:                     # torch loads when a model is built, not when a config is checked
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Family:
+    module: str                                                  # where the model class lives
+    model: str                                                   # its name there; built as model(cfg)
+    validate: Callable[[ModelConfig], None]                      # checks only this family needs
+    miniature: Callable[[ModelConfig, int, int, int], ModelConfig]   # (cfg, hidden_size, depth, pixel_depth)
+    inert: Callable[[ModelConfig], list[tuple[str, list[str]]]]  # switches without effect, by the reason
+
+    def model_class(self) -> type[nn.Module]:
+        return getattr(importlib.import_module(self.module), self.model)
+
+
+def check_window(cfg: ModelConfig, size: int, where: str) -> None:
+    """DiffiT's windows (`window_size`, None = the whole map) must tile a size x size map."""
+    if cfg.window_size is None:
+        return
+    if cfg.window_size <= 0:
+        raise ConfigError("model.window_size", cfg.window_size, "must be positive (or null: the whole map)")
+    if size % min(cfg.window_size, size):
+        raise ConfigError("model.window_size", cfg.window_size, f"does not tile {where}")
+
+
+# ---- the flat transformer -----------------------------------------------------------------------
+
+def validate_transformer(cfg: ModelConfig) -> None:
+    if cfg.hint_fraction > 0 and not cfg.pixel_pathway:
+        raise ConfigError("model.hint_fraction", reason="GT pixel hints need the pixel pathway "
+                          "(model.pixel_pathway=true)")
+    if cfg.time_conditioning == "tmsa":
+        if cfg.in_context_tokens:
+            raise ConfigError("model.in_context_tokens", reason="in-context tokens have no place on the grid of "
+                              "DiffiT's windows (model.time_conditioning=tmsa needs 0)")
+        check_window(cfg, cfg.grid_size, "the patch grid")
+    if cfg.time_embed_dim not in (None, cfg.hidden_size):
+        raise ConfigError("model.time_embed_dim", cfg.time_embed_dim, f"the flat model's time token has "
+                          f"the width of its tokens, model.hidden_size={cfg.hidden_size}")
+    if cfg.repa and not 1 <= cfg.repa_block <= cfg.depth:
+        raise ConfigError("model.repa_block", cfg.repa_block, f"REPA block beyond depth={cfg.depth} "
+                          f"(valid: 1..{cfg.depth})")
+    if cfg.pixel_pathway:
+        p = cfg.patch_size
+        if cfg.pixel_depth <= 0:
+            raise ConfigError("model.pixel_depth", cfg.pixel_depth, "must be positive")
+        r = cfg.compaction_rate
+        if r <= 0 or (p * p) % r:
+            raise ConfigError("model.compaction", cfg.compaction, f"the compaction rate must divide "
+                              f"patch_size^2={p * p}")
+        if cfg.pixel_attention:
+            check_heads("pixel_attn_dim", cfg.attn_dim, "pixel_heads", cfg.attn_heads, cfg.uses_rope)
+
+
+def inert_transformer(cfg: ModelConfig) -> list[tuple[str, list[str]]]:
+    """The flat model's switches that do nothing under `cfg`, grouped by the setting that disables them."""
+    rules = [("architecture=transformer", True, ["unet_channels", "unet_blocks", "unet_head_dim", "gn_groups"]),
+             ("time_conditioning=adaln", cfg.time_conditioning == "adaln",
+              ["tmsa_time", "rel_pos_bias", "window_size", "window_shift", "time_embed_dim"]),
+             ("pixel_pathway=false", not cfg.pixel_pathway,
+              ["pixel_depth", "pixel_dim", "pixel_mlp_ratio", "adaln", "pixel_modulation", "s_cond_timestep",
+               "pixel_attention", "compaction", "pixel_attn_dim", "pixel_heads", "hint_fraction",
+               "hint_loss_weight", "hint_path"]),
+             ("pixel_attention=false", not cfg.pixel_attention, ["compaction", "pixel_attn_dim", "pixel_heads"]),
+             ("hint_fraction=0", cfg.hint_fraction == 0, ["hint_loss_weight", "hint_path"]),
+             ("repa=false", not cfg.repa, ["repa_block", "repa_projector", "repa_hidden", "repa_dim"]),
+             ("patch_embed=linear", cfg.patch_embed == "linear", ["bottleneck_dim"]),
+             ("ffn=swiglu, pixel_pathway=false", cfg.ffn == "swiglu" and not cfg.pixel_pathway, ["gelu"]),
+             ("pos_embed=abs_sincos", not cfg.uses_rope, ["rope_theta", "rope_positions"]),
+             ("in_context_tokens=0", cfg.in_context_tokens == 0, ["in_context_start"]),
+             ("dropout=0", cfg.dropout == 0, ["dropout_band"]),
+             ("window_size=null", cfg.window_size is None, ["window_shift"])]
+    return [(reason, names) for reason, applies, names in rules if applies]
+
+
+def miniature_transformer(cfg: ModelConfig, hidden_size: int, depth: int, pixel_depth: int) -> ModelConfig:
+    """16 patches (patch at most 8), `depth` blocks of width `hidden_size`, 4 heads, at most 4 in-context tokens."""
+    patch = min(cfg.patch_size, 8)
+    compaction = cfg.compaction if cfg.compaction is None or (patch * patch) % cfg.compaction == 0 else None
+    return cfg.replace(
+        input_size=4 * patch, patch_size=patch, num_classes=10, depth=depth, hidden_size=hidden_size,
+        num_heads=4, bottleneck_dim=16, in_context_tokens=min(cfg.in_context_tokens, 4),
+        in_context_start=min(cfg.in_context_start, depth - 1), pixel_depth=min(cfg.pixel_depth, pixel_depth),
+        compaction=compaction, pixel_attn_dim=None if cfg.pixel_attn_dim is None else 16,
+        repa_block=min(cfg.repa_block, depth), repa_hidden=hidden_size, repa_dim=32,
+    ).validate()
+
+
+# ---- DiffiT's image-space U-Net -------------------------------------------------------------------
+
+def validate_unet(cfg: ModelConfig) -> None:
+    for key in ("pixel_pathway", "repa"):
+        if getattr(cfg, key):
+            raise ConfigError(f"model.{key}", True, "not available with model.architecture=unet")
+    if cfg.hint_fraction > 0:
+        raise ConfigError("model.hint_fraction", reason="GT pixel hints need model.architecture=transformer")
+    chs, blocks = list(cfg.unet_channels), list(cfg.unet_blocks)
+    if not chs or len(blocks) != len(chs):
+        raise ConfigError("model.unet_blocks", blocks, f"one entry per level of model.unet_channels={chs}")
+    if min(blocks) < 1:
+        raise ConfigError("model.unet_blocks", blocks, "every level needs at least one ResBlock")
+    if cfg.input_size % 2 ** (len(chs) - 1):
+        raise ConfigError("model.input_size", cfg.input_size, f"not divisible by 2^{len(chs) - 1} for "
+                          f"{len(chs)} U-Net levels")
+    for ch in chs:
+        if ch <= 0 or ch % cfg.unet_head_dim:
+            raise ConfigError("model.unet_channels", chs, f"every width must be a positive multiple of "
+                              f"model.unet_head_dim={cfg.unet_head_dim}")
+        if cfg.gn_groups <= 0 or ch % cfg.gn_groups:
+            raise ConfigError("model.gn_groups", cfg.gn_groups, f"must divide every width of "
+                              f"model.unet_channels={chs}")
+    for size in cfg.unet_sizes:
+        check_window(cfg, size, f"a {size}x{size} U-Net level")
+
+
+def inert_unet(cfg: ModelConfig) -> list[tuple[str, list[str]]]:
+    """The U-Net's unused switches: the flat model's pathway, pixel pathway and REPA fields."""
+    rules = [("architecture=unet", True, ["patch_size", "depth", "num_heads", "patch_embed", "bottleneck_dim",
+                                          "pos_embed", "rope_theta", "rope_positions", "in_context_tokens",
+                                          "in_context_start", "dropout", "dropout_band", "time_conditioning",
+                                          "pixel_pathway", "pixel_depth", "pixel_dim", "pixel_mlp_ratio", "adaln",
+                                          "pixel_modulation", "s_cond_timestep", "pixel_attention", "compaction",
+                                          "pixel_attn_dim", "pixel_heads", "hint_fraction", "hint_loss_weight",
+                                          "hint_path", "repa", "repa_block", "repa_projector", "repa_hidden",
+                                          "repa_dim"]),
+             ("ffn=swiglu", cfg.ffn == "swiglu", ["gelu"]),
+             ("window_size=null", cfg.window_size is None, ["window_shift"])]
+    return [(reason, names) for reason, applies, names in rules if applies]
+
+
+def miniature_unet(cfg: ModelConfig, hidden_size: int, depth: int, pixel_depth: int) -> ModelConfig:
+    """16x16 pixels, the same number of levels at widths hidden_size/4 .. hidden_size/2, one ResBlock each."""
+    levels = len(cfg.unet_channels)
+    channels = [hidden_size // 4] + [hidden_size // 2] * (levels - 1)
+    return cfg.replace(
+        input_size=2 ** (levels + 1), num_classes=10, unet_channels=channels, unet_blocks=[1] * levels,
+        unet_head_dim=8, gn_groups=4, time_embed_dim=hidden_size, time_freq_dim=32,
+        window_size=None if cfg.window_size is None else 2,
+    ).validate()
+
+
+# ---- the registry -----------------------------------------------------------------------------------
+
+# Its keys are the allowed values of `ModelConfig.architecture` (tests/test_model_behaviour.py checks both agree).
+FAMILIES: dict[str, Family] = {
+    "transformer": Family("models.transformer", "DiffusionTransformer", validate_transformer, miniature_transformer,
+                          inert_transformer),
+    "unet": Family("models.diffit", "DiffiTUNet", validate_unet, miniature_unet, inert_unet),
+}
+
+
+def family(cfg: ModelConfig) -> Family:
+    return FAMILIES[cfg.architecture]
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> nn.Module:
+    """Build (and validate) the model of `cfg.architecture`; `device='meta'` allocates nothing, for
+    counting and planning. Every model maps (x, t, y[, hint, hint_mask]) to a `ModelOutput`."""
+    import torch
+    with torch.device(device or "cpu"):
+        return family(cfg).model_class()(cfg)
+
+
+def miniature(cfg: ModelConfig, hidden_size: int = 64, depth: int = 2, pixel_depth: int = 1) -> ModelConfig:
+    """The same switches at toy size, for CPU tests and benchmarks (each family shrinks its own way)."""
+    return family(cfg).miniature(cfg, hidden_size, depth, pixel_depth)

@@ -1,0 +1,76 @@
+"""The live view of `status` and `--wait` (harness/sweep/progress.py): one line per run with its state,
+step/total, last loss, last metric, ETA and job id — a rich table redrawn in place on a terminal, plain lines
+without control characters otherwise (a pipe, a log). Terminals are rich's own (`Console(force_terminal=...)`)."""
+import io
+from types import SimpleNamespace
+
+from rich.console import Console
+
+from harness.sweep import progress
+from harness.sweep.plan import PlannedRun
+from harness.sweep.state import RunState
+
+
+def run_state(label: str, seed: int, state: str, step=None, loss=None, fd=None, job="4242", reason=None):
+    """A run's state as `sweep_states` builds it from MLflow: tags, params and latest metrics."""
+    planned = PlannedRun(index=0, label=label, row=0, seed=seed, grid={}, config_overrides=[],
+                         run_name=f"{label}-s{seed}", signature="0" * 16, executor=None, cfg=None)
+    metrics = {"loss": loss, "images_per_s": 32.0, **({"fd": fd} if fd is not None else {})}
+    mlflow_run = SimpleNamespace(data=SimpleNamespace(tags={"total_steps": "400"},
+                                                      params={"train.global_batch": "64"}, metrics=metrics))
+    return RunState(planned, state, "id", step, loss, metrics if step is not None else {}, 3.0, job, reason,
+                    mlflow_run if step is not None else None)
+
+
+RUNNING = [run_state("patch-wise", 0, "running", step=150, loss=0.51234, fd=12.5),
+           run_state("pixel-wise", 0, "pending")]
+ENDED = [run_state("patch-wise", 0, "done", step=400, loss=0.4, fd=9.25),
+         run_state("pixel-wise", 0, "failed", step=20, loss=float("nan"), reason="NonFiniteLoss: nan at step 20")]
+
+
+def console(terminal: bool) -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, force_terminal=terminal, width=140, color_system="standard" if terminal else None), out
+
+
+def test_a_line_has_state_step_of_total_loss_metric_eta_and_job():
+    line = progress.Line.of(RUNNING[0])
+    # 250 steps left at 32 images/s with 64 images a step: 500 s
+    assert line.cells()[:8] == ["patch-wise", "0", "running", "150/400", "0.5123", "fd 12.5", "8m", "4242"]
+    assert progress.Line.of(ENDED[1]).cells()[-1] == "NonFiniteLoss: nan at step 20"
+
+
+def test_status_is_a_table_on_a_terminal_and_plain_lines_otherwise():
+    terminal, out = console(True)
+    progress.show(RUNNING, terminal)
+    drawn = out.getvalue()
+    assert "\x1b[" in drawn and "┃" in drawn and "150/400" in drawn and "done=0 running=1 pending=1" in drawn
+    piped, out = console(False)
+    progress.show(RUNNING, piped)
+    lines = out.getvalue().splitlines()
+    assert "\x1b" not in out.getvalue() and len(lines) == 4       # header, one line per run, the counts
+    assert lines[0].split() == ["run", "seed", "state", "step", "loss", "metric", "ETA", "job"]
+    assert lines[1].split()[:6] == ["patch-wise", "0", "running", "150/400", "0.5123", "fd"]
+    assert lines[-1] == "done=0 running=1 pending=1 failed=0 new=0"
+
+
+def test_wait_redraws_in_place_on_a_terminal_until_every_run_has_ended():
+    polls = iter([RUNNING, RUNNING, ENDED])
+    terminal, out = console(True)
+    last = progress.follow(lambda: next(polls), terminal, every_s=0, sleep=lambda s: None)
+    assert last is ENDED
+    drawn = out.getvalue()
+    assert "\x1b[2K" in drawn and "\x1b[1A" in drawn             # lines erased and the cursor moved up: in place
+    assert "NonFiniteLoss" in drawn and "done=1 running=0 pending=0 failed=1" in drawn
+
+
+def test_wait_prints_each_change_once_when_not_a_terminal():
+    polls = iter([RUNNING, RUNNING, ENDED])
+    piped, out = console(False)
+    progress.follow(lambda: next(polls), piped, every_s=0, sleep=lambda s: None)
+    lines = [line.split("  ", 1)[1] for line in out.getvalue().splitlines()]       # without the time stamps
+    assert "\x1b" not in out.getvalue()
+    assert [line.split()[:3] for line in lines if not line.startswith(("run", "done="))] == [
+        ["patch-wise", "0", "running"], ["pixel-wise", "0", "pending"],           # the first poll: every run
+        ["patch-wise", "0", "done"], ["pixel-wise", "0", "failed"]]               # the second changed nothing
+    assert lines[-1] == "done=1 running=0 pending=0 failed=1 new=0"
