@@ -113,9 +113,18 @@ EXECUTORS = ["local", pytest.param("slurm", marks=pytest.mark.skipif(SLURM_SKIP 
                                                                     reason=str(SLURM_SKIP)))]
 TINY = {"train.steps": 4, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
         "model.hidden_size": 32, "model.num_heads": 2, "eval.metric": "none", "checkpoint.every_steps": 2}
+# The offline metric at its smallest: a few samples, a 3-step sampler (a test adds where it evaluates).
+TINY_OFFLINE_EVAL = {"eval.metric": "offline", "eval.num_samples": 40, "eval.batch_size": 20, "eval.sampler.steps": 3}
 # Steps of tens of milliseconds, so a job can be interrupted mid-run.
 SLOW = {**TINY, "train.steps": 40, "train.global_batch": 32, "model.hidden_size": 64, "model.num_heads": 4,
         "checkpoint.every_steps": 5, "train.log_every": 5}
+
+
+def tiny_overrides(tmp_path: Path, name="run", steps=6, **extra) -> list[str]:
+    """One training run's command line: tiny_digits with the TINY model for a handful of steps."""
+    items = {**TINY, "run.out_dir": str(tmp_path / "runs"), "run.name": name, "train.steps": steps,
+             "checkpoint.every_steps": 3, "eval.cache_dir": str(tmp_path / "cache"), **extra}
+    return ["+experiment=tiny_digits", *[f"{k}={v}" for k, v in items.items()]]
 
 
 def write_sweep(folder: Path, name="s", rows=None, executor="local", overrides=None, **more) -> Path:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import NULL, SHAPE, Recorder, gen, labels
+from conftest import NULL, SHAPE, TINY_OFFLINE_EVAL, Recorder, gen, labels, tiny_overrides
 from harness.config import ObjectiveConfig, SamplerConfig
 from harness.configure import resolve
 from harness.objectives import EDMObjective, make_objective, validate_objective
@@ -287,13 +287,10 @@ def test_edm_recipes_validate_and_mismatches_are_refused():
 # ---- through the real trainer --------------------------------------------------------------------
 
 def test_edm_trains_and_evaluates_through_the_trainer(tmp_path):
-    items = {"run.out_dir": str(tmp_path / "runs"), "run.name": "edm", "train.steps": 10, "train.global_batch": 16,
-             "train.log_every": 1, "checkpoint.every_steps": 100, "model.depth": 2, "model.hidden_size": 32,
-             "model.num_heads": 2, "model.prediction": "image", "objective.kind": "edm", "objective.p_mean": -1.2,
-             "objective.p_std": 1.2, "eval.sampler.kind": "edm_heun", "eval.sampler.steps": 3,
-             "eval.metric": "offline", "eval.num_samples": 20, "eval.batch_size": 20,
-             "eval.cache_dir": str(tmp_path / "cache")}
-    result = train(resolve(["+experiment=tiny_digits", *[f"{k}={v}" for k, v in items.items()]]))
+    result = train(resolve(tiny_overrides(tmp_path, "edm", steps=10, **{
+        **TINY_OFFLINE_EVAL, "eval.num_samples": 20, "train.log_every": 1, "checkpoint.every_steps": 100,
+        "model.prediction": "image", "objective.kind": "edm", "objective.p_mean": -1.2, "objective.p_std": 1.2,
+        "eval.sampler.kind": "edm_heun"})))
     client = MlflowClient(f"sqlite:///{result.run_dir / 'mlflow.db'}")
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.params["objective.kind"] == "edm"

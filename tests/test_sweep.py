@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (EXECUTORS, SLOW, SLURM_SKIP, TINY, all_ended, children, release_when_requeued, states,
-                      wait_until, write_sweep)
+from conftest import (EXECUTORS, SLOW, SLURM_SKIP, TINY, TINY_OFFLINE_EVAL, all_ended, children,
+                      release_when_requeued, states, wait_until, write_sweep)
 from harness.checkpoint import load_checkpoint
 from harness.configure import resolve
 from harness.sweep.cli import main
@@ -194,8 +194,7 @@ def test_runs_are_named_by_row_and_seed_and_the_parent_carries_the_description(s
     """Run names `LABEL · seed S`; the parent run's description is the sweep's description and notes; each
     evaluation point is logged under the name it was asked by (`fd/step_3`, `fd/epoch_0.02`) and nothing else
     (no `fd/epoch_0.0265` beside every step point); the step and heartbeat under MLflow's system/ section."""
-    overrides = {**TINY, "eval.metric": "offline", "eval.num_samples": 40, "eval.batch_size": 20,
-                 "eval.sampler.steps": 3, "eval.at_steps": [3], "eval.at_epochs": [0.02],
+    overrides = {**TINY, **TINY_OFFLINE_EVAL, "eval.at_steps": [3], "eval.at_epochs": [0.02],
                  "eval.cache_dir": str(sweep_dir / "cache")}
     path = write_sweep(sweep_dir, name="named", executor="debug", overrides=overrides, seeds=[0],
                        description="Which AdaLN?", notes="A *toy* check.")

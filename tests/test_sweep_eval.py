@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SLURM_SKIP
+from conftest import SLURM_SKIP, TINY
 import yaml
 
 from harness.sweep import evaluation
@@ -18,9 +18,7 @@ from harness.sweep.spec import load_sweep
 
 def tiny_sweep(folder, reference):
     sweep = {"name": "evalsweep", "experiment": "tiny_digits", "output": str(folder / "out"),
-             "overrides": {"train.steps": 4, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
-                           "model.hidden_size": 32, "model.num_heads": 2, "eval.metric": "none",
-                           "eval.sampler.steps": 2, "eval.reference": str(reference)},
+             "overrides": {**TINY, "eval.sampler.steps": 2, "eval.reference": str(reference)},
              "rows": [{"label": "patch-wise", "set": {"model.adaln": "B"}},
                       {"label": "pixel-wise", "set": {"model.adaln": "C"}}],
              "seeds": [0], "executor": {"kind": "debug"}}

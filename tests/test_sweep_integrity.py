@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import SLOW, TINY, states, wait_until, write_sweep
+from conftest import SLOW, TINY, states, tiny_overrides, wait_until, write_sweep
 from harness.checkpoint import (CheckpointError, load_checkpoint, load_latest, previous_path, save_checkpoint,
                                 state_digest)
 from harness.config import TrainConfig
@@ -234,12 +234,11 @@ def test_a_job_that_fails_before_mlflow_shows_its_reason_in_status(sweep_dir, ca
 
 
 def test_resume_after_kill_9_logs_each_step_once_and_removes_partial_writes(tmp_path):
-    overrides = ["+experiment=tiny_digits", "train.steps=120", "train.log_every=1", "checkpoint.every_steps=7",
-                 "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "eval.metric=none",
-                 "train.global_batch=16", f"run.out_dir={tmp_path}", "run.name=k9"]
+    overrides = tiny_overrides(tmp_path, "k9", steps=120, **{"train.log_every": 1, "checkpoint.every_steps": 7})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "harness.train", *overrides]
-    checkpoint = tmp_path / "k9" / "checkpoints" / "last.pt"
+    run_dir = tmp_path / "runs" / "k9"
+    checkpoint = run_dir / "checkpoints" / "last.pt"
     for cycle in range(3):
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: checkpoint.exists() and load_checkpoint(checkpoint)["step"] >= 10 * (cycle + 1)
@@ -250,7 +249,7 @@ def test_resume_after_kill_9_logs_each_step_once_and_removes_partial_writes(tmp_
     (checkpoint.parent / ".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
     assert subprocess.run(command, cwd=ROOT, env=env, capture_output=True).returncode == 0
     assert not list(checkpoint.parent.glob(".*.tmp"))
-    client = MlflowClient(f"sqlite:///{tmp_path / 'k9' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("ditlab").experiment_id])
     for key in ("loss", "lr", "system/step"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import assert_close_weights, weights
+from conftest import TINY_OFFLINE_EVAL, assert_close_weights, tiny_overrides, weights
 from harness.configure import resolve
 from harness.train import NonFiniteLoss, train
 from harness.train_cli import main
@@ -49,14 +49,6 @@ def seed_store(empty_store, monkeypatch):
     monkeypatch.setattr(tracking, "tracking_uri", prepared)
     return seed
 
-
-def tiny_overrides(tmp_path, name="run", steps=6, **extra):
-    """tiny_digits, smaller still: a 2-block PixelDiT of width 32 for a handful of steps."""
-    items = {"run.out_dir": str(tmp_path / "runs"), "run.name": name, "train.steps": steps,
-             "train.global_batch": 16, "train.log_every": 2, "checkpoint.every_steps": 3, "eval.metric": "none",
-             "eval.cache_dir": str(tmp_path / "cache"), "model.depth": 2, "model.hidden_size": 32,
-             "model.num_heads": 2, **extra}
-    return ["+experiment=tiny_digits", *[f"{k}={v}" for k, v in items.items()]]
 
 
 def mlflow_run(run_dir: Path):
@@ -195,9 +187,7 @@ def test_hints_and_in_context_tokens_train(tmp_path):
 
 
 def test_offline_evaluation_logs_metrics_and_a_sample_grid(tmp_path):
-    overrides = tiny_overrides(tmp_path, steps=4, **{"eval.metric": "offline", "eval.num_samples": 40,
-                                                     "eval.batch_size": 20, "eval.at_steps": "[2]",
-                                                     "eval.sampler.steps": 3})
+    overrides = tiny_overrides(tmp_path, steps=4, **TINY_OFFLINE_EVAL, **{"eval.at_steps": "[2]"})
     result = train(resolve(overrides))
     client, run = mlflow_run(result.run_dir)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "fd")] == [2, 4]

@@ -23,6 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis.ui import start_ui, stop_ui
+from conftest import TINY, TINY_OFFLINE_EVAL
 from harness.sweep.cli import main
 from harness.sweep.server import pid_alive, store_uri
 from harness.sweep.spec import load_sweep
@@ -37,9 +38,6 @@ pytestmark = pytest.mark.skipif(
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-quic", "--hide-scrollbars"]
 SCREEN = (1400, 900)                  # the first screen: a laptop's browser window
-TINY = {"train.steps": 4, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
-        "model.hidden_size": 32, "model.num_heads": 2, "checkpoint.every_steps": 2, "eval.metric": "offline",
-        "eval.num_samples": 40, "eval.batch_size": 20, "eval.at_steps": [2], "eval.sampler.steps": 3}
 DESCRIPTION = "Does pixel-wise AdaLN beat patch-wise AdaLN?"
 
 
@@ -49,7 +47,7 @@ def finished_sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ui_sweep")
     sweep = {"name": "ui_sweep", "description": DESCRIPTION, "notes": "Two rows, one seed: a UI check.",
              "experiment": "tiny_digits", "output": str(folder / "out"),
-             "overrides": {**TINY, "eval.cache_dir": str(folder / "cache")},
+             "overrides": {**TINY, **TINY_OFFLINE_EVAL, "eval.at_steps": [2], "eval.cache_dir": str(folder / "cache")},
              "rows": [{"label": "patch-wise", "set": {"model.adaln": "B"}},
                       {"label": "pixel-wise", "set": {"model.adaln": "C"}}],
              "seeds": [0], "executor": {"kind": "debug"}}
