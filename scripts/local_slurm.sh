@@ -36,21 +36,9 @@ SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
 SlurmctldPort=6817
 SlurmdPort=6818
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-AccountingStoragePort=6819
+$(scheduling_settings 6819)
 MaxArraySize=100001
 MaxJobCount=100000
-MinJobAge=300
-KillWait=30
 NodeName=$HOST CPUs=$(nproc) RealMemory=20000 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -75,28 +63,16 @@ start() {
     log "up: $(sinfo -h -o '%P %D %t'); export SLURM_CONF=$CONF"
 }
 
-stop_pid() {  # stop_pid NAME PIDFILE
-    local pid
-    [ -f "$2" ] || return 0
-    pid=$(cat "$2")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$2"
-}
-
 stop() {
     export SLURM_CONF=$CONF
     if [ -f "$CONF" ] && command -v scancel >/dev/null; then
         scancel --user=root >/dev/null 2>&1 || true
     fi
-    stop_pid slurmd "$DIR/run/slurmd.pid"
-    stop_pid slurmctld "$DIR/run/slurmctld.pid"
-    stop_pid slurmdbd "$DIR/run/slurmdbd.pid"
-    stop_pid mariadb "$DIR/run/mariadb.pid"
-    stop_pid munged "$DIR/run/munged.pid"
+    stop_pid "$DIR/run/slurmd.pid"
+    stop_pid "$DIR/run/slurmctld.pid"
+    stop_pid "$DIR/run/slurmdbd.pid"
+    stop_pid "$DIR/run/mariadb.pid"
+    stop_pid "$DIR/run/munged.pid"
     log "stopped"
 }
 

@@ -66,19 +66,7 @@ SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd-%n.log
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
-AccountingStoragePort=$DBD_PORT
-MinJobAge=300
-KillWait=30
+$(scheduling_settings $DBD_PORT)
 EOF
     for node in "${NODES[@]}"; do
         echo "NodeName=$node NodeAddr=$(address "$node") CPUs=$(nproc) RealMemory=4000 State=UNKNOWN" >> "$CONF"
@@ -137,18 +125,6 @@ start() {
     done
     wait_for 90 "both nodes to be idle" sh -c "[ \"\$(sinfo -h -N -t idle -o %N | sort -u | wc -l)\" = ${#NODES[@]} ]"
     log "up: $(sinfo -h -N -o '%N %t' | tr '\n' ' '); export SLURM_CONF=$CONF"
-}
-
-stop_pid() {  # stop_pid PIDFILE
-    local pid
-    [ -f "$1" ] || return 0
-    pid=$(cat "$1")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$1"
 }
 
 stop() {

@@ -23,6 +23,24 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     log "timed out waiting for $what"; return 1
 }
 
+scheduling_settings() {  # scheduling_settings DBD_PORT: the slurm.conf lines both clusters share
+    cat <<EOC
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort=$1
+MinJobAge=300
+KillWait=30
+EOC
+}
+
 write_slurmdbd_conf() {  # write_slurmdbd_conf DBD_PORT
     cat > "$DIR/etc/slurmdbd.conf" <<EOC
 AuthType=auth/munge
@@ -68,4 +86,16 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';
 FLUSH PRIVILEGES;
 EOC
+}
+
+stop_pid() {  # stop_pid PIDFILE: TERM, up to 10 s, then KILL
+    local pid
+    [ -f "$1" ] || return 0
+    pid=$(cat "$1")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$1"
 }
