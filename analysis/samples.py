@@ -14,15 +14,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torchvision.utils import make_grid, save_image
 
-from harness.checkpoint import load_checkpoint
-from harness.config import TrainConfig
-from harness.ema import EMA
-from harness.objectives import make_objective
 from harness.sampling import sample
-from models.transformer import build_model
+from harness.sweep.evaluation import load_ema_model
 
 from .runs import SweepRuns
 
@@ -52,24 +47,11 @@ def grid_labels(num_classes: int) -> torch.Tensor:
     return torch.arange(min(num_classes, MAX_CLASSES)).repeat(PER_CLASS)
 
 
-def load_run(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, TrainConfig, int]:
-    """(EMA model in eval mode, the run's resolved config, step) from a run's checkpoint."""
-    state = load_checkpoint(Path(checkpoint))
-    cfg: TrainConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig),
-                                                           OmegaConf.create(state["config"])))
-    model = build_model(cfg.model)
-    model.load_state_dict(state["model"])
-    ema = EMA(model, cfg.ema.decays)
-    ema.load_state_dict(state["ema"])
-    return ema.model_copy(model, cfg.ema.eval_decay).to(device), cfg, int(state["step"])
-
-
 @torch.no_grad()
 def sample_row(checkpoint: str | Path, device: torch.device | None = None, seed: int = GRID_SEED):
     """(images in [-1, 1] (B, C, H, W), labels, config, step) of one run, from the fixed noise."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, step = load_run(checkpoint, device)
-    objective = make_objective(cfg.objective, cfg.model)
+    model, objective, cfg, step = load_ema_model(checkpoint, device)
     labels = grid_labels(cfg.model.num_classes).to(device)
     shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
     generator = torch.Generator(device).manual_seed(seed)

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-VERBS = ("submit", "status", "cancel", "logs", "mlflow-server", "migrate", "table", "report", "ui")
+from harness.sweep.cli import COMMANDS as VERBS           # parses only: no torch, mlflow or hydra
+
 COMMANDS = [["-c", "pass"], ["-m", "harness.train", "--help"], ["-m", "harness.audit", "--help"],
             ["-m", "models.inspect", "--help"], ["run_sweep.py", "--help"],
             *[["run_sweep.py", verb, "--help"] for verb in VERBS]]

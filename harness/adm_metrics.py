@@ -307,8 +307,9 @@ class FeatureStats:
 
 @torch.inference_mode()
 def extract(batches: Iterator[np.ndarray], net: FIDInceptionV3, device, logits: bool = False,
-            progress: Optional[int] = None) -> FeatureStats:
-    """One Inception pass over uint8 (B, H, W, 3) batches: pool features, both statistics, and logits.
+            progress: Optional[int] = None, statistics: bool = True) -> FeatureStats:
+    """One Inception pass over uint8 (B, H, W, 3) batches: pool features, both statistics (unless
+    `statistics=False`: the pool features alone), and logits.
     fp32 throughout (no autocast, no TF32 convolutions): the features are the reference's up to rounding."""
     device = torch.device(device)
     pool, spatial, out_logits = [], [], []
@@ -321,14 +322,18 @@ def extract(batches: Iterator[np.ndarray], net: FIDInceptionV3, device, logits: 
             x = torch.from_numpy(np.require(batch, np.uint8, ["C", "W"])).to(device).permute(0, 3, 1, 2)
             out = net(x)
             pool.append(out.pool.cpu().numpy())
-            spatial.append(out.spatial.cpu().numpy())
+            if statistics:
+                spatial.append(out.spatial.cpu().numpy())
             if logits:
                 out_logits.append(out.logits.cpu().numpy())
             if bar is not None:
                 bar.update(len(batch))
     if bar is not None:
         bar.close()
-    pool_all, spatial_all = np.concatenate(pool), np.concatenate(spatial)
+    pool_all = np.concatenate(pool)
+    if not statistics:
+        return FeatureStats(pool_all, logits=np.concatenate(out_logits) if logits else None)
+    spatial_all = np.concatenate(spatial)
     mu, sigma = mean_cov(pool_all)
     mu_s, sigma_s = mean_cov(spatial_all)
     return FeatureStats(pool_all, spatial_all, mu, sigma, mu_s, sigma_s,
@@ -454,7 +459,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             metrics = parse_metrics(args.metrics)
             if not metrics:
                 raise ConfigError("--metrics", args.metrics, f"no metric named; expected some of {list(METRICS)}")
-        evaluator.check_metrics(metrics)
         result = evaluator.evaluate(samples, ref, metrics)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -34,7 +34,7 @@ def state_digest(state: Any) -> str:
         if isinstance(node, torch.Tensor):
             tensor = node.detach().cpu().contiguous()
             digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())        # the buffer, no copy
         elif isinstance(node, dict):
             for key in sorted(node, key=str):
                 if key != CHECKSUM_KEY:

@@ -107,10 +107,9 @@ def config_error(err: Exception, source: str | None) -> ConfigError:
     return from_omegaconf(err, source, schema_keys())
 
 
-@lru_cache(maxsize=1)
 def schema_keys() -> tuple[str, ...]:
     """Every dotted key of the training config (what an override may name)."""
-    return tuple(flatten(TrainConfig()))
+    return tuple(schema_defaults())
 
 
 def group_options(group: str) -> list[str]:
@@ -247,20 +246,9 @@ def result_delta(cfg: TrainConfig) -> dict[str, Any]:
     defaults = schema_defaults()
     delta = {k: v for k, v in flatten(cfg).items() if affects_result(k) and (k not in defaults or defaults[k] != v)}
     if delta.get("model.init_from") and Path(delta["model.init_from"]).is_file():
-        delta["model.init_from"] = "sha256:" + file_sha256(Path(delta["model.init_from"]).resolve())
+        from models.convert import sha256
+        delta["model.init_from"] = "sha256:" + sha256(delta["model.init_from"])
     return delta
-
-
-@lru_cache(maxsize=64)
-def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    from models.convert import sha256
-    return sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    """A file's sha256, computed once per (path, size, modification time)."""
-    stat = path.stat()
-    return _file_sha256(path, stat.st_size, stat.st_mtime_ns)
 
 
 def config_signature(cfg: TrainConfig) -> str:

@@ -17,7 +17,6 @@ downloaded.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import platform
 import warnings
@@ -319,19 +318,10 @@ def cached_fid_inception(path: PathLike, device="cpu", key: str = "eval.inceptio
     return _cached(str(path), path.stat().st_mtime_ns, str(torch.device(device)), key)
 
 
-@lru_cache(maxsize=8)
-def weights_digest(path: str, mtime_ns: int) -> str:
-    """sha256 of the weights file: part of every cache key of features computed with it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def inception_digest(path: PathLike) -> str:
-    path = Path(path).resolve()
-    return weights_digest(str(path), path.stat().st_mtime_ns)
+    """sha256 of the weights file: part of every cache key of features computed with it."""
+    from models.convert import sha256
+    return sha256(path)
 
 
 # =============================================================================================

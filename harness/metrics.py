@@ -302,7 +302,7 @@ class InceptionFID:
             batches = (source[i:i + self.batch_size] for i in range(0, len(source), self.batch_size))
         else:
             batches = source.batches(self.batch_size)
-        return extract(batches, self.net, self.device).pool.astype(np.float64)
+        return extract(batches, self.net, self.device, statistics=False).pool.astype(np.float64)
 
     def _features(self, images: torch.Tensor) -> np.ndarray:
         """(N, 3, R, R) in [-1, 1] -> (N, 2048) pool_3 features of the images quantised to uint8."""

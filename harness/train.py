@@ -179,9 +179,6 @@ class Trainer:
                               f"{self.env.world_size} ranks)")
         spe = self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = cfg.train.steps or math.ceil(cfg.train.epochs * spe)
-        self.eval_steps = sorted({round(e * spe) for e in cfg.eval.at_epochs} | set(cfg.eval.at_steps)
-                                 | ({self.total_steps} if cfg.eval.at_end else set()))
-        self.eval_steps = [s for s in self.eval_steps if 0 < s <= self.total_steps] if cfg.eval.metric != "none" else []
         # Each configured evaluation point, by the name it was asked for: the key of its metrics besides the
         # curve (`fd/epoch_80`, `fd/step_300`), so a table of "FD at epoch 80" is one MLflow query for a sweep.
         self.point_names: dict[int, list[str]] = {}
@@ -189,6 +186,8 @@ class Trainer:
             self.point_names.setdefault(round(epoch * spe), []).append(f"epoch_{epoch:g}")
         for step in cfg.eval.at_steps:
             self.point_names.setdefault(step, []).append(f"step_{step}")
+        self.eval_steps = sorted(set(self.point_names) | ({self.total_steps} if cfg.eval.at_end else set()))
+        self.eval_steps = [s for s in self.eval_steps if 0 < s <= self.total_steps] if cfg.eval.metric != "none" else []
 
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg.model).to(self.device)

@@ -35,6 +35,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -146,14 +147,20 @@ class Rule:
     optional: bool = False          # the REPA projector: may be absent from a checkpoint
 
 
+# The time MLP and the label table: the same names in every official code.
+_CONDITIONING = [
+    Rule(r"t_embedder\.(.*)", (r"t_embedder.\1",)),
+    Rule(r"y_embedder\.table\.weight", ("y_embedder.embedding_table.weight",)),
+]
+
+
 def _embedders(cfg: ModelConfig, patch_key: str, conv: bool) -> list[Rule]:
     """The one-linear patch embedding (a conv, or a linear over `unfold`), the time MLP and the label table."""
     return [
         Rule(r"patch_embed\.proj\.weight", (f"{patch_key}.weight",),
              PatchColumns(cfg.patch_size, cfg.in_channels, conv)),
         Rule(r"patch_embed\.proj\.bias", (f"{patch_key}.bias",)),
-        Rule(r"t_embedder\.(.*)", (r"t_embedder.\1",)),
-        Rule(r"y_embedder\.table\.weight", ("y_embedder.embedding_table.weight",)),
+        *_CONDITIONING,
     ]
 
 
@@ -174,8 +181,7 @@ def _rules_sit(cfg: ModelConfig) -> list[Rule]:
 def _rules_jit(cfg: ModelConfig) -> list[Rule]:
     head = rope_channel_order(cfg.hidden_size // cfg.num_heads, "jit")
     return [
-        Rule(r"t_embedder\.(.*)", (r"t_embedder.\1",)),
-        Rule(r"y_embedder\.table\.weight", ("y_embedder.embedding_table.weight",)),
+        *_CONDITIONING,
         Rule(r"patch_embed\.proj\.0\.weight", ("x_embedder.proj1.weight",),     # the bottleneck: conv p x p, then 1x1
              PatchColumns(cfg.patch_size, cfg.in_channels, conv=True)),
         Rule(r"patch_embed\.proj\.1\.weight", ("x_embedder.proj2.weight",), Conv1x1()),
@@ -413,7 +419,16 @@ def official_weights(saved: dict, which: str = "ema") -> tuple[dict[str, Tensor]
     return saved, "/".join(where) or "top level"
 
 
-def sha256(path: Path) -> str:
+def sha256(path: str | Path) -> str:
+    """A file's sha256, read once per (file, size, modification time): a run's signature, its tag and the
+    metric caches all ask for the same multi-GB weights files."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -464,7 +479,6 @@ def main(argv: list[str] | None = None) -> int:
             ours = convert_state_dict(official, args.source, cfg)
         except ConfigError as err:
             raise err.at(source=str(args.checkpoint)) from None
-        build_model(cfg, device="meta").load_state_dict(ours, strict=True, assign=True)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -103,8 +103,6 @@ def test_eval_fills_missing_shards_logs_metrics_and_the_table_shows_them(tmp_pat
 
 
 def test_eval_refuses_bad_arguments_in_one_line(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "bad", "experiment": "tiny_digits", "output": str(tmp_path / "out"),
                                     "rows": [{"label": "only", "set": {}}], "executor": {"kind": "debug"}}))

@@ -38,8 +38,8 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "submit":
             return submit_command(spec, plan_sweep(spec), args)
         if args.command == "eval":
-            from .evaluation import check_eval_arguments
-            check_eval_arguments(spec, args)
+            from .evaluation import check_arguments
+            check_arguments(spec, args.label, args.num, args.shards)
         manifest = read_manifest(spec)
         open_store(spec, manifest)            # nothing submitted, or a store gone: one line, no file created
         if args.command in ("table", "report", "ui"):
@@ -84,11 +84,13 @@ def submit_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
     hint = "; --retry resubmits the failed ones" if counts["failed"] and not args.retry else ""
     print(f"{len(todo)} of {len(runs)} runs to submit" + (f" ({others}{hint})" if others else ""))
     jobs, parent_id = [], None
-    from .server import running_server, stop_server
-    server_was_up = running_server(spec) is not None
+    from .server import running_server, start_server, stop_server
+    server_url = running_server(spec)
+    server_was_up = server_url is not None
     if todo:
-        kinds = {spec.executor_for(spec.rows[run.row]).kind for run in todo}
-        tracking_uri = spec.tracking.uri or (store_uri(spec) if kinds == {"debug"} else _server(spec))
+        kinds = {run.executor.kind for run in todo}
+        tracking_uri = spec.tracking.uri or (store_uri(spec) if kinds == {"debug"} else
+                                             server_url or start_server(spec))
         parent = client.create_run(experiment_id, run_name=f"{spec.name} #{len(manifest['submissions']) + 1}",
                                    tags={"sweep": spec.name, "sweep_role": "parent",
                                          "executor": ",".join(sorted(kinds)), "sweep_file": str(spec.path.resolve()),
@@ -98,9 +100,8 @@ def submit_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
         client.log_dict(parent_id, plan_records(runs, states), "plan.json")
         try:
             for kind in sorted(kinds):
-                tasks = [Task(run.run_name, spec.executor_for(spec.rows[run.row]),
-                              TrainJob(run.overrides(spec, tracking_uri, parent_id)))
-                         for run in todo if spec.executor_for(spec.rows[run.row]).kind == kind]
+                tasks = [Task(run.run_name, run.executor, TrainJob(run.overrides(spec, tracking_uri, parent_id)))
+                         for run in todo if run.executor.kind == kind]
                 submitted = executor_class(kind)(spec.folder, spec.name).submit(tasks)
                 jobs += submitted
                 record_submission(spec, manifest, todo, submitted, parent_id, kind)
@@ -154,11 +155,6 @@ def show_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
     for key, baseline, value in changes:
         print(f"#   {key:<{width}}  {baseline} -> {value}")
     return 0
-
-
-def _server(spec: SweepSpec) -> str:
-    from .server import start_server
-    return start_server(spec)
 
 
 def plan_records(runs: list[PlannedRun], states: list[RunState] | None) -> list[dict]:

@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from models.config import ConfigError, closest
 
 from ..config import SamplerConfig
-from ..files import atomic_write
+from ..files import atomic_write, atomic_write_text
 from .executors import Task, executor_class
 from .plan import PlannedRun, load_plan
 from .spec import SweepSpec
@@ -89,8 +89,9 @@ def shard_complete(shard: Shard) -> bool:
 # =============================================================================================
 # The jobs (picklable callables; the state is on disk)
 # =============================================================================================
-def load_ema_model(checkpoint: str, device):
-    """(EMA model in eval mode, objective, train config) from a run's checkpoint."""
+def load_ema_model(checkpoint: str | Path, device):
+    """(EMA model in eval mode, objective, train config, step) from a run's checkpoint: one model carrying the
+    average of `ema.eval_decay`, no copy per decay."""
     import torch
     from omegaconf import OmegaConf
 
@@ -109,7 +110,7 @@ def load_ema_model(checkpoint: str, device):
         for name, param in model.named_parameters():
             if name in averaged:
                 param.copy_(averaged[name])
-    return model.to(device).eval(), make_objective(cfg.objective, cfg.model), cfg
+    return model.to(device).eval(), make_objective(cfg.objective, cfg.model), cfg, int(state["step"])
 
 
 class ShardJob:
@@ -124,7 +125,7 @@ class ShardJob:
         if not todo:
             return []
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, objective, cfg = load_ema_model(checkpoint, device)
+        model, objective, cfg, _ = load_ema_model(checkpoint, device)
         sampler_cfg = SamplerConfig(**sampler)
         mc = cfg.model
         bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
@@ -166,7 +167,7 @@ class MetricsJob:
         from ..adm_metrics import Evaluator, open_input
         evaluator = Evaluator(inception, "auto", batch_size, cache_dir, inception_key="--inception")
         values = evaluator.evaluate(open_input(folder, "SAMPLES"), open_input(reference, "REF"), metrics)
-        atomic_write(Path(folder) / METRICS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(values)))
+        atomic_write_text(Path(folder) / METRICS_FILE, json.dumps(values))
         return values
 
 
@@ -285,13 +286,13 @@ def _one_device(spec: SweepSpec):
     return dataclasses.replace(spec.executor, **changes)
 
 
-def submit_shards(spec: SweepSpec, targets: list[EvalTarget], seed: int, batch_size: int,
+def submit_shards(spec: SweepSpec, missing: list[tuple[EvalTarget, list[Shard]]], seed: int, batch_size: int,
                   wait: bool = True) -> list[dict]:
     """Fill the missing shards: one task per shard (a SLURM array task, a local lane's turn, or in-process)."""
     task_spec = _one_device(spec)
     return _submit(spec, [Task(f"{t.run.run_name}/shard{shard.index}", task_spec,
                                functools.partial(ShardJob(), str(t.checkpoint), t.sampler, seed, [shard], batch_size))
-                          for t in targets for shard in t.missing()], wait)
+                          for t, shards in missing for shard in shards], wait)
 
 
 def log_results(client: MlflowClient, target: EvalTarget, values: dict[str, float], params: dict[str, str]) -> None:
@@ -309,7 +310,7 @@ def evaluate_sweep(spec: SweepSpec, runs: list[PlannedRun], label: Optional[str]
                    batch_size: Optional[int] = None, cache_dir: Optional[str] = None, echo=print) -> int:
     """The whole verb: plan, fill the missing shards, score, log. Returns the exit code."""
     from ..adm_metrics import METRICS, Evaluator
-    check_arguments(spec, label, num, shards)
+    check_arguments(spec, label, num, shards)          # before the store is opened (direct callers too)
     client = MlflowClient(store_uri(spec))
     batch = batch_size or 250
     targets, skipped = plan_evaluation(spec, runs, client, label, num, shards, reference, list(sets), seed, batch)
@@ -326,13 +327,14 @@ def evaluate_sweep(spec: SweepSpec, runs: list[PlannedRun], label: Optional[str]
               for t in targets}
     for target in targets:
         check_params(client, target, params[target.run.run_name])
-    missing = sum(len(t.missing()) for t in targets)
+    missing = [(t, t.missing()) for t in targets]          # each shard file read once before submission
+    to_fill = [shard for _, shards in missing for shard in shards]
     kind = spec.executor.kind
-    echo(f"{len(targets)} runs, {num} samples each in {shards} shards; {missing} shards to fill "
-         f"(executor {kind})" + (f"; first missing: {targets[0].missing()[0].path}" if missing else ""))
-    records = submit_shards(spec, targets, seed, batch, wait)
-    if missing and not wait:
-        echo(f"submitted {missing} shard tasks; run the same command again to score them when they end")
+    echo(f"{len(targets)} runs, {num} samples each in {shards} shards; {len(to_fill)} shards to fill "
+         f"(executor {kind})" + (f"; first missing: {to_fill[0].path}" if to_fill else ""))
+    records = submit_shards(spec, missing, seed, batch, wait)
+    if to_fill and not wait:
+        echo(f"submitted {len(to_fill)} shard tasks; run the same command again to score them when they end")
         return 0
     incomplete = [t for t in targets if t.missing()]
     if incomplete:
@@ -360,12 +362,8 @@ def evaluate_sweep(spec: SweepSpec, runs: list[PlannedRun], label: Optional[str]
 # =============================================================================================
 # The command (parsed by cli.py)
 # =============================================================================================
-def check_eval_arguments(spec: SweepSpec, args) -> None:
-    check_arguments(spec, args.label, args.num, args.shards)
-
-
 def eval_command(spec: SweepSpec, args) -> int:
-    """`run_sweep.py eval`: the arguments of `add_eval_parser` -> `evaluate_sweep`."""
+    """`run_sweep.py eval`: its parsed arguments (harness/sweep/cli.py) -> `evaluate_sweep`."""
     from ..adm_metrics import parse_metrics
     return evaluate_sweep(spec, load_plan(spec), label=args.label, num=args.num,
                           shards=args.shards, reference=args.reference, sets=args.set, seed=args.seed,
