@@ -362,11 +362,9 @@ def _parent_run(spec):
     """(client, parent run id or None) of the sweep's latest submission."""
     from mlflow.tracking import MlflowClient
 
-    from harness.sweep.state import read_manifest
+    from harness.sweep.state import latest_parent_run_id, read_manifest
     from harness.sweep.store import store_uri
-    manifest = read_manifest(spec)
-    parents = [s["parent_run_id"] for s in manifest["submissions"] if s.get("parent_run_id")]
-    return MlflowClient(store_uri(spec)), parents[-1] if parents else None
+    return MlflowClient(store_uri(spec)), latest_parent_run_id(read_manifest(spec))
 
 
 def write_report(sweep_path: str | Path, out_dir: Path | None = None, metric: str | None = None,

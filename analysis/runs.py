@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.sweep.plan import PlannedRun, load_plan
 from harness.sweep.spec import SweepSpec, load_sweep
-from harness.sweep.state import read_manifest, sweep_states
+from harness.sweep.state import latest_parent_run_id, read_manifest, sweep_states
 from harness.sweep.store import open_store
 
 
@@ -57,8 +57,7 @@ def load_sweep_runs(path: str | Path) -> SweepRuns:
             row.update({f"metric.{k}": v for k, v in found.data.metrics.items()})
             row.update({f"param.{k}": v for k, v in found.data.params.items()})
         rows.append(row)
-    parents = [s["parent_run_id"] for s in manifest["submissions"] if s.get("parent_run_id")]
-    return SweepRuns(spec, plan, pd.DataFrame(rows), client, parents[-1] if parents else None)
+    return SweepRuns(spec, plan, pd.DataFrame(rows), client, latest_parent_run_id(manifest))
 
 
 def metric_history(sweep: SweepRuns, key: str) -> pd.DataFrame:

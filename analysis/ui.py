@@ -29,7 +29,7 @@ import urllib.parse
 from harness.sweep.processes import stop_groups
 from harness.sweep.server import answers, launch_mlflow_server
 from harness.sweep.spec import SweepError, SweepSpec
-from harness.sweep.store import store_uri
+from harness.sweep.store import all_runs, store_uri
 
 COMPARE_HINT = ("The runs are grouped by row label (Group by: label), each row in its colour with its mean; the "
                 "chart view (second icon above the table) draws each row's curves; tick runs and press Compare "
@@ -87,7 +87,7 @@ def view_state(spec: SweepSpec, runs: list) -> dict:
 
 def sweep_view(client, spec: SweepSpec, experiment: str) -> str:
     """Write the sweep's view (and the experiment's description) to its experiment; returns the view's key."""
-    runs = client.search_runs([experiment], filter_string=f"tags.sweep = '{spec.name}'", max_results=5000)
+    runs = list(all_runs(client, [experiment], f"tags.sweep = '{spec.name}'"))
     client.set_experiment_tag(experiment, SHARED_VIEW_TAG + spec.name, json.dumps(view_state(spec, runs)))
     if spec.description:
         client.set_experiment_tag(experiment, "mlflow.note.content", spec.description)

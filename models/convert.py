@@ -164,6 +164,16 @@ def _embedders(cfg: ModelConfig, patch_key: str, conv: bool) -> list[Rule]:
     ]
 
 
+def _rope_attention(ours: str, theirs: str, dim: int, heads: int, head_order: Tensor) -> list[Rule]:
+    """A RoPE attention's qkv, q/k norms and output projection, each head's channels in the official RoPE
+    pairing. `ours` is a pattern with one group (the block index), `theirs` its replacement."""
+    return [
+        Rule(ours + r"\.attn\.qkv\.(.*)", (theirs + r".attn.qkv.\2",), qkv_rows(dim, heads, head_order)),
+        Rule(ours + r"\.attn\.([qk])_norm\.weight", (theirs + r".attn.\2_norm.weight",), Rows(head_order)),
+        Rule(ours + r"\.attn\.proj\.(.*)", (theirs + r".attn.proj.\2",)),
+    ]
+
+
 def _rules_dit(cfg: ModelConfig) -> list[Rule]:
     return _embedders(cfg, "x_embedder.proj", conv=True) + [
         Rule(r"blocks\.(\d+)\.attn\.(qkv|proj)\.(.*)", (r"blocks.\1.attn.\2.\3",)),
@@ -188,10 +198,7 @@ def _rules_jit(cfg: ModelConfig) -> list[Rule]:
         Rule(r"patch_embed\.proj\.1\.bias", ("x_embedder.proj2.bias",)),
         Rule(r"in_context_pos", ("in_context_posemb",)),
         Rule(r"blocks\.(\d+)\.norm([12])\.weight", (r"blocks.\1.norm\2.weight",)),
-        Rule(r"blocks\.(\d+)\.attn\.qkv\.(.*)", (r"blocks.\1.attn.qkv.\2",),
-             qkv_rows(cfg.hidden_size, cfg.num_heads, head)),
-        Rule(r"blocks\.(\d+)\.attn\.([qk])_norm\.weight", (r"blocks.\1.attn.\2_norm.weight",), Rows(head)),
-        Rule(r"blocks\.(\d+)\.attn\.proj\.(.*)", (r"blocks.\1.attn.proj.\2",)),
+        *_rope_attention(r"blocks\.(\d+)", r"blocks.\1", cfg.hidden_size, cfg.num_heads, head),
         Rule(r"blocks\.(\d+)\.ffn\.(w12|w3)\.(.*)", (r"blocks.\1.mlp.\2.\3",)),
         Rule(r"blocks\.(\d+)\.adaLN\.(.*)", (r"blocks.\1.adaLN_modulation.1.\2",)),
         Rule(r"final_layer\.norm\.weight", ("final_layer.norm_final.weight",)),
@@ -205,10 +212,7 @@ def _rules_pixeldit(cfg: ModelConfig) -> list[Rule]:
     pixel_head = rope_channel_order(cfg.attn_dim // cfg.attn_heads, "pixeldit")
     return _embedders(cfg, "s_embedder.proj", conv=False) + [
         Rule(r"blocks\.(\d+)\.norm([12])\.weight", (r"patch_blocks.\1.norm\2.weight",)),
-        Rule(r"blocks\.(\d+)\.attn\.qkv\.weight", (r"patch_blocks.\1.attn.qkv.weight",),
-             qkv_rows(cfg.hidden_size, cfg.num_heads, patch_head)),
-        Rule(r"blocks\.(\d+)\.attn\.([qk])_norm\.weight", (r"patch_blocks.\1.attn.\2_norm.weight",), Rows(patch_head)),
-        Rule(r"blocks\.(\d+)\.attn\.proj\.(.*)", (r"patch_blocks.\1.attn.proj.\2",)),
+        *_rope_attention(r"blocks\.(\d+)", r"patch_blocks.\1", cfg.hidden_size, cfg.num_heads, patch_head),
         Rule(r"blocks\.(\d+)\.ffn\.w12\.weight", (r"patch_blocks.\1.mlp.w1.weight", r"patch_blocks.\1.mlp.w3.weight"),
              Concat()),
         Rule(r"blocks\.(\d+)\.ffn\.w3\.weight", (r"patch_blocks.\1.mlp.w2.weight",)),
@@ -219,11 +223,7 @@ def _rules_pixeldit(cfg: ModelConfig) -> list[Rule]:
         Rule(r"pixel_blocks\.(\d+)\.norm([12])\.weight", (r"pixel_blocks.\1.norm\2.weight",)),
         Rule(r"pixel_blocks\.(\d+)\.compaction\.compress\.(.*)", (r"pixel_blocks.\1.compress_to_attn.\2",)),
         Rule(r"pixel_blocks\.(\d+)\.compaction\.expand\.(.*)", (r"pixel_blocks.\1.expand_from_attn.\2",)),
-        Rule(r"pixel_blocks\.(\d+)\.attn\.qkv\.weight", (r"pixel_blocks.\1.attn.qkv.weight",),
-             qkv_rows(cfg.attn_dim, cfg.attn_heads, pixel_head)),
-        Rule(r"pixel_blocks\.(\d+)\.attn\.([qk])_norm\.weight", (r"pixel_blocks.\1.attn.\2_norm.weight",),
-             Rows(pixel_head)),
-        Rule(r"pixel_blocks\.(\d+)\.attn\.proj\.(.*)", (r"pixel_blocks.\1.attn.proj.\2",)),
+        *_rope_attention(r"pixel_blocks\.(\d+)", r"pixel_blocks.\1", cfg.attn_dim, cfg.attn_heads, pixel_head),
         Rule(r"pixel_blocks\.(\d+)\.mlp\.(.*)", (r"pixel_blocks.\1.mlp.\2",)),
         Rule(r"pixel_out\.norm\.weight", ("final_layer.norm.weight",)),
         Rule(r"pixel_out\.linear\.(.*)", (r"final_layer.linear.\1",)),

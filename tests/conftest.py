@@ -16,6 +16,8 @@ from harness.sweep.spec import SweepError, load_sweep
 from harness.sweep.store import store_uri
 from models.config import ConfigError, ModelConfig
 
+ROOT = Path(__file__).resolve().parents[1]      # the project's root: its scripts, sweeps and fixtures
+
 
 @pytest.fixture(autouse=True)
 def _deterministic():

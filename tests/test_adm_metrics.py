@@ -20,8 +20,8 @@ from harness.adm_metrics import (Evaluator, frechet_distance, inception_score, m
                                  open_input, precision_recall)
 from harness.inception import FIDInceptionV3, load_fid_inception, resize_like_tf1, resolve_inception
 from models.config import ConfigError
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def helper_weights() -> Path:

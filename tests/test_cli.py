@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import write_sweep
+from conftest import ROOT, write_sweep
 from harness import audit, train_cli
 from harness.config import TrainConfig
 from harness.configure import flatten, resolve
@@ -22,7 +22,6 @@ from models.config import ModelConfig
 from models.docs import field_docs
 from models.presets import preset_names
 
-ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "mlflow", "hydra")
 
 # `--help` of every entry point, as a user types it; the child reports which heavy modules it imported.

@@ -1,5 +1,4 @@
 """The embedded default, the README's main command: PixelDiT's Table 4 in miniature on real MNIST digits."""
-from pathlib import Path
 
 import pytest
 import yaml
@@ -7,8 +6,8 @@ import yaml
 from harness.configure import result_delta
 from harness.sweep.plan import plan_sweep
 from harness.sweep.spec import load_sweep
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "sweeps" / "tiny_table4.yaml"
 TABLE4_PRESETS = ["table4_vanilla_dit16", "table4_rope_rmsnorm", "table4_ptc", "table4_pixelwise"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from harness.sweep.plan import plan_sweep
 from harness.sweep.spec import load_sweep
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "signatures.json"
 ADVICE = """the signatures of shipped runs changed:
 {changes}

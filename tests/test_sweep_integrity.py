@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import SLOW, TINY, states, tiny_overrides, wait_until, write_sweep
+from conftest import ROOT, SLOW, TINY, states, tiny_overrides, wait_until, write_sweep
 from harness.checkpoint import (CheckpointError, load_checkpoint, load_latest, previous_path, save_checkpoint,
                                 state_digest)
 from harness.config import TrainConfig
@@ -30,7 +30,6 @@ from harness.sweep.store import store_uri
 from harness.train import RunFolderLock, Trainer, train
 from models.config import ModelConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def debug_sweep(folder: Path, name: str, **more) -> Path:

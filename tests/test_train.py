@@ -13,12 +13,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_OFFLINE_EVAL, assert_close_weights, tiny_overrides, weights
+from conftest import ROOT, TINY_OFFLINE_EVAL, assert_close_weights, tiny_overrides, weights
 from harness.configure import resolve
 from harness.train import NonFiniteLoss, train
 from harness.train_cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")

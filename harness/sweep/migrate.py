@@ -22,7 +22,7 @@ from ..configure import SIGNATURE_VERSION, affects_result, config_signature, sch
 from ..files import atomic_write_text
 from .spec import SweepSpec
 from .state import manifest_path, read_manifest
-from .store import open_store
+from .store import all_runs, open_store
 
 
 @dataclass
@@ -50,23 +50,19 @@ def config_from_params(params: dict[str, str]) -> TrainConfig:
 
 def resign_runs(client, experiment_id: str) -> list[Resigned]:
     """The runs of the experiment whose recomputed signature differs from their tag."""
-    changes, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], max_results=50000, page_token=token)
-        for run in page:
-            old = run.data.tags.get("signature")
-            if not old:
-                continue
-            try:
-                new = config_signature(config_from_params(run.data.params))
-            except (OmegaConfBaseException, ValueError) as err:
-                print(f"  skipped {run.info.run_name}: its params do not make a config ({err})")
-                continue
-            if new != old:
-                changes.append(Resigned(run.info.run_id, run.info.run_name, old, new))
-        token = page.token
-        if not token:
-            return changes
+    changes = []
+    for run in all_runs(client, [experiment_id]):
+        old = run.data.tags.get("signature")
+        if not old:
+            continue
+        try:
+            new = config_signature(config_from_params(run.data.params))
+        except (OmegaConfBaseException, ValueError) as err:
+            print(f"  skipped {run.info.run_name}: its params do not make a config ({err})")
+            continue
+        if new != old:
+            changes.append(Resigned(run.info.run_id, run.info.run_name, old, new))
+    return changes
 
 
 def migrate_command(spec: SweepSpec, dry_run: bool = False) -> int:

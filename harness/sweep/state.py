@@ -19,7 +19,7 @@ from .executors import JobRecord, executor_class
 from .jobs import JOB_FAILURE_FILE
 from .plan import PlannedRun
 from .spec import SweepSpec
-from .store import finished_runs, reuse_stores, store_uri
+from .store import all_runs, finished_runs, reuse_stores, store_uri
 
 # ---- the manifest: what was submitted, as which job ---------------------------------------------
 
@@ -50,6 +50,12 @@ def record_submission(spec: SweepSpec, manifest: dict, runs: list[PlannedRun], j
     atomic_write_text(manifest_path(spec), json.dumps(manifest, indent=1))
 
 
+def latest_parent_run_id(manifest: dict) -> str | None:
+    """The MLflow parent run of the sweep's latest submission (the one its table, plots and report go to)."""
+    parents = [s["parent_run_id"] for s in manifest["submissions"] if s.get("parent_run_id")]
+    return parents[-1] if parents else None
+
+
 # ---- states --------------------------------------------------------------------------------------
 
 @dataclass
@@ -73,22 +79,16 @@ class RunState:
 
 
 def mlflow_runs(client: MlflowClient, experiment_name: str, sweep: str) -> dict[str, object]:
-    """Latest MLflow run per signature for this sweep, in one paged query."""
+    """Latest MLflow run per signature for this sweep, in one (paged) query."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return {}
     latest: dict[str, object] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment.experiment_id], filter_string=f"tags.sweep = '{sweep}'",
-                                  max_results=50000, page_token=token)
-        for run in page:
-            signature = run.data.tags.get("signature")
-            if signature and (signature not in latest or run.info.start_time > latest[signature].info.start_time):
-                latest[signature] = run
-        token = page.token
-        if not token:
-            return latest
+    for run in all_runs(client, [experiment.experiment_id], f"tags.sweep = '{sweep}'"):
+        signature = run.data.tags.get("signature")
+        if signature and (signature not in latest or run.info.start_time > latest[signature].info.start_time):
+            latest[signature] = run
+    return latest
 
 
 def scheduler_states(records: list[dict]) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,17 @@ def open_store(spec: SweepSpec, manifest: dict | None) -> MlflowClient:
     return client
 
 
+def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> Iterator[object]:
+    """Every run of the experiments that matches the filter, page after page (MLflow caps a page at 50,000)."""
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=50000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def reuse_stores(spec: SweepSpec) -> list[str]:
     """Stores whose finished runs this sweep may reuse: its own, and those of `reuse_from` (sweep files or
     tracking URIs) that exist."""
@@ -120,16 +132,9 @@ def finished_runs(stores: list[str], signatures: set[str]) -> dict[str, Finished
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
         if not experiment_ids:
             continue
-        token = None
-        while True:
-            page = client.search_runs(experiment_ids, filter_string="attributes.status = 'FINISHED'",
-                                      max_results=50000, page_token=token)
-            for run in page:
-                signature = run.data.tags.get("signature")
-                if signature in signatures and (signature not in found
-                                                or run.info.start_time > found[signature].run.info.start_time):
-                    found[signature] = Finished(run, run.data.tags.get("sweep", "?"), uri)
-            token = page.token
-            if not token:
-                break
+        for run in all_runs(client, experiment_ids, "attributes.status = 'FINISHED'"):
+            signature = run.data.tags.get("signature")
+            if signature in signatures and (signature not in found
+                                            or run.info.start_time > found[signature].run.info.start_time):
+                found[signature] = Finished(run, run.data.tags.get("sweep", "?"), uri)
     return found
