@@ -83,15 +83,11 @@ def run_evaluated_sweep(folder: Path, name: str, steps: int, eval_step: int, pap
     for row in rows:
         if row["label"] in paper:
             row["paper"] = paper[row["label"]]
-    sweep = {"name": name, "experiment": "tiny_digits", "output": str(folder / "out"),
-             "overrides": {"train.steps": steps, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
-                           "model.hidden_size": 32, "model.num_heads": 2, "checkpoint.every_steps": eval_step,
-                           "eval.metric": "offline", "eval.num_samples": 40, "eval.batch_size": 20,
-                           "eval.at_steps": [eval_step], "eval.sampler.steps": 3,
-                           "eval.cache_dir": str(folder / "cache")},
-             **more, "rows": rows, "seeds": [0, 1], "executor": {"kind": "debug"}}
-    path = folder / f"{name}.yaml"
-    path.write_text(f"# the {name} test sweep\n" + yaml.safe_dump(sweep, sort_keys=False))
+    overrides = {"train.steps": steps, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
+                 "model.hidden_size": 32, "model.num_heads": 2, "checkpoint.every_steps": eval_step,
+                 "eval.metric": "offline", "eval.num_samples": 40, "eval.batch_size": 20, "eval.at_steps": [eval_step],
+                 "eval.sampler.steps": 3, "eval.cache_dir": str(folder / "cache")}
+    path = write_sweep(folder, name, rows=rows, executor="debug", overrides=overrides, **more)
     assert main([str(path)]) == 0
     return path
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SLURM_SKIP, TINY
+from conftest import SLURM_SKIP, TINY, write_sweep
 import yaml
 
 from harness.sweep import evaluation
@@ -17,13 +17,8 @@ from harness.sweep.spec import load_sweep
 
 
 def tiny_sweep(folder, reference):
-    sweep = {"name": "evalsweep", "experiment": "tiny_digits", "output": str(folder / "out"),
-             "overrides": {**TINY, "eval.sampler.steps": 2, "eval.reference": str(reference)},
-             "rows": [{"label": "patch-wise", "set": {"model.adaln": "B"}},
-                      {"label": "pixel-wise", "set": {"model.adaln": "C"}}],
-             "seeds": [0], "executor": {"kind": "debug"}}
-    path = folder / "evalsweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    path = write_sweep(folder, "evalsweep", executor="debug", seeds=[0],
+                       overrides={**TINY, "eval.sampler.steps": 2, "eval.reference": str(reference)})
     assert main([str(path)]) == 0
     return path
 

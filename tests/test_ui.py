@@ -19,11 +19,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from analysis.ui import start_ui, stop_ui
-from conftest import TINY, TINY_OFFLINE_EVAL
+from conftest import TINY, TINY_OFFLINE_EVAL, write_sweep
 from harness.sweep.cli import main
 from harness.sweep.server import pid_alive, store_uri
 from harness.sweep.spec import load_sweep
@@ -45,14 +44,9 @@ DESCRIPTION = "Does pixel-wise AdaLN beat patch-wise AdaLN?"
 def finished_sweep(tmp_path_factory):
     """A 2 rows x 1 seed sweep with the offline metric, run to the end in this process."""
     folder = tmp_path_factory.mktemp("ui_sweep")
-    sweep = {"name": "ui_sweep", "description": DESCRIPTION, "notes": "Two rows, one seed: a UI check.",
-             "experiment": "tiny_digits", "output": str(folder / "out"),
-             "overrides": {**TINY, **TINY_OFFLINE_EVAL, "eval.at_steps": [2], "eval.cache_dir": str(folder / "cache")},
-             "rows": [{"label": "patch-wise", "set": {"model.adaln": "B"}},
-                      {"label": "pixel-wise", "set": {"model.adaln": "C"}}],
-             "seeds": [0], "executor": {"kind": "debug"}}
-    path = folder / "ui_sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    path = write_sweep(folder, "ui_sweep", executor="debug", seeds=[0], description=DESCRIPTION,
+                       notes="Two rows, one seed: a UI check.",
+                       overrides={**TINY, **TINY_OFFLINE_EVAL, "eval.at_steps": [2], "eval.cache_dir": str(folder / "cache")})
     assert main([str(path)]) == 0
     return load_sweep(path)
 
