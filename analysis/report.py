@@ -7,7 +7,8 @@ The notebook holds no numbers of its own: it reads MLflow through `load_sweep_ru
 re-runs later on its own (`papermill <notebook> out.ipynb`, or top to bottom in Jupyter) and shows the
 sweep as it is then. Sections: the sweep's description and notes (from its file), the ablation table
 (with class accuracy beside the distance, and its caption: interval, test, what ours and the paper's numbers
-are), one sample grid per row from the same noise and labels (`analysis.samples`), the plots (`analysis.plots`; progress plots only with two
+are), one sample grid per row from the same noise and labels (`analysis.samples`), the plots (`analysis.plots`;
+progress plots only with two
 evaluation points or more), each row's resolved config difference from the baseline row (settings
 without effect on the row's model left out: `ModelConfig.inert_fields`), the failed and missing runs
 with their reasons, and the environment (versions, the runs' git commits). The HTML shows the outputs
@@ -32,8 +33,8 @@ import pandas as pd
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from harness import configure
-from models.cli import kernel_arguments
 from models.config import ModelConfig
+from toolkit.cli import kernel_arguments
 
 from .runs import SweepRuns
 
@@ -229,7 +230,8 @@ def samples_markdown(sweep: SweepRuns, grids) -> list[tuple[str, str | None]]:
         if grid.path is None:
             out.append((f"**{_md(name)}**: no grid ({_md(grid.reason)}).", None))
             continue
-        run = frame[(frame["label"] == grid.label) & (frame["grid"] == grid.grid) & (frame["seed"] == grid.seed)].iloc[0]
+        same = (frame["label"] == grid.label) & (frame["grid"] == grid.grid) & (frame["seed"] == grid.seed)
+        run = frame[same].iloc[0]
         scores = ", ".join(f"{key} {run[f'metric.{key}']:.4g}" for key in ("fid", "fd", "class_acc")
                            if f"metric.{key}" in run and pd.notna(run[f"metric.{key}"]))
         out.append((f"**{_md(name)}**: seed {grid.seed}, step {grid.step}" + (f"; this run's {scores}" if scores

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from models.config import ConfigError, closest
+from toolkit.errors import ConfigError, closest
 
 from .runs import SweepRuns
 from .stats import ALPHA, CONFIDENCE, MIN_N, BoldDecision, Interval, Paired, best_of, paired_t, t_interval
@@ -352,7 +352,8 @@ class AblationTable:
             if decision.best is None or decision.runner_up is None:
                 continue
             pair = f"best {labels[decision.best]}, runner-up {labels[decision.runner_up]}"
-            parts.append(f"{cid}: {'bold' if decision.bold is not None else 'nothing bold'} ({pair}: {decision.reason})")
+            verdict = "bold" if decision.bold is not None else "nothing bold"
+            parts.append(f"{cid}: {verdict} ({pair}: {decision.reason})")
         return rule + (" " + "; ".join(parts) + "." if parts else "")
 
     def _paper_sentence(self) -> str:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data import StepBatches, load_image
-from harness.packed import load_packed, prepare
+from harness.data import StepBatches, load_image, load_packed
+from harness.packed import prepare
 from models.complexity import measure, with_resolution
 from models.presets import model_config
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.sweep.cli import COMMANDS as VERBS           # parses only: no torch, mlflow or hydra
+from commands.cli import COMMANDS as VERBS  # parses only: no torch, mlflow or hydra
 
 COMMANDS = [["-c", "pass"], ["-m", "harness.train", "--help"], ["-m", "harness.audit", "--help"],
             ["-m", "models.inspect", "--help"], ["run_sweep.py", "--help"],

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.runs import load_sweep_runs
 from analysis.table import build_table
-from harness.sweep.commands import current_states
+from commands.verbs import current_states
 from harness.sweep.executors import Task, executor_class
 from harness.sweep.jobs import TrainJob
 from harness.sweep.plan import plan_sweep, write_plan_cache

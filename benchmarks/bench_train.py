@@ -16,7 +16,7 @@ import time
 import torch
 
 from harness.configure import resolve
-from harness.train import StopFlag, Trainer
+from harness.trainer import StopFlag, Trainer
 
 OBJECTIVES = {
     "flow / velocity (PixelDiT)": [],

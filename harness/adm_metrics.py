@@ -36,9 +36,9 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from models.config import ConfigError
+from toolkit.errors import ConfigError
+from toolkit.files import atomic_write, default_cache_dir
 
-from .files import atomic_write, default_cache_dir
 from .inception import LOGITS_FILES, FIDInceptionV3, cached_fid_inception, inception_digest, resolve_inception
 
 METRICS = ("fid", "sfid", "is", "precision", "recall")
@@ -363,7 +363,7 @@ class Evaluator:
     def check_metrics(self, metrics: Sequence[str]) -> None:
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
-            from models.config import closest
+            from toolkit.errors import closest
             raise ConfigError("--metrics", unknown[0], f"unknown metric, expected some of {list(METRICS)}",
                               suggestion=closest(unknown[0], METRICS))
         if "is" in metrics and not self.net.has_logits:

@@ -17,8 +17,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from models.cli import ArgumentParser, run
-from models.config import ConfigError, unknown
+from toolkit.cli import ArgumentParser, run
+from toolkit.errors import ConfigError, unknown
 
 from .config import TrainConfig
 
@@ -124,7 +124,7 @@ SOURCES: dict[str, dict[str, str]] = {
 
 def load_flat(spec: str, overrides: list[str]) -> tuple[str, dict]:
     """An experiment name, or a YAML file holding a (resolved) config, plus overrides -> flat dict."""
-    from .configure import compose_config, config_error, flatten, group_options     # hydra: not for --help
+    from .configure import compose_config, config_error, flatten, group_options  # hydra: not for --help
     path = Path(spec)
     if path.suffix in (".yaml", ".yml"):
         if not path.exists():

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .files import atomic_write
+from toolkit.files import atomic_write
 
 CHECKSUM_KEY = "checksum_sha256"
 
@@ -85,7 +85,8 @@ def load_checkpoint(path: Path, verify: bool = True) -> dict:
         raise CheckpointError(f"{path}: unreadable checkpoint ({first[:160]})") from None
     if not isinstance(state, dict) or not ({"model", "step"} <= set(state) or CHECKSUM_KEY in state):
         raise CheckpointError(f"{path}: not a checkpoint of this harness")
-    if verify and CHECKSUM_KEY in state and state_digest(state) != state[CHECKSUM_KEY]:   # (files older than checksums: as is)
+    # (files older than checksums: as they are)
+    if verify and CHECKSUM_KEY in state and state_digest(state) != state[CHECKSUM_KEY]:
         raise CheckpointError(f"{path}: checksum mismatch: the contents were altered or damaged after writing")
     return state
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from models.config import ModelConfig, choice
+from models.config import ModelConfig
+from toolkit.fields import choice
 
 
 @dataclass
@@ -131,7 +132,8 @@ class EvalConfig:
     reference: Optional[str] = None    # `run_sweep.py eval`: ADM reference batch (.npz) or image folder
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     grid_samples: int = 16             # images in the logged sample grid
-    cache_dir: Optional[str] = None    # reference statistics and metric networks; None: $DITLAB_CACHE or ~/.cache/ditlab
+    cache_dir: Optional[str] = None    # reference statistics and metric networks;
+                                       # None: $DITLAB_CACHE or ~/.cache/ditlab
 
 
 @dataclass

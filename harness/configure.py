@@ -22,8 +22,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from models.config import ConfigError, ModelConfig, check_choices, from_omegaconf, unknown
+from models.config import ModelConfig
 from models.presets import PRESETS
+from toolkit.errors import ConfigError, from_omegaconf, unknown
+from toolkit.fields import check_choices
 
 from .config import TrainConfig
 
@@ -122,9 +124,9 @@ def group_options(group: str) -> list[str]:
 def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     """Field checks that need no network; the trainer adds data and REPA checks. `check_paths=False` (a dry
     run of a sweep planned away from its cluster) leaves data paths unchecked."""
+    from .data import HELD_OUT_DATASETS, validate_data
     from .objectives import validate_objective
     from .sampling import validate_sampler
-    from .data import HELD_OUT_DATASETS, validate_data
 
     cfg.model.validate()
     check_choices(cfg, "")

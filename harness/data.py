@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import json
 import math
 import os
+from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -45,7 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import DataConfig
-from models.config import ConfigError, check_choices
+from toolkit.errors import ConfigError
+from toolkit.fields import check_choices
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SHAPE_CLASSES = ("disk", "square", "triangle", "ring", "cross", "diamond", "hbar", "vbar", "x", "two_dots")
@@ -389,6 +392,53 @@ class _PairDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------------------------
 # validation and construction
 # ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# packed folders (written by `python -m harness.packed prepare`)
+# ---------------------------------------------------------------------------------------------
+META = "packed.json"
+FORMAT = "ditlab-packed"
+VERSION = 1
+
+
+def is_packed(path: str | Path) -> bool:
+    return (Path(path) / META).is_file()
+
+
+def packed_meta(path: str | Path) -> dict:
+    """The description of a packed folder; ConfigError naming `data.path` for anything else."""
+    try:
+        meta = json.loads((Path(path) / META).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError("data.path", str(path), f"unreadable {META} ({err})") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ConfigError("data.path", str(path), f"{META} is not a {FORMAT} v{VERSION} description")
+    return meta
+
+
+def load_packed(path: str | Path, resolution: int) -> "PackedImageDataset":
+    """The packed folder as a dataset whose pixels stay on disk until a batch needs them."""
+    meta = packed_meta(path)
+    if meta["resolution"] != resolution:
+        raise ConfigError("data.resolution", resolution, f"{path} is packed at {meta['resolution']} px; "
+                          f"prepare it again at {resolution} (python -m harness.packed prepare ...)")
+    pixels = np.load(Path(path) / "images.npy", mmap_mode="c")     # copy-on-write: the file is never written
+    labels = torch.from_numpy(np.load(Path(path) / "labels.npy"))
+    return PackedImageDataset(torch.from_numpy(pixels).permute(0, 3, 1, 2), labels, meta["classes"])
+
+
+class PackedImageDataset(TensorImageDataset):
+    """uint8 pixels (N, 3, R, R), a view of the memory-mapped file; converted as `load_image` converts."""
+    lazy = True
+
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, classes: list[str]):
+        super().__init__(pixels, labels, len(classes))
+        self.classes = classes
+
+    def load(self, index: int, flip: bool) -> tuple[torch.Tensor, int]:
+        images, labels = self.get(torch.tensor([index]), torch.tensor([flip]))
+        return images[0], int(labels[0])
+
+
 def _validate_source(cfg: DataConfig, check_paths: bool = True) -> None:
     """The checks that need no model: name, path and sizes (`check_paths=False`: the path is not looked at)."""
     check_choices(cfg, "data.")
@@ -412,7 +462,6 @@ def _validate_source(cfg: DataConfig, check_paths: bool = True) -> None:
             raise ConfigError("data.path", cfg.path, "does not exist")
         if not os.path.isdir(path):
             raise ConfigError("data.path", cfg.path, "not a directory")
-        from .packed import is_packed, packed_meta
         if is_packed(path):
             if packed_meta(path)["resolution"] != cfg.resolution:
                 raise ConfigError("data.resolution", cfg.resolution, f"{cfg.path} is packed at "
@@ -440,7 +489,6 @@ def dataset_num_classes(cfg: DataConfig) -> int:
     if cfg.name != "imagefolder":
         return 10
     _validate_source(cfg)
-    from .packed import is_packed, packed_meta
     path = os.path.expanduser(str(cfg.path))
     return len(packed_meta(path)["classes"]) if is_packed(path) else len(find_classes(path))
 
@@ -463,7 +511,6 @@ def build_dataset(cfg: DataConfig, channels: int = 3, split: str = "train") -> I
         return dataset
     if cfg.name == "shapes":
         return load_shapes_dataset(cfg.resolution, cfg.shapes_size, split)
-    from .packed import is_packed, load_packed
     path = os.path.expanduser(str(cfg.path))
     if is_packed(path):
         return load_packed(path, cfg.resolution)

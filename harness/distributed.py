@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from models.config import ConfigError
+from toolkit.errors import ConfigError
 
 
 @dataclass

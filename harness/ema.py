@@ -49,7 +49,8 @@ class EMA:
             with torch.no_grad():
                 for name, value in zip(self.names, shadow):
                     if isinstance(value, DTensor):
-                        value.copy_(distribute_tensor(saved[name].to(value.device), value.device_mesh, value.placements))
+                        full = saved[name].to(value.device)
+                        value.copy_(distribute_tensor(full, value.device_mesh, value.placements))
                     else:
                         value.copy_(saved[name])
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.config import ConfigError
+from toolkit.errors import ConfigError
 
 PathLike = Union[str, Path]
 
@@ -320,7 +320,7 @@ def cached_fid_inception(path: PathLike, device="cpu", key: str = "eval.inceptio
 
 def inception_digest(path: PathLike) -> str:
     """sha256 of the weights file: part of every cache key of features computed with it."""
-    from models.convert import sha256
+    from toolkit.files import sha256
     return sha256(path)
 
 

@@ -29,8 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from toolkit.files import atomic_write, default_cache_dir
+
 from .adm_metrics import ImageInput, extract, frechet_distance, mean_cov, open_input
-from .files import atomic_write, default_cache_dir
 from .inception import cached_fid_inception, inception_digest, resolve_inception
 
 PathLike = Union[str, Path]

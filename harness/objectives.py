@@ -45,7 +45,9 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from models.config import ConfigError, ModelConfig, check_choices
+from models.config import ModelConfig
+from toolkit.errors import ConfigError
+from toolkit.fields import check_choices
 
 from .config import ObjectiveConfig
 
@@ -299,11 +301,15 @@ class DiffusionSchedule:
 
     def predict_x0(self, x_t, idx, eps):
         d = x_t.device
-        return self.take("sqrt_recip_alphas_cumprod", idx, d) * x_t - self.take("sqrt_recipm1_alphas_cumprod", idx, d) * eps
+        recip = self.take("sqrt_recip_alphas_cumprod", idx, d)
+        recipm1 = self.take("sqrt_recipm1_alphas_cumprod", idx, d)
+        return recip * x_t - recipm1 * eps
 
     def predict_eps(self, x_t, idx, x0):
         d = x_t.device
-        return (self.take("sqrt_recip_alphas_cumprod", idx, d) * x_t - x0) / self.take("sqrt_recipm1_alphas_cumprod", idx, d)
+        recip = self.take("sqrt_recip_alphas_cumprod", idx, d)
+        recipm1 = self.take("sqrt_recipm1_alphas_cumprod", idx, d)
+        return (recip * x_t - x0) / recipm1
 
     def q_posterior(self, x0, x_t, idx):
         """Mean, variance and clipped log-variance of q(x_{k-1} | x_k, x_0)."""

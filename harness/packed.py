@@ -27,55 +27,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from models.config import ConfigError
+from toolkit.errors import ConfigError
 
-from .data import ImageFolderDataset, TensorImageDataset, center_crop_arr
+from .data import FORMAT, META, VERSION, ImageFolderDataset, center_crop_arr, packed_meta
 
-META = "packed.json"
-FORMAT = "ditlab-packed"
-VERSION = 1
 CHUNK = 256                      # images per task of a preparing worker
-
-
-def is_packed(path: str | Path) -> bool:
-    return (Path(path) / META).is_file()
-
-
-def packed_meta(path: str | Path) -> dict:
-    """The description of a packed folder; ConfigError naming `data.path` for anything else."""
-    try:
-        meta = json.loads((Path(path) / META).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError("data.path", str(path), f"unreadable {META} ({err})") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ConfigError("data.path", str(path), f"{META} is not a {FORMAT} v{VERSION} description")
-    return meta
-
-
-def load_packed(path: str | Path, resolution: int) -> "PackedImageDataset":
-    """The packed folder as a dataset whose pixels stay on disk until a batch needs them."""
-    meta = packed_meta(path)
-    if meta["resolution"] != resolution:
-        raise ConfigError("data.resolution", resolution, f"{path} is packed at {meta['resolution']} px; "
-                          f"prepare it again at {resolution} (python -m harness.packed prepare ...)")
-    pixels = np.load(Path(path) / "images.npy", mmap_mode="c")     # copy-on-write: the file is never written
-    labels = torch.from_numpy(np.load(Path(path) / "labels.npy"))
-    return PackedImageDataset(torch.from_numpy(pixels).permute(0, 3, 1, 2), labels, meta["classes"])
-
-
-class PackedImageDataset(TensorImageDataset):
-    """uint8 pixels (N, 3, R, R), a view of the memory-mapped file; converted as `load_image` converts."""
-    lazy = True
-
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, classes: list[str]):
-        super().__init__(pixels, labels, len(classes))
-        self.classes = classes
-
-    def load(self, index: int, flip: bool) -> tuple[torch.Tensor, int]:
-        images, labels = self.get(torch.tensor([index]), torch.tensor([flip]))
-        return images[0], int(labels[0])
 
 
 def _pack_chunk(task: tuple[str, list[str], int, int]) -> int:

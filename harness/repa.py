@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models.config import ConfigError
+from toolkit.errors import ConfigError
 
 ENCODER_PATCH = 14   # DINOv2's patch size: the encoder input is 14 * grid_size pixels
 

@@ -34,11 +34,11 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
-from models.config import ConfigError, check_choices
+from toolkit.errors import ConfigError
+from toolkit.fields import check_choices
 
 from .config import SAMPLERS, SamplerConfig
 from .objectives import DDPMObjective, EDMObjective, FlowObjective, Objective, draw_normal, time_shift
-
 
 
 def validate_sampler(cfg: SamplerConfig, objective_kind: str, num_timesteps: Optional[int] = None) -> None:

@@ -14,8 +14,9 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from toolkit.files import atomic_write_text
+
 from .config import TrackingConfig
-from .files import atomic_write_text
 
 MAX_BATCH = 100   # MLflow's limit of params (and tags) per log_batch call
 

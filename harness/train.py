@@ -1,536 +1,176 @@
-"""One training job, configured by hydra, resumable, tracked in MLflow.
+"""The command line of `python -m harness.train`: one training run, or what it would be.
 
-    python -m harness.train +experiment=tiny_digits run.name=demo
-    python -m harness.train +experiment=pixeldit_xl_paper data.path=/data/imagenet/train train.epochs=80
-    torchrun --nproc_per_node=8 -m harness.train +experiment=pixeldit_xl_paper ...
-    python -m harness.train --help            # and --cfg job, --info: the command line is harness/train_cli.py
+    python -m harness.train [+experiment=NAME] [model=PRESET] [KEY=VALUE ...] [-v]
+    python -m harness.train --help [GROUP]        experiments, presets, every field with its default and doc
+    python -m harness.train +experiment=tiny_digits --cfg job    the resolved config (YAML); nothing runs
+    python -m harness.train +experiment=tiny_digits --info       where it comes from: defaults, signature, delta
 
-Order of work: resolve and validate the config; build data, objective, REPA encoder and metric (all
-refusals happen here, before any MLflow run exists); resume from `<run dir>/checkpoints/last.pt` when
-present; train; evaluate at the configured points; end the MLflow run FINISHED, FAILED (exception or
-non-finite loss, reason tagged) or KILLED (SIGTERM/SIGUSR2: checkpoint written first).
+As hydra's own flags do (`--help`, `--cfg job`, `--info`), for a config composed with hydra's compose API.
+The field docs are the comments beside the fields in harness/config.py and models/config.py
+(`toolkit.docs.field_docs`). Nothing heavy is imported to answer `--help`; hydra to resolve; torch and
+mlflow only to train.
 """
 from __future__ import annotations
 
-if __name__ == "__main__":      # `python -m harness.train`: its command line answers --help before torch loads
-    import sys
-    from harness.train_cli import main
-    sys.exit(main())
-
-import contextlib
-import math
-import os
-import resource
-import signal
-import socket
+import dataclasses
+import re
+import shutil
 import sys
-import time
-from dataclasses import dataclass, field
+import textwrap
 from pathlib import Path
 
-import torch
-from torch.nn.parallel import DistributedDataParallel
-from torchvision.utils import make_grid, save_image
+from toolkit.cli import COMMAND_LINE, ArgumentParser, add_verbose, quiet, run
+from toolkit.errors import unknown
 
-from models.config import ConfigError
-from models.convert import load_weights
-from models.transformer import build_model
+from .config import TrainConfig
 
-from . import distributed, parallel
-from .checkpoint import CheckpointError, keep_copy, load_checkpoint, load_latest, remove_partial_writes, save_checkpoint
-from .configure import SIGNATURE_VERSION, ResolvedConfig
-from .data import StepBatches, build_dataset
-from .ema import EMA
-from .evaluate import OFFLINE_ACCURACY_IMAGES, build_metric, generate
-from .metrics import OfflineMetric
-from .objectives import make_objective
-from .optim import base_lr, build_optimizer, clip_at, lr_at
-from .tracking import NullTracker, Tracker, migrated_signatures, write_json
+CONF_DIR = Path(__file__).parent / "conf"
+USAGE = ("python -m harness.train [+experiment=NAME] [model=PRESET] [KEY=VALUE ...] [--cfg job] [--info] [-v]\n"
+         "       python -m harness.train --help [GROUP]")
+EXIT_INTERRUPTED = 3          # SIGTERM/SIGUSR2: a checkpoint was written; the job is requeued
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m harness.train", usage=USAGE, add_help=False,
+                       description="One training run, configured by hydra structured configs (harness/config.py) "
+                                   "and the experiments of harness/conf/experiment/.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="+experiment=NAME, model=PRESET, any field")
+    p.add_argument("-h", "--help", nargs="?", const="all", metavar="GROUP",
+                   help="this help: experiments, presets, and every field's default and doc (GROUP: one group only)")
+    p.add_argument("-c", "--cfg", choices=["job"], help="print the resolved config (YAML) and exit; nothing runs")
+    p.add_argument("--info", action="store_true",
+                   help="print where the config comes from (defaults, preset, overrides), its signature and its "
+                        "difference from the schema defaults, and exit")
+    add_verbose(p)
+    return p
 
 
-class Interrupted(RuntimeError):
-    """SIGTERM/SIGUSR2 arrived; a checkpoint has been written."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run(lambda: _main(argv), source="overrides")
 
 
-@dataclass
-class RunResult:
-    run_dir: Path
-    run_id: str | None
-    step: int
-    metrics: dict = field(default_factory=dict)
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """The model's own randomness at a step (dropout) derives from (seed, rank, step), so resuming needs no
-    generator state and is exact."""
-    return (seed * 1_000_003 + rank * 7_919 + step) % (2 ** 63)
-
-
-def sample_seed(seed: int, step: int, index: int) -> int:
-    """The seed of one sample's draws at a step (label dropout, t, noise, hint mask): its index in the global
-    batch, not its rank, so any number of ranks or accumulation micro-batches draws the same for it."""
-    return (step_seed(seed, 0, step) * 1_000_003 + index) % (2 ** 63)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device", "cuda", "no CUDA device is available")
-    return torch.device(name)
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20      # KiB on Linux
-
-
-class RunFolderLock:
-    """An exclusive lock on a run folder for the trainer's lifetime: a second trainer of the same run (a
-    retry while the first still runs) is refused instead of interleaving steps into the same checkpoint and
-    MLflow run. The kernel releases it when the process dies, however it dies."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
-        self.handle = None
-
-    def __enter__(self):
-        import fcntl
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "another process"
-            self.handle.close()
-            raise ConfigError("run.name", self.path.parent.name, f"the run folder {self.path.parent} is in use by "
-                              f"{holder}; wait for it to end (or cancel it) before starting the run again") from None
-        self.handle.truncate(0)
-        self.handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        self.handle.flush()
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
-
-
-class StopFlag:
-    """Set by SIGTERM or SIGUSR2 (SLURM preemption / time limit); checked between steps."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self.previous = {}
-
-    def install(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR2):
-            self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def restore(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-class Trainer:
-    def __init__(self, resolved: ResolvedConfig):
-        self.resolved = resolved
-        cfg = self.cfg = resolved.cfg
-        self.device = pick_device(cfg.run.device)
-        self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
-        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
-
-        # Everything that can refuse the config comes before any MLflow run or file is created.
-        self.dataset = build_dataset(cfg.data, cfg.model.in_channels)
-        if cfg.model.num_classes not in (0, self.dataset.num_classes):     # 0: unconditional, labels unused
-            raise ConfigError("model.num_classes", cfg.model.num_classes, f"the dataset {cfg.data.name!r} has "
-                              f"{self.dataset.num_classes} classes (or 0 for an unconditional model)")
-        self.objective = make_objective(cfg.objective, cfg.model)
-        self.encoder = None
-        if cfg.model.repa and cfg.repa.weight > 0:
-            from .repa import RepaEncoder
-            self.encoder = RepaEncoder(cfg.repa.encoder, cfg.repa.encoder_weights, cfg.model.grid_size,
-                                       device=self.device)
-            if self.encoder.dim != cfg.model.repa_dim:
-                raise ConfigError("model.repa_dim", cfg.model.repa_dim, f"the encoder {cfg.repa.encoder} "
-                                  f"gives {self.encoder.dim}-d features")
-        self.env = distributed.init(self.device)
-        self.metric = build_metric(cfg, self.dataset, self.device) if self.env.is_main else None
-        if isinstance(self.metric, OfflineMetric):
-            print(f"offline metric: classifier fitted on the {cfg.data.name} held-out split, accuracy "
-                  f"{self.metric.classifier_acc:.3f} on {min(len(self.dataset), OFFLINE_ACCURACY_IMAGES)} "
-                  f"training images it never saw", flush=True)
-        self.batches = StepBatches(self.dataset, cfg.train.global_batch, cfg.run.seed, self.env.rank,
-                                   self.env.world_size, cfg.data.hflip, cfg.data.num_workers)
-        if self.batches.local_batch % cfg.train.grad_accum:
-            raise ConfigError("train.grad_accum", cfg.train.grad_accum, f"must divide each rank's batch of "
-                              f"{self.batches.local_batch} (train.global_batch={cfg.train.global_batch} over "
-                              f"{self.env.world_size} ranks)")
-        spe = self.steps_per_epoch = self.batches.steps_per_epoch
-        self.total_steps = cfg.train.steps or math.ceil(cfg.train.epochs * spe)
-        # Each configured evaluation point, by the name it was asked for: the key of its metrics besides the
-        # curve (`fd/epoch_80`, `fd/step_300`), so a table of "FD at epoch 80" is one MLflow query for a sweep.
-        self.point_names: dict[int, list[str]] = {}
-        for epoch in cfg.eval.at_epochs:
-            self.point_names.setdefault(round(epoch * spe), []).append(f"epoch_{epoch:g}")
-        for step in cfg.eval.at_steps:
-            self.point_names.setdefault(step, []).append(f"step_{step}")
-        self.eval_steps = sorted(set(self.point_names) | ({self.total_steps} if cfg.eval.at_end else set()))
-        self.eval_steps = [s for s in self.eval_steps if 0 < s <= self.total_steps] if cfg.eval.metric != "none" else []
-
-        torch.manual_seed(cfg.run.seed)
-        self.model = build_model(cfg.model).to(self.device)
-        self.init_sha256 = None        # converted official weights (models.convert), unless a checkpoint resumes
-        if cfg.model.init_from and not (cfg.run.resume == "auto" and self.ckpt_path.exists()):
-            self.init_sha256 = load_weights(self.model, cfg.model.init_from)
-        if cfg.train.activation_checkpointing:
-            parallel.checkpoint_blocks(self.model)
-        self.sharded = cfg.train.parallel == "fsdp" and self.env.world_size > 1
-        if self.sharded:                          # before the EMA and the optimizer: both follow the shards
-            parallel.shard(self.model)
-        self.ema = EMA(self.model, cfg.ema.decays)
-        self.lr0 = base_lr(cfg.optim, cfg.train.global_batch)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.lr0, fused=self.device.type == "cuda")
-        self.ddp = None
-        if self.env.world_size > 1 and not self.sharded:
-            self.ddp = DistributedDataParallel(
-                self.model, device_ids=[self.env.local_rank] if self.device.type == "cuda" else None)
-        net = self.ddp or self.model
-        self.net = torch.compile(net) if cfg.train.compile else net
-        self.step = 0
-        self.run_id = None
-        self.checkpoint_problems: list[str] = []
-
-    # ---- state -------------------------------------------------------------------------------
-
-    def state(self) -> dict:
-        """The full state, under the same names for ddp and fsdp (see harness/parallel.py), complete on rank 0;
-        under fsdp every rank must call it (the shards are gathered)."""
-        return {"model": parallel.model_state(self.model), "ema": self.ema.state_dict(),
-                "optimizer": parallel.optimizer_state(self.model, self.optimizer), "step": self.step,
-                "epoch": self.step / self.steps_per_epoch, "mlflow_run_id": self.run_id or "",
-                "signature": self.resolved.signature, "signature_version": SIGNATURE_VERSION,
-                "config": self.resolved.recorded_yaml()}
-
-    def resume(self) -> bool:
-        """Continue from the newest good checkpoint of the run folder (a damaged newest one is set aside and
-        reported; see harness/checkpoint.py). A checkpoint written under another signature is refused, unless
-        `run_sweep.py migrate` re-signed its MLflow run from that signature to this one. Rank 0 chooses the
-        file (and refuses for every rank); every rank loads that file, so all resume from the same step."""
-        if self.cfg.run.resume != "auto":
-            return False
-        chosen = distributed.from_main(self._choose_checkpoint, self.env)
-        if chosen is None:
-            return False
-        path, step, self.checkpoint_problems = chosen
-        state = load_checkpoint(path, verify=False)       # rank 0 verified it, and no rank writes it now
-        if state["step"] != step:
-            raise CheckpointError(f"{path}: replaced while the ranks resumed (step {state['step']} != {step})")
-        parallel.load_model_state(self.model, state["model"])
-        self.ema.load_state_dict(state["ema"])
-        parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        self.step = state["step"]
-        self.run_id = state["mlflow_run_id"] or None
-        print(f"rank {self.env.rank}: resumed from {path} at step {self.step}", flush=True)
-        return True
-
-    def _choose_checkpoint(self) -> tuple[Path, int, list[str]] | None:
-        try:
-            found = load_latest(self.ckpt_path)
-        except CheckpointError as err:
-            raise ConfigError("run.resume", "auto", str(err)) from None
-        if found is None:
-            return None
-        state, path, problems = found
-        signature = self.resolved.signature
-        if state["signature"] != signature and not self._migrated(state):
-            raise ConfigError("run.name", self.cfg.run.name, f"{path} holds a run of another config "
-                              f"(signature {state['signature']} != {signature}); choose another "
-                              f"run.name or run.resume=never")
-        return path, state["step"], problems
-
-    def _migrated(self, state: dict) -> bool:
-        if not state.get("mlflow_run_id"):
-            return False
-        current, previous = migrated_signatures(self.cfg.tracking, self.run_dir, state["mlflow_run_id"])
-        return current == self.resolved.signature and state["signature"] in previous
-
-    def save(self) -> None:
-        """Rank 0 writes the checkpoint (atomically: harness/checkpoint.py); the others wait for it, so no rank
-        runs ahead of, or exits before, a checkpoint being written."""
-        if self.sharded or self.env.is_main:
-            state = self.state()
-            if self.env.is_main:
-                save_checkpoint(state, self.ckpt_path)
-        distributed.barrier(self.env)
-
-    # ---- one step ----------------------------------------------------------------------------
-
-    def sample_draws(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The random draws of this rank's samples at the current step — label dropout, t, noise and the hint
-        mask — each sample's from a generator seeded by (seed, step, its index in the global batch): the same
-        draws whatever the number of ranks and accumulation micro-batches (tested)."""
-        cfg, objective = self.cfg, self.objective
-        first = self.env.rank * x.shape[0]
-        draws: dict[str, list] = {"drop": [], "t": [], "eps": [], "mask": []}
-        generator = torch.Generator(self.device)
-        for i in range(x.shape[0]):
-            generator.manual_seed(sample_seed(cfg.run.seed, self.step, first + i))
-            draws["drop"].append(torch.rand(1, generator=generator, device=self.device) < cfg.train.label_dropout)
-            draws["t"].append(objective.sample_t(1, generator, self.device))
-            draws["eps"].append(objective.sample_noise(x[i:i + 1], generator))
-            if cfg.model.hint_fraction > 0:
-                draws["mask"].append(torch.rand(1, 1, *x.shape[2:], generator=generator, device=self.device)
-                                     < cfg.model.hint_fraction)
-        return {key: torch.cat(values) for key, values in draws.items() if values}
-
-    def losses(self, x, y, draws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        cfg, objective = self.cfg, self.objective
-        drop = draws["drop"]
-        if cfg.model.num_classes == 0:            # unconditional: the null label (index 0) for every sample
-            drop = torch.ones_like(drop)
-        y = torch.where(drop, torch.full_like(y, cfg.model.num_classes), y)
-        t, eps = draws["t"], draws["eps"]
-        x_t = objective.corrupt(x, eps, t)
-        hint = mask = weight = None
-        if cfg.model.hint_fraction > 0:          # GT pixel hints: reveal clean pixels, down-weight their loss
-            mask = draws["mask"]
-            hint = x
-            weight = torch.where(mask, cfg.model.hint_loss_weight, 1.0)
-        bf16 = cfg.train.precision == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = self.net(x_t, objective.network_time(t), y, hint, mask)
-        terms = objective.loss(out.prediction.float(), x, eps, x_t, t, weight)
-        if self.encoder is not None:
-            from .repa import repa_loss
-            terms["repa"] = repa_loss(out.repa.float(), self.encoder(x))
-            terms["loss"] = terms["loss"] + cfg.repa.weight * terms["repa"]
-        return terms
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimizer step on this rank's batch of the current step."""
-        cfg = self.cfg
-        torch.manual_seed(step_seed(cfg.run.seed, self.env.rank, self.step))
-        lr = lr_at(self.step, cfg.optim, self.lr0, self.steps_per_epoch, self.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        draws = self.sample_draws(x)
-        accum = cfg.train.grad_accum
-        totals: dict[str, torch.Tensor] = {}
-        for i in range(accum):
-            last = i == accum - 1
-            micro = slice(i * x.shape[0] // accum, (i + 1) * x.shape[0] // accum)
-            if self.sharded:                      # reduce-scatter the gradients once, after the last micro-batch
-                self.model.set_requires_gradient_sync(last)
-            with (self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()):
-                terms = self.losses(x[micro], y[micro], {k: v[micro] for k, v in draws.items()})
-                (terms["loss"] / accum).backward()
-            for key, value in terms.items():
-                totals[key] = totals.get(key, 0) + value.detach() / accum
-        clip = clip_at(self.step, cfg.optim, self.steps_per_epoch)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
-        totals["grad_norm"] = parallel.full_tensor(norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.model)
-        self.step += 1
-        totals["lr"] = torch.tensor(lr)
-        return totals
-
-    # ---- evaluation --------------------------------------------------------------------------
-
-    def evaluate(self, tracker) -> dict[str, float]:
-        cfg = self.cfg
-        ema_model = self.ema.model_copy(self.model, cfg.ema.eval_decay,      # an unsharded copy on every rank
-                                        into=build_model(cfg.model).to(self.device) if self.sharded else None)
-        images, labels = generate(ema_model, self.objective, cfg, cfg.eval.num_samples,
-                                  seed=cfg.run.seed + self.step, env=self.env, device=self.device)
-        metrics = self._report(images, labels, tracker) if self.env.is_main else {}
-        if cfg.checkpoint.keep_at_eval:           # every rank: a sharded state is gathered, and all wait for it
-            self.save()
-            if self.env.is_main:
-                keep_copy(self.ckpt_path, f"step{self.step:08d}.pt")
-        return metrics
-
-    def _report(self, images, labels, tracker) -> dict[str, float]:
-        """Rank 0: the metric of the gathered samples, their grid, logged."""
-        cfg = self.cfg
-        metrics = {k: float(v) for k, v in self.metric.evaluate(images, labels).items()} if self.metric else {}
-        epoch = self.step / self.steps_per_epoch
-        grid_path = self.run_dir / "samples" / f"step{self.step:08d}.png"
-        grid_path.parent.mkdir(parents=True, exist_ok=True)
-        grid = make_grid(images[:cfg.eval.grid_samples], nrow=min(cfg.model.num_classes or 8, cfg.eval.grid_samples),
-                         normalize=True, value_range=(-1, 1))
-        save_image(grid, grid_path)
-        tracker.log_artifact(grid_path, "samples")
-        at_points = {f"{k}/{name}": v for name in self.point_names.get(self.step, []) for k, v in metrics.items()}
-        tracker.log_metrics({**metrics, **at_points, "epoch": epoch}, self.step)
-        return metrics
-
-    # ---- the run -----------------------------------------------------------------------------
-
-    def run(self) -> RunResult:
-        """Rank 0 holds the run folder's lock (a refusal is raised on every rank) for the whole run."""
-        lock = RunFolderLock(self.run_dir)
-
-        def acquire() -> None:
-            lock.__enter__()
-            remove_partial_writes(self.ckpt_path.parent)
-
-        distributed.from_main(acquire, self.env)
-        try:
-            return self._run()
-        finally:
-            if self.env.is_main:
-                lock.__exit__()
-
-    def _run(self) -> RunResult:
-        cfg = self.cfg
-        resumed = self.resume()
-        tags = {"experiment": cfg.experiment, "preset": self.resolved.model_preset,
-                "signature": self.resolved.signature, "signature_version": str(SIGNATURE_VERSION),
-                "checkpoint": str(self.ckpt_path.resolve()), "total_steps": str(self.total_steps)}
-        if self.checkpoint_problems:
-            tags["checkpoint_fallback"] = "; ".join(self.checkpoint_problems)[:5000]
-        if self.encoder is not None and self.encoder.random_weights:
-            tags["repa_encoder"] = "random"
-        if self.init_sha256:
-            tags["init_from_sha256"] = self.init_sha256
-        tags["world_size"] = str(self.env.world_size)
-        if "SLURM_JOB_ID" in os.environ:
-            array = os.environ.get("SLURM_ARRAY_JOB_ID")
-            tags["slurm_job_id"] = (f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array
-                                    else os.environ["SLURM_JOB_ID"])
-            tags["slurm_nodelist"] = os.environ.get("SLURM_JOB_NODELIST", "")   # this attempt's nodes
-        tracker = NullTracker()
-
-        def open_tracker() -> str:                # rank 0 tracks; its failure stops every rank
-            nonlocal tracker
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            tracker = Tracker(cfg.tracking, self.run_dir, cfg.tracking.run_name or cfg.run.name, self.run_id, tags,
-                              self.resolved.recorded())
-            (self.run_dir / "config.yaml").write_text(self.resolved.recorded_yaml())
-            if not resumed:
-                tracker.log_artifact(self.run_dir / "config.yaml")
-            return tracker.run_id
-
-        self.run_id = distributed.from_main(open_tracker, self.env)
-        if isinstance(self.metric, OfflineMetric):            # how far its class judgements can be trusted
-            tracker.log_metrics({"classifier_acc": self.metric.classifier_acc}, 0)
-        stop = StopFlag()
-        stop.install()
-        metrics: dict[str, float] = {}
-        try:
-            metrics = self._loop(tracker, stop)
-        except Interrupted:
-            tracker.set_tags({"interrupted_at_step": str(self.step)})
-            tracker.finish("KILLED")
-            raise
-        except BaseException as err:
-            tracker.finish("FAILED", reason=f"{type(err).__name__}: {err}")
-            raise
-        finally:
-            stop.restore()
-        if self.env.is_main:
-            final = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics}
-            write_json(self.run_dir / "final_metrics.json", final)
-            tracker.log_json(final, "final_metrics.json")
-        tracker.finish("FINISHED")
-        return RunResult(self.run_dir, self.run_id, self.step, metrics)
-
-    def _loop(self, tracker, stop: StopFlag) -> dict[str, float]:
-        cfg = self.cfg
-        progress = Progress(self.total_steps, self.step, enabled=self.env.is_main)
-        window: dict[str, torch.Tensor] = {}
-        window_start, window_steps = time.perf_counter(), 0
-        metrics: dict[str, float] = {}
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        batches = self.batches.iterate(self.step)      # prefetching workers for image folders
-        while self.step < self.total_steps:
-            totals = self.train_step(*next(batches))
-            for key, value in totals.items():
-                window[key] = window.get(key, 0) + value
-            window_steps += 1
-            signum = distributed.agreed_signal(stop.signal, self.env)     # every rank stops after the same step
-            boundary = self.step % cfg.train.log_every == 0 or self.step == self.total_steps
-            if boundary or self.step % cfg.checkpoint.every_steps == 0 or signum or self.step in self.eval_steps:
-                # the mean over ranks (each rank's loss is over its own samples; the gradient norm and the
-                # learning rate are the same on every rank)
-                means = distributed.mean_over_ranks({k: float(v) / window_steps for k, v in window.items()}, self.env)
-                if not (math.isfinite(means["loss"]) and math.isfinite(means["grad_norm"])):
-                    raise NonFiniteLoss(f"non-finite loss {means['loss']} or gradient norm {means['grad_norm']} "
-                                        f"in the steps up to {self.step}")
-                if boundary:
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    elapsed = time.perf_counter() - window_start
-                    means["images_per_s"] = window_steps * cfg.train.global_batch / elapsed
-                    means["peak_memory_gb"] = distributed.max_over_ranks(peak_memory_gb(self.device), self.env)
-                    means["epoch"] = self.step / self.steps_per_epoch
-                    # Bookkeeping, under MLflow's "system/" charts section: `status` reads a run's step and age
-                    # from the latest metrics of one query.
-                    means["system/step"] = self.step
-                    means["system/heartbeat"] = time.time()
-                    tracker.log_metrics(means, self.step)
-                    progress.update(self.step, means)
-                    window, window_start, window_steps = {}, time.perf_counter(), 0
-            if self.step % cfg.checkpoint.every_steps == 0 or self.step == self.total_steps:
-                self.save()
-            if self.step in self.eval_steps:
-                metrics = self.evaluate(tracker)
-                progress.note(f"step {self.step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            if signum:
-                self.save()
-                raise Interrupted(f"signal {signum} at step {self.step}; checkpoint {self.ckpt_path}", signum)
-        progress.close()
-        return metrics
-
-
-class Progress:
-    """A tqdm bar on an interactive terminal; periodic plain lines otherwise (logs, SLURM)."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.enabled, self.total = enabled, total
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-    def update(self, step: int, means: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means['images_per_s']:.1f}")
-        else:
-            print(f"step {step}/{self.total} loss {means['loss']:.4f} grad_norm {means['grad_norm']:.3f} "
-                  f"lr {means['lr']:.2e} {means['images_per_s']:.1f} img/s", flush=True)
-
-    def note(self, text: str) -> None:
-        if self.enabled:
-            (self.bar.write if self.bar is not None else print)(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def train(resolved: ResolvedConfig) -> RunResult:
-    trainer = Trainer(resolved)
+def _main(argv: list[str]) -> int:
+    args = parser().parse_intermixed_args(argv)
+    if args.help is not None:
+        print(help_text(args.help))
+        return 0
+    quiet(args.verbose)
+    from .configure import resolve
+    if args.cfg or args.info:
+        resolved = resolve(args.overrides, check_paths=False)     # data paths are the run's business
+        print(resolved.recorded_yaml() if args.cfg else info_text(resolved), end="")
+        return 0
+    from .trainer import Interrupted, train
     try:
-        return trainer.run()
-    finally:
-        distributed.shutdown()
+        result = train(resolve(args.overrides))
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"done: {result.step} steps, run {result.run_id} in {result.run_dir}"
+          + "".join(f", {k}={v:.4g}" for k, v in result.metrics.items()))
+    return 0
+
+
+# ---- --help ------------------------------------------------------------------------------------------
+
+def experiments() -> dict[str, str]:
+    """Experiment name -> the first sentence of its file's header comment."""
+    out = {}
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        lines = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            if not line.startswith("# @package"):
+                lines.append(line.lstrip("#").strip())
+        text = " ".join(lines)
+        out[path.stem] = re.split(r"\.\s+(?=[A-Z])", text)[0].rstrip(".")
+    return out
+
+
+def groups() -> list[str]:
+    """The config groups: the sections of `TrainConfig` (model, objective, data, ...)."""
+    defaults = TrainConfig()
+    return [f.name for f in dataclasses.fields(defaults) if dataclasses.is_dataclass(getattr(defaults, f.name))]
+
+
+def fields(node, prefix: str = ""):
+    """(dotted key, default, allowed values or None, doc) of every leaf field, in declaration order."""
+    from toolkit.docs import field_docs
+    docs = field_docs(type(node))
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value, f.metadata.get("choices"), docs.get(f.name, "")
+
+
+def _show(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(list(value) if isinstance(value, tuple) else value)
+
+
+def help_text(group: str = "all") -> str:
+    from models.presets import preset_names
+    names = groups()
+    if group not in ("all", *names):
+        raise unknown("--help", group, ["all", *names], "config group").at(source=COMMAND_LINE)
+    width = shutil.get_terminal_size((120, 24)).columns
+    wrap = lambda text, indent: textwrap.fill(text, width, initial_indent=indent,          # noqa: E731
+                                              subsequent_indent=indent, break_on_hyphens=False)
+    out = [f"usage: {USAGE}"]
+    if group == "all":
+        out += ["", parser().description, "",
+                "options:",
+                "  -h, --help [GROUP]  this help, or one config group's fields (" + ", ".join(names) + ")",
+                "  -c, --cfg job       print the resolved config (YAML) and exit; nothing runs",
+                "  --info              where the config comes from, its signature and difference from the defaults",
+                "  -v, --verbose       let libraries talk (MLflow INFO lines, run links)", "",
+                "experiments (+experiment=NAME, harness/conf/experiment/):"]
+        described = experiments()
+        name_width = max(map(len, described))
+        for name, text in described.items():
+            line = f"  {name:<{name_width}}  {text}"
+            out.append(line if len(line) <= width else line[:width - 4].rsplit(" ", 1)[0] + " ...")
+        out += ["", "model presets (model=PRESET, models/presets.py; default pixeldit_xl):",
+                wrap(", ".join(preset_names()), "  "), "",
+                "config groups: KEY=VALUE overrides any field below (its default; {its allowed values}; its doc).",
+                "An experiment or preset changes some defaults: --cfg job shows the resolved values."]
+    for name in names if group == "all" else [group]:
+        out += ["", f"{name}:"]
+        for key, default, choices, doc in fields(getattr(TrainConfig(), name), f"{name}."):
+            head = f"  {key}={_show(default)}" + (" {" + ", ".join(choices) + "}" if choices else "")
+            out.append(head)
+            if doc:
+                out.append(wrap(doc, "      "))
+    return "\n".join(out)
+
+
+# ---- --info ------------------------------------------------------------------------------------------
+
+def info_text(resolved) -> str:
+    from .configure import SIGNATURE_VERSION, result_delta
+    from .tracking import tracking_uri
+    cfg = resolved.cfg
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    delta = result_delta(cfg)
+    lines = [f"config search path: {CONF_DIR} (train.yaml, experiment/*.yaml)",
+             "schema: harness/config.py TrainConfig; model presets: models/presets.py",
+             f"defaults: train_schema, model: {resolved.model_preset}, experiment: {cfg.experiment}",
+             f"overrides: {' '.join(resolved.overrides) or '(none)'}",
+             f"run folder: {run_dir}",
+             f"tracking: {tracking_uri(cfg.tracking, run_dir)}, experiment {cfg.tracking.experiment!r}",
+             f"signature: {resolved.signature} (version {SIGNATURE_VERSION})",
+             f"differences from the schema defaults that change the result ({len(delta)}; they make the signature):"]
+    lines += [f"  {key}={_show(value)}" for key, value in delta.items()]
+    return "\n".join(lines) + "\n"
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,21 +30,22 @@ config has one and the checkpoint holds it, dropped when the config has none, an
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .config import ConfigError, ModelConfig
-from .families import build_model
+from toolkit.errors import ConfigError
+from toolkit.files import sha256
+
+from .config import ModelConfig
 from .diffit import relative_position_index
+from .families import build_model
 from .layers import sincos_2d
 
 SOURCES = ("pixeldit", "jit", "dit", "diffit_latent", "sit_repa")
@@ -419,23 +420,6 @@ def official_weights(saved: dict, which: str = "ema") -> tuple[dict[str, Tensor]
     return saved, "/".join(where) or "top level"
 
 
-def sha256(path: str | Path) -> str:
-    """A file's sha256, read once per (file, size, modification time): a run's signature, its tag and the
-    metric caches all ask for the same multi-GB weights files."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    return _sha256(path, stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_weights(model: torch.nn.Module, path: str | Path) -> str:
     """Load our weights from a safetensors file strictly into `model`; returns the file's sha256. A file of
     another config is refused in one line naming its first mismatching key (`model.init_from`)."""
@@ -459,6 +443,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import save_file
+
     from .presets import model_config, preset_names
     parser = argparse.ArgumentParser(prog="python -m models.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -484,8 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # one metadata entry: safetensors writes several in no fixed order, and the file's sha256 should be reproducible
-    metadata = {"models.convert": json.dumps({"source": args.source, "preset": args.preset, "overrides": args.overrides,
-                                              "converted_from": args.checkpoint.name, "weights": where}, sort_keys=True)}
+    origin = {"source": args.source, "preset": args.preset, "overrides": args.overrides,
+              "converted_from": args.checkpoint.name, "weights": where}
+    metadata = {"models.convert": json.dumps(origin, sort_keys=True)}
     save_file({k: v.contiguous() for k, v in ours.items()}, str(args.out), metadata=metadata)
     count = sum(v.numel() for v in ours.values())
     print(f"wrote {args.out}: {len(ours)} tensors, {count:,} values, {args.source} weights from "

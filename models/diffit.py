@@ -26,7 +26,6 @@ from torch import nn
 from .config import ModelConfig
 from .layers import GeluMLP, LabelEmbedder, ModelOutput, SwiGLU, TimestepEmbedder, apply_rope, make_norm
 
-
 # ---- windows ----------------------------------------------------------------------------------
 
 def window_partition(x: torch.Tensor, w: int) -> torch.Tensor:

@@ -14,11 +14,13 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from .config import ConfigError, ModelConfig, check_heads
+from toolkit.errors import ConfigError
 
 if TYPE_CHECKING:                     # torch loads when a model is built, not when a config is checked
     import torch
     from torch import nn
+
+    from .config import ModelConfig  # the config dispatches to its family: no import back at run time
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,14 @@ def check_window(cfg: ModelConfig, size: int, where: str) -> None:
         raise ConfigError("model.window_size", cfg.window_size, "must be positive (or null: the whole map)")
     if size % min(cfg.window_size, size):
         raise ConfigError("model.window_size", cfg.window_size, f"does not tile {where}")
+
+
+def check_heads(dim_key: str, dim: int, heads_key: str, heads: int, rope: bool) -> None:
+    if heads <= 0 or dim % heads:
+        raise ConfigError(f"model.{heads_key}", heads, f"must divide model.{dim_key}={dim}")
+    if rope and (dim // heads) % 4:
+        raise ConfigError(f"model.{heads_key}", heads, f"2D RoPE needs a head width divisible by 4, "
+                          f"got {dim_key}/{heads_key}={dim // heads}")
 
 
 # ---- the flat transformer -----------------------------------------------------------------------

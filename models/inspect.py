@@ -12,12 +12,13 @@ import argparse
 import json
 import sys
 
-from .cli import ArgumentParser, run
+from toolkit.cli import ArgumentParser, run
+
 from .presets import PUBLISHED, model_config, preset_names
 
 
 def inspect_preset(preset: str, overrides: list[str], resolution: int | None) -> dict:
-    from .complexity import measure, with_resolution          # torch: only once the arguments are read
+    from .complexity import measure, with_resolution  # torch: only once the arguments are read
     cfg = model_config(preset, overrides)
     if resolution:
         cfg = with_resolution(cfg, resolution)

@@ -18,7 +18,9 @@ from typing import Iterable
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, ModelConfig, from_omegaconf, unknown
+from toolkit.errors import ConfigError, from_omegaconf, unknown
+
+from .config import ModelConfig
 from .families import miniature  # noqa: F401  (each family's toy size; importable from here as before)
 
 # PixelDiT official code (pixdit_core/pixeldit_c2i.py, c2i/configs/pix256_xl.yaml) is the ModelConfig

@@ -20,9 +20,20 @@ from torch import nn
 from .config import ModelConfig
 from .diffit import DiffiTBlock, base_init
 from .families import build_model  # noqa: F401  (the zoo's entry point, importable from here as before)
-from .layers import (Attention, GeluMLP, LabelEmbedder, ModelOutput, SwiGLU, TimestepEmbedder, make_norm,
-                     modulate, patchify, rope_2d, sincos_2d, unpatchify)
-
+from .layers import (
+    Attention,
+    GeluMLP,
+    LabelEmbedder,
+    ModelOutput,
+    SwiGLU,
+    TimestepEmbedder,
+    make_norm,
+    modulate,
+    patchify,
+    rope_2d,
+    sincos_2d,
+    unpatchify,
+)
 
 # ---- patch-level pathway ----------------------------------------------------------------------
 

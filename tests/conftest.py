@@ -9,12 +9,13 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from harness.sweep.commands import current_states
+from commands.verbs import current_states
 from harness.sweep.plan import plan_sweep
 from harness.sweep.server import stop_server
 from harness.sweep.spec import SweepError, load_sweep
 from harness.sweep.store import store_uri
-from models.config import ConfigError, ModelConfig
+from models.config import ModelConfig
+from toolkit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]      # the project's root: its scripts, sweeps and fixtures
 
@@ -76,7 +77,7 @@ def run_evaluated_sweep(folder: Path, name: str, steps: int, eval_step: int, pap
     AdaLN, a row that diverges (lr 1e12) so its runs fail, and a model without a pixel pathway whose label
     starts with "+" (as the papers' cumulative rows do) — with the offline metric at `eval_step` and at
     the end. `paper` maps labels to their `paper:` numbers; `more` adds top-level sweep keys."""
-    from harness.sweep.cli import main
+    from commands.cli import main
     rows = [{"label": "patch-wise", "set": {"model.adaln": "B"}}, {"label": "pixel-wise", "set": {"model.adaln": "C"}},
             {"label": "diverges", "set": {"optim.lr": 1.0e12, "optim.grad_clip": 0.0}},
             {"label": "+ no pixel pathway", "set": {"model.pixel_pathway": False}}]
@@ -165,7 +166,7 @@ def all_ended(path: Path) -> bool:
 
 @pytest.fixture
 def sweep_dir(tmp_path):
-    from harness.sweep.commands import cancel_command
+    from commands.verbs import cancel_command
     yield tmp_path
     for path in tmp_path.rglob("*.yaml"):            # stop the jobs and tracking servers the sweeps started
         try:

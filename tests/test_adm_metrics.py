@@ -13,15 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 import harness.inception as inception
 from harness import adm_metrics
-from harness.adm_metrics import (Evaluator, frechet_distance, inception_score, main, manifold_radii, mean_cov,
-                                 open_input, precision_recall)
+from harness.adm_metrics import (
+    Evaluator,
+    frechet_distance,
+    inception_score,
+    main,
+    manifold_radii,
+    mean_cov,
+    open_input,
+    precision_recall,
+)
 from harness.inception import FIDInceptionV3, load_fid_inception, resize_like_tf1, resolve_inception
-from models.config import ConfigError
-from conftest import ROOT
-
+from toolkit.errors import ConfigError
 
 
 def helper_weights() -> Path:

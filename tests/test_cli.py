@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, write_sweep
-from harness import audit, train_cli
+
+from commands import cli as sweep_cli
+from harness import audit
+from harness import train as train_cli
 from harness.config import TrainConfig
 from harness.configure import flatten, resolve
-from harness.sweep import cli as sweep_cli
 from models import inspect as models_inspect
 from models.config import ModelConfig
-from models.docs import field_docs
 from models.presets import preset_names
+from toolkit.docs import field_docs
 
 HEAVY = ("torch", "mlflow", "hydra")
 

@@ -7,7 +7,7 @@ import pytest
 
 from harness.audit import differences, load_flat
 from harness.configure import compose_config, config_signature, resolve
-from models.config import ConfigError
+from toolkit.errors import ConfigError
 
 
 def test_experiments_compose_with_their_model_preset():

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize
 from mlflow.tracking import MlflowClient
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import randomize
-from models.config import ConfigError
 from models.convert import LAYOUTS, SOURCES, convert_state_dict, export_state_dict, main, sha256
 from models.families import build_model, miniature
 from models.presets import model_config
+from toolkit.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 CASES = ["pixeldit_pre", "pixeldit_post", "jit", "dit", "diffit_latent", "sit_repa"]
@@ -207,8 +207,8 @@ def test_training_starts_from_converted_weights(tmp_path, capsys):
     samples) too; the file's sha256 is on the MLflow run. A file of another config is refused in one line."""
     from harness.checkpoint import load_checkpoint
     from harness.configure import resolve
-    from harness.train import train
-    from harness.train_cli import main as train_main
+    from harness.train import main as train_main
+    from harness.trainer import train
     cfg = model_config("pixeldit_xl", [f"{k[6:]}={v}" for k, v in TINY.items()])
     official = export_state_dict(randomize(build_model(cfg), std=0.05).state_dict(), "pixeldit", cfg)
     torch.save({"state_dict": {f"ema_denoiser.{k}": v for k, v in official.items()}}, tmp_path / "pixeldit.ckpt")
@@ -232,7 +232,8 @@ def test_training_starts_from_converted_weights(tmp_path, capsys):
              for o in run]
     assert train_main(wrong) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]          # after the first run's MLflow logging
-    assert last.startswith("error: overrides: model.init_from=") and "has shape (32, 192), this config expects (64, 192)" in last
+    assert last.startswith("error: overrides: model.init_from=")
+    assert "has shape (32, 192), this config expects (64, 192)" in last
     assert not (tmp_path / "runs" / "w").exists()
 
 

@@ -9,9 +9,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from harness.config import DataConfig
-from harness.data import (StepBatches, TensorImageDataset, build_dataset, center_crop_arr,
-                          dataset_num_classes, validate_data)
-from models.config import ConfigError
+from harness.data import (
+    StepBatches,
+    TensorImageDataset,
+    build_dataset,
+    center_crop_arr,
+    dataset_num_classes,
+    validate_data,
+)
+from toolkit.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,7 @@ def test_digits_any_resolution(resolution):
 
 def test_mnist_is_mlxtends_5k_with_100_per_class_held_out():
     import gzip
+
     from harness.data import mnist_5k_file
     with gzip.open(mnist_5k_file(), "rt") as fh:
         rows = np.loadtxt(fh, delimiter=",", dtype=np.int64)

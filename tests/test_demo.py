@@ -2,11 +2,11 @@
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from harness.configure import result_delta
 from harness.sweep.plan import plan_sweep
 from harness.sweep.spec import load_sweep
-from conftest import ROOT
 
 DEMO = ROOT / "sweeps" / "tiny_table4.yaml"
 TABLE4_PRESETS = ["table4_vanilla_dit16", "table4_rope_rmsnorm", "table4_ptc", "table4_pixelwise"]
@@ -21,7 +21,8 @@ def test_the_demo_is_table4_on_mnist_with_three_seeds_and_one_recipe():
     assert len(runs) == 4 * len(spec.seeds)
     for run in runs:
         cfg = run.cfg
-        assert (cfg.data.name, cfg.data.resolution, cfg.model.in_channels, cfg.eval.metric) == ("mnist", 16, 1, "offline")
+        shown = (cfg.data.name, cfg.data.resolution, cfg.model.in_channels, cfg.eval.metric)
+        assert shown == ("mnist", 16, 1, "offline")
     baseline = {run.seed: result_delta(run.cfg) for run in runs if run.row == 0}
     for run in runs:                      # a row changes its model switches and nothing of the recipe
         delta = result_delta(run.cfg)
@@ -36,7 +37,7 @@ def test_the_demo_learns_real_digits_in_every_row(tmp_path):
     row >= 0.9), and the table marks its intervals, test and paper column for what they are."""
     from analysis.runs import load_sweep_runs
     from analysis.table import build_table
-    from harness.sweep.cli import main
+    from commands.cli import main
     sweep = yaml.safe_load(DEMO.read_text())
     path = tmp_path / "tiny_table4.yaml"
     path.write_text(yaml.safe_dump({**sweep, "output": str(tmp_path / "runs")}, sort_keys=False))

@@ -4,13 +4,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import randomize
-from models.config import ConfigError
+
 from models.diffit import TMSA, DiffiTUNet, relative_position_index, window_merge, window_partition
 from models.layers import Attention
 from models.presets import miniature, model_config
 from models.transformer import build_model
+from toolkit.errors import ConfigError
 
 DIM, HEADS, TIME = 16, 2, 12
 
@@ -223,7 +223,8 @@ def test_tmsa_time_switch_changes_only_its_own_parameters(time, extra):
     assert names - reference == extra and reference <= names
     model = randomize(build_model(base.replace(tmsa_time=time))).eval()
     x, y = torch.randn(1, 3, base.input_size, base.input_size), torch.tensor([1])
-    changed = not torch.allclose(model(x, torch.tensor([0.1]), y).prediction, model(x, torch.tensor([0.9]), y).prediction)
+    early, late = model(x, torch.tensor([0.1]), y).prediction, model(x, torch.tensor([0.9]), y).prediction
+    changed = not torch.allclose(early, late)
     assert changed == (time != "none")
 
 
@@ -237,7 +238,8 @@ def test_latent_diffit_has_no_adaln_and_takes_time_through_tmsa():
     small_cfg = miniature(cfg)
     small = randomize(build_model(small_cfg)).eval()
     x, y = torch.randn(1, 4, small_cfg.input_size, small_cfg.input_size), torch.tensor([1])
-    assert not torch.allclose(small(x, torch.tensor([10.0]), y).prediction, small(x, torch.tensor([900.0]), y).prediction)
+    early, late = small(x, torch.tensor([10.0]), y).prediction, small(x, torch.tensor([900.0]), y).prediction
+    assert not torch.allclose(early, late)
 
 
 def test_tmsa_replaces_adaln_in_other_flat_models():
@@ -282,7 +284,8 @@ def test_sdpa_window_path_matches_explicit_softmax_with_shift_and_time_bias():
     B, w, s = 2, 4, 2
     q, k, v = module.qkv(x).view(B, 8, 8, 3, HEADS, -1).unbind(3)
     q, k, v = (window_partition(torch.roll(z, (-s, -s), (1, 2)), w).permute(0, 1, 3, 2, 4) for z in (q, k, v))
-    logits = q @ k.transpose(-1, -2) / math.sqrt(DIM // HEADS) + module.bias(time)[:, None] + module.shift_mask[None, :, None]
+    logits = (q @ k.transpose(-1, -2) / math.sqrt(DIM // HEADS) + module.bias(time)[:, None]
+              + module.shift_mask[None, :, None])
     out = window_merge((F.softmax(logits, -1) @ v).permute(0, 1, 3, 2, 4), w, 8, 8)
     expected = module.proj(torch.roll(out, (s, s), (1, 2)).reshape(B, 8, 8, DIM))
     torch.testing.assert_close(module(x, time), expected)
@@ -296,6 +299,7 @@ SIZE_KEYS = {"input_size", "num_classes", "unet_channels", "unet_blocks", "unet_
 
 def test_diffit_experiments_resolve_and_the_demo_keeps_the_papers_switches(tmp_path):
     from PIL import Image
+
     from harness.configure import resolve
     Image.new("RGB", (64, 64)).save(tmp_path / "00000.png")       # a flat folder, as FFHQ's
     for name, preset in (("diffit_cifar10_paper", "diffit_cifar10"), ("diffit_ffhq64_paper", "diffit_ffhq64")):
@@ -314,7 +318,7 @@ def test_unconditional_model_trains_and_evaluates(tmp_path):
     """model.num_classes=0 (DiffiT's image-space setting): every sample gets the null label, samples have
     no labels, so the offline metric reports FD without class consistency."""
     from harness.configure import resolve
-    from harness.train import train
+    from harness.trainer import train
     items = {"run.out_dir": str(tmp_path / "runs"), "run.name": "uncond", "train.steps": 4, "train.global_batch": 8,
              "model.num_classes": 0, "eval.metric": "offline", "eval.num_samples": 10, "eval.batch_size": 10,
              "eval.sampler.steps": 2, "eval.cache_dir": str(tmp_path / "cache")}
@@ -328,10 +332,12 @@ def test_embedded_diffit_sweep_trains_and_evaluates_on_the_cpu(tmp_path):
     """sweeps/tiny_diffit.yaml (DiffiT Table 6 in miniature), shortened, run for real in-process: every row
     finishes with an FD, and the table's cells are the runs' own numbers."""
     import json
+
     import yaml
+
     from analysis.runs import load_sweep_runs
     from analysis.table import build_table
-    from harness.sweep.cli import main
+    from commands.cli import main
     spec = yaml.safe_load(open("sweeps/tiny_diffit.yaml"))
     spec["overrides"].update({"train.steps": 4, "train.global_batch": 8, "train.log_every": 2,
                               "eval.num_samples": 10, "eval.batch_size": 10, "eval.sampler.steps": 2,

@@ -5,15 +5,16 @@ import math
 
 import pytest
 import torch
+from conftest import NULL, SHAPE, TINY_OFFLINE_EVAL, Recorder, gen, labels, tiny_overrides
 from mlflow.tracking import MlflowClient
 
-from conftest import NULL, SHAPE, TINY_OFFLINE_EVAL, Recorder, gen, labels, tiny_overrides
 from harness.config import ObjectiveConfig, SamplerConfig
 from harness.configure import resolve
 from harness.objectives import EDMObjective, make_objective, validate_objective
 from harness.sampling import edm_sigma_grid, sample, validate_sampler
-from harness.train import train
-from models.config import ConfigError, ModelConfig
+from harness.trainer import train
+from models.config import ModelConfig
+from toolkit.errors import ConfigError
 
 SIGMAS = [0.002, 0.05, 0.5, 1.0, 3.0, 80.0]
 
@@ -116,7 +117,8 @@ def test_loss_equals_the_hand_computation_with_pixel_weight():
     out = obj.loss(pred, x, eps, obj.corrupt(x, eps, t), t, w)
     s = obj.sigma(t).double().view(-1, 1, 1, 1)            # the sigma the objective sees (t is float32)
     sd = 0.7
-    d = sd ** 2 / (s ** 2 + sd ** 2) * (x.double() + s * eps.double()) + s * sd / (s ** 2 + sd ** 2).sqrt() * pred.double()
+    c_skip, c_out = sd ** 2 / (s ** 2 + sd ** 2), s * sd / (s ** 2 + sd ** 2).sqrt()
+    d = c_skip * (x.double() + s * eps.double()) + c_out * pred.double()
     expected = (w.double() * (s ** 2 + sd ** 2) / (s * sd) ** 2 * (d - x.double()) ** 2).mean()
     assert out["loss"].dtype == torch.float32
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-4)
@@ -168,7 +170,8 @@ def gaussian_run(kind, steps, s=0.5, n=2048):
     factor = 1.0                                           # Algorithm 1 by hand, on the scalar linear ODE
     grid = edm_sigma_grid(steps, 0.002, 80.0, 7.0)
     for a, b in zip(grid, grid[1:]):
-        slope = lambda sig: sig / (s ** 2 + sig ** 2)     # d = (x - D)/sigma = x sigma / (s^2 + sigma^2)
+        def slope(sig):                                   # d = (x - D)/sigma = x sigma / (s^2 + sigma^2)
+            return sig / (s ** 2 + sig ** 2)
         step = 1 + (b - a) * slope(a)
         if kind == "edm_heun" and b > 0:
             step = 1 + (b - a) * 0.5 * (slope(a) + slope(b) * step)

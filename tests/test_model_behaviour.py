@@ -1,17 +1,19 @@
 """What each switch does, on tiny configs: modulation structure, paths of t, compaction, init, REPA, hints."""
-import pytest
-import torch
-
 import math
 
+import pytest
+import torch
 from conftest import inputs, randomize, tiny
+
 from models.complexity import component_params
-from models.config import ConfigError, ModelConfig, choices_of
+from models.config import ModelConfig
 from models.diffit import DiffiTUNet
 from models.families import FAMILIES, build_model, family, miniature
 from models.layers import apply_rope, patchify, rope_2d, sincos_2d, unpatchify
 from models.presets import model_config
 from models.transformer import DiffusionTransformer, PixelBlock
+from toolkit.errors import ConfigError
+from toolkit.fields import choices_of
 
 
 def modulation(variant: str) -> torch.Tensor:

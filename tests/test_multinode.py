@@ -10,15 +10,24 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import (
+    SLOW,
+    all_ended,
+    assert_close_weights,
+    children,
+    release_when_requeued,
+    states,
+    wait_until,
+    weights,
+    write_sweep,
+)
 
-from conftest import (SLOW, all_ended, assert_close_weights, children, release_when_requeued, states, wait_until,
-                      weights, write_sweep)
+from commands.cli import main
 from harness.configure import resolve
-from harness.sweep.cli import main
 from harness.sweep.executors.slurm import SlurmExecutor
 from harness.sweep.plan import plan_sweep
 from harness.sweep.spec import load_sweep
-from harness.train import train
+from harness.trainer import train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "multinode_slurm.sh"
 

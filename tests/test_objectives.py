@@ -3,13 +3,20 @@ import math
 
 import pytest
 import torch
-
 from conftest import randomize, tiny
+
 from harness.config import ObjectiveConfig
-from harness.objectives import (DDPMObjective, FlowObjective, discretized_gaussian_log_likelihood,
-                                make_objective, normal_kl, validate_objective)
-from models.config import ConfigError, ModelConfig
+from harness.objectives import (
+    DDPMObjective,
+    FlowObjective,
+    discretized_gaussian_log_likelihood,
+    make_objective,
+    normal_kl,
+    validate_objective,
+)
+from models.config import ModelConfig
 from models.transformer import build_model
+from toolkit.errors import ConfigError
 
 
 def flow(prediction="velocity", **changes) -> FlowObjective:

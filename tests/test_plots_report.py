@@ -10,6 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from conftest import inputs, randomize, run_evaluated_sweep, tiny
 from matplotlib.colors import to_rgb
 
 import harness.sampling
@@ -17,9 +18,10 @@ from analysis.plots import build_figures, log_plots, make_plots, progress_notes,
 from analysis.report import config_differences, failed_runs, write_report
 from analysis.runs import load_sweep_runs, metric_history
 from analysis.samples import GRID_SEED, sample_grids
-from conftest import inputs, randomize, run_evaluated_sweep, tiny
-from models.config import ConfigError, ModelConfig, choices_of
+from models.config import ModelConfig
 from models.transformer import build_model
+from toolkit.errors import ConfigError
+from toolkit.fields import choices_of
 
 LABELS = ["patch-wise", "pixel-wise", "diverges", "+ no pixel pathway"]
 FINISHED = ["patch-wise", "pixel-wise", "+ no pixel pathway"]

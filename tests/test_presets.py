@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from models.complexity import count_flops, measure, with_resolution
-from models.presets import PRESETS, PUBLISHED, miniature, model_config
 from models.families import build_model
+from models.presets import PRESETS, PUBLISHED, miniature, model_config
 from models.transformer import DiffusionTransformer
 
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from harness.repa import RepaEncoder, repa_loss
-from models.config import ConfigError
+from toolkit.errors import ConfigError
 
 SMALL = "vit_small_patch14_dinov2.lvd142m"
 

@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-
 from conftest import NULL, SHAPE, Recorder, gen, labels, randomize, tiny
+
 from harness.config import ObjectiveConfig, SamplerConfig
 from harness.objectives import make_objective
 from harness.sampling import flow_time_grid, sample, validate_sampler
-from models.config import ConfigError, ModelConfig
+from models.config import ModelConfig
 from models.transformer import build_model
-
+from toolkit.errors import ConfigError
 
 
 def flow(prediction="velocity", **changes):
@@ -245,7 +245,8 @@ def test_ddim_update_on_gaussian_data():
     identity map of the continuous probability flow in the limit of many steps."""
     obj = ddpm()
     abar = obj.schedule.table("alphas_cumprod")
-    net = lambda x, t, y: x * (1 - abar[t.round().long()]).sqrt().view(-1, 1, 1, 1)
+    def net(x, t, y):
+        return x * (1 - abar[t.round().long()]).sqrt().view(-1, 1, 1, 1)
     noise = torch.randn((4, *SHAPE), generator=gen())
     gaps = {}
     for steps in (10, 50, 1000):
@@ -264,7 +265,8 @@ def test_ddpm_samplers_with_the_real_model(kind):
                pos_embed="abs_sincos", time_max_period=10000.0)
     model = randomize(build_model(cfg), std=0.02).eval()
     obj = make_objective(ObjectiveConfig(kind="ddpm"), cfg)
-    net = lambda x, t, y: model(x, t, y).prediction
+    def net(x, t, y):
+        return model(x, t, y).prediction
     out = sample(net, obj, SamplerConfig(kind=kind, steps=5, cfg_scale=1.5), torch.tensor([0, 3]), (3, 16, 16),
                  gen(), cfg.num_classes)
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
@@ -274,7 +276,8 @@ def test_flow_sampler_with_the_real_model():
     cfg = tiny(prediction="image")
     model = randomize(build_model(cfg), std=0.02).eval()
     obj = make_objective(ObjectiveConfig(), cfg)
-    net = lambda x, t, y: model(x, t, y).prediction
+    def net(x, t, y):
+        return model(x, t, y).prediction
     out = sample(net, obj, SamplerConfig(kind="heun", steps=3, cfg_scale=2.0, cfg_interval=[0.1, 1.0]),
                  torch.tensor([0, 3]), (3, 16, 16), gen(), cfg.num_classes)
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()

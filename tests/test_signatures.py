@@ -10,9 +10,10 @@ import json
 import os
 from pathlib import Path
 
+from conftest import ROOT
+
 from harness.sweep.plan import plan_sweep
 from harness.sweep.spec import load_sweep
-from conftest import ROOT
 
 GOLDEN = Path(__file__).parent / "golden" / "signatures.json"
 ADVICE = """the signatures of shipped runs changed:

@@ -10,15 +10,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    EXECUTORS,
+    SLOW,
+    SLURM_SKIP,
+    TINY,
+    TINY_OFFLINE_EVAL,
+    all_ended,
+    children,
+    release_when_requeued,
+    states,
+    wait_until,
+    write_sweep,
+)
 
-from conftest import (EXECUTORS, SLOW, SLURM_SKIP, TINY, TINY_OFFLINE_EVAL, all_ended, children,
-                      release_when_requeued, states, wait_until, write_sweep)
+from commands.cli import main
 from harness.checkpoint import load_checkpoint
 from harness.configure import resolve
-from harness.sweep.cli import main
 from harness.sweep.plan import plan_sweep
 from harness.sweep.spec import load_sweep
-from harness.train import train
+from harness.trainer import train
 
 # ---- malformed sweeps: one line naming file and key; nothing submitted, nothing created -------------
 
@@ -28,7 +39,8 @@ from harness.train import train
     (lambda text: text.replace("model.adaln: B", "model.adaln: Q"), "rows[0].set.model.adaln='Q': unknown value"),
     (lambda text: re.sub(r"rows:\n(- .*\n(  .*\n)*)+", "rows: []\n", text), "rows: at least one row"),
     (lambda text: text.replace("label: pixel-wise", "label: patch-wise"), "rows[1].label='patch-wise': duplicate"),
-    (lambda text: text.replace("max_parallel: 4", "max_parallel: 4\n  gpus: 8"), "executor.gpus: unknown executor field"),
+    (lambda text: text.replace("max_parallel: 4", "max_parallel: 4\n  gpus: 8"),
+     "executor.gpus: unknown executor field"),
     (lambda text: text.replace("model.adaln: B", "model: nope"), "rows[0].set.model='nope': unknown option"),
     (lambda text: text.replace("model.depth: 2", "model.depth: deep"), "overrides.model.depth"),
 ])
@@ -44,7 +56,8 @@ def test_malformed_sweeps_fail_before_anything_is_created(sweep_dir, capsys, mut
 def test_plan_resolves_each_run_exactly_as_the_training_job_will(sweep_dir):
     path = write_sweep(sweep_dir, grid={"optim.lr": [1e-3, 2e-3]},
                        rows=[{"label": "base", "set": {"model": "table4_ptc"}, "executor": {"timeout_min": 9}},
-                             {"label": "variant", "set": {"model": "table4_pixelwise", "model.pixel_attention": False}}])
+                             {"label": "variant",
+                              "set": {"model": "table4_pixelwise", "model.pixel_attention": False}}])
     spec = load_sweep(path)
     runs = plan_sweep(spec)
     assert len(runs) == 2 * 2 * 2
@@ -59,7 +72,7 @@ def test_plan_resolves_each_run_exactly_as_the_training_job_will(sweep_dir):
 # ---- end to end: submit, complete, dedup, fail, retry ------------------------------------------
 
 def last_logged_loss(log: str) -> float:
-    lines = [l for l in log.splitlines() if l.startswith("step ")]
+    lines = [line for line in log.splitlines() if line.startswith("step ")]
     return float(lines[-1].split(" loss ")[1].split()[0])
 
 

@@ -4,12 +4,11 @@ import os
 
 import numpy as np
 import pytest
-
-from conftest import SLURM_SKIP, TINY, write_sweep
 import yaml
+from conftest import SLURM_SKIP, TINY, write_sweep
 
+from commands.cli import main
 from harness.sweep import evaluation
-from harness.sweep.cli import main
 from harness.sweep.evaluation import Shard, ShardJob, count_tag, plan_evaluation
 from harness.sweep.plan import load_plan
 from harness.sweep.server import store_uri
@@ -94,7 +93,8 @@ def test_eval_fills_missing_shards_logs_metrics_and_the_table_shows_them(tmp_pat
                  "--set", "eval.sampler.cfg_scale=2.0", "--cache-dir", str(cache)])
     err = capsys.readouterr().err
     assert code == 2 and filled == []
-    assert f"error: {path}: eval12.sampler.cfg_scale='2.0': run pixel-wise-s0-" in err and "was evaluated at this N" in err
+    assert f"error: {path}: eval12.sampler.cfg_scale='2.0': run pixel-wise-s0-" in err
+    assert "was evaluated at this N" in err
 
 
 def test_eval_refuses_bad_arguments_in_one_line(tmp_path, capsys):

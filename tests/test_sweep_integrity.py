@@ -15,21 +15,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, SLOW, TINY, states, tiny_overrides, wait_until, write_sweep
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, SLOW, TINY, states, tiny_overrides, wait_until, write_sweep
-from harness.checkpoint import (CheckpointError, load_checkpoint, load_latest, previous_path, save_checkpoint,
-                                state_digest)
+from commands.cli import main
+from harness.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_latest,
+    previous_path,
+    save_checkpoint,
+    state_digest,
+)
 from harness.config import TrainConfig
 from harness.configure import config_signature, flatten, resolve
-from harness.sweep.cli import main
 from harness.sweep.plan import plan_sweep
 from harness.sweep.processes import pid_alive
 from harness.sweep.spec import load_sweep
 from harness.sweep.store import store_uri
-from harness.train import RunFolderLock, Trainer, train
+from harness.trainer import RunFolderLock, Trainer, train
 from models.config import ModelConfig
-
 
 
 def debug_sweep(folder: Path, name: str, **more) -> Path:
@@ -51,7 +56,8 @@ def files_under(folder: Path) -> set[Path]:
 def test_a_new_field_whose_default_keeps_the_old_behaviour_changes_no_signature(monkeypatch):
     cfg = resolve(["+experiment=tiny_digits"]).cfg
     before = config_signature(cfg)
-    extended = dataclasses.make_dataclass("ExtendedModelConfig", [("new_switch", bool, dataclasses.field(default=False))],
+    new_field = ("new_switch", bool, dataclasses.field(default=False))
+    extended = dataclasses.make_dataclass("ExtendedModelConfig", [new_field],
                                           bases=(ModelConfig,))
     upgraded = dataclasses.replace(cfg, model=extended(**dataclasses.asdict(cfg.model)))
     monkeypatch.setattr("harness.configure.schema_defaults",

@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import run_evaluated_sweep
 from scipy import stats
 
 from analysis.runs import SweepRuns, load_sweep_runs
 from analysis.stats import paired_t, t_interval
 from analysis.table import build_table, latex_escape
-from conftest import run_evaluated_sweep
-from harness.sweep.cli import main
+from commands.cli import main
 from harness.sweep.spec import load_sweep
 from models.complexity import measure
 from models.presets import model_config
@@ -69,7 +69,8 @@ def test_table_cells_equal_the_runs_numbers_and_scipy(sweep):
         assert frame.loc[label, "fd std"] == pytest.approx(statistics.stdev(values), rel=1e-12)
         assert frame.loc[label, "fd n"] == 2
         low, high = stats.t.interval(0.95, 1, loc=np.mean(values), scale=stats.sem(values))
-        assert (frame.loc[label, "fd ci_low"], frame.loc[label, "fd ci_high"]) == (pytest.approx(low), pytest.approx(high))
+        interval = (frame.loc[label, "fd ci_low"], frame.loc[label, "fd ci_high"])
+        assert interval == (pytest.approx(low), pytest.approx(high))
         assert [frame.loc[label, f"fd seed {s}"] for s in (0, 1)] == pytest.approx([per_seed[label][s] for s in (0, 1)])
     a, b = [per_seed["patch-wise"][s] for s in (0, 1)], [per_seed["pixel-wise"][s] for s in (0, 1)]
     reference = stats.ttest_rel(a, b)
@@ -113,8 +114,10 @@ def test_n2_marks_interval_and_test_unreliable_and_bolds_nothing(sweep):
     delta = next(c for c in shown.columns if c.startswith("Δ vs pixel-wise"))
     for label in ("patch-wise", "+ no pixel pathway"):
         assert "†" in shown.loc[label, delta] and "(df=1): unreliable (< 3 seed pairs)" in shown.loc[label, delta]
-        assert "better" not in shown.loc[label, delta].split(";")[0] and "worse" not in shown.loc[label, delta].split(";")[0]
-    assert "pixel-wise" not in {d.bold for d in table.bold.values()} and all(d.bold is None for d in table.bold.values())
+        verdict = shown.loc[label, delta].split(";")[0]
+        assert "better" not in verdict and "worse" not in verdict
+    decisions = table.bold.values()
+    assert "pixel-wise" not in {d.bold for d in decisions} and all(d.bold is None for d in decisions)
     markdown, latex, html = table.to_markdown(), table.to_latex(), table.to_html()
     assert "**" not in markdown and r"\textbf" not in latex and "<strong>" not in html
     assert "†: n < 3 (or fewer than 3 seed pairs): interval and test unreliable, never bold." in markdown
@@ -192,7 +195,8 @@ def test_ours_and_the_papers_columns_say_what_they_are(sweep):
     table = build_table(sweep, metric="fd")
     params = sweep.frame[sweep.frame["state"] == "done"].iloc[0]
     dataset, resolution = params["param.data.name"], params["param.data.resolution"]
-    ours = f"ours: FD (held-out-split classifier), {dataset} {resolution} px, {params['param.eval.num_samples']} samples ↓"
+    samples = params["param.eval.num_samples"]
+    ours = f"ours: FD (held-out-split classifier), {dataset} {resolution} px, {samples} samples ↓"
     paper = "paper: gFID-50K, ImageNet 256x256 (PixelDiT Table 4) ↓"
     shown = table.display()
     assert ours in shown.columns and paper in shown.columns
@@ -218,8 +222,10 @@ def test_paper_numbers_are_validated_where_the_file_is_read(tmp_path):
         assert message.startswith(str(path)) and "\n" not in message
         return message
 
-    assert "rows[0].paper.fid='n/a': expected the paper's number" in refused(rows=[{"label": "a", "paper": {"fid": "n/a"}}])
-    assert "paper_metric.fd: no row has a paper.fd number" in refused(paper_metric={"fd": {"metric": "x", "dataset": "y"}})
+    not_a_number = refused(rows=[{"label": "a", "paper": {"fid": "n/a"}}])
+    assert "rows[0].paper.fid='n/a': expected the paper's number" in not_a_number
+    unused = refused(paper_metric={"fd": {"metric": "x", "dataset": "y"}})
+    assert "paper_metric.fd: no row has a paper.fd number" in unused
     assert "(did you mean dataset?)" in refused(paper_metric={"fid": {"metric": "FID", "datset": "y"}})
     assert "paper_metric.fid.dataset: required" in refused(paper_metric={"fid": {"metric": "FID"}})
     assert "rows[0].paper.fid: paper_metric has no entry" in refused(
@@ -308,7 +314,8 @@ def test_latex_compiles_with_pdflatex(sweep, tmp_path):
                 + "\n" + awkward + "\n\\end{document}\n")
     (tmp_path / "table.tex").write_text(document)
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "table.tex"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120, env={**os.environ, "TEXMFOUTPUT": str(tmp_path)})
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TEXMFOUTPUT": str(tmp_path)})
     assert result.returncode == 0, result.stdout[-3000:]
     assert (tmp_path / "table.pdf").read_bytes()[:5] == b"%PDF-"
     log = (tmp_path / "table.log").read_text(errors="replace")

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY_OFFLINE_EVAL, assert_close_weights, tiny_overrides, weights
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY_OFFLINE_EVAL, assert_close_weights, tiny_overrides, weights
 from harness.configure import resolve
-from harness.train import NonFiniteLoss, train
-from harness.train_cli import main
-
+from harness.train import main
+from harness.trainer import NonFiniteLoss, train
 
 
 @pytest.fixture(scope="session")
@@ -242,7 +241,8 @@ def test_fsdp_with_activation_checkpointing_trains_like_ddp_and_resumes_its_full
     ddp_args = tiny_overrides(tmp_path, "ddp", **SLOW)
     seed_store(tmp_path / "runs" / "ddp")
     finished(torchrun(ddp_args, port=29518))
-    args = tiny_overrides(tmp_path, "fsdp", **SLOW, **{"train.parallel": "fsdp", "train.activation_checkpointing": True})
+    sharded = {"train.parallel": "fsdp", "train.activation_checkpointing": True}
+    args = tiny_overrides(tmp_path, "fsdp", **SLOW, **sharded)
     run_dir = tmp_path / "runs" / "fsdp"
     seed_store(run_dir)
     proc = torchrun(args, port=29519)

@@ -19,11 +19,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import TINY, TINY_OFFLINE_EVAL, write_sweep
 from mlflow.tracking import MlflowClient
 
 from analysis.ui import start_ui, stop_ui
-from conftest import TINY, TINY_OFFLINE_EVAL, write_sweep
-from harness.sweep.cli import main
+from commands.cli import main
 from harness.sweep.server import pid_alive, store_uri
 from harness.sweep.spec import load_sweep
 
@@ -46,7 +46,8 @@ def finished_sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ui_sweep")
     path = write_sweep(folder, "ui_sweep", executor="debug", seeds=[0], description=DESCRIPTION,
                        notes="Two rows, one seed: a UI check.",
-                       overrides={**TINY, **TINY_OFFLINE_EVAL, "eval.at_steps": [2], "eval.cache_dir": str(folder / "cache")})
+                       overrides={**TINY, **TINY_OFFLINE_EVAL, "eval.at_steps": [2],
+                                  "eval.cache_dir": str(folder / "cache")})
     assert main([str(path)]) == 0
     return load_sweep(path)
 

@@ -31,10 +31,10 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from models.config import ConfigError, closest
+from toolkit.errors import ConfigError, closest
+from toolkit.files import atomic_write, atomic_write_text
 
 from ..config import SamplerConfig
-from ..files import atomic_write, atomic_write_text
 from .executors import Task, executor_class
 from .plan import PlannedRun, load_plan
 from .spec import SweepSpec
@@ -363,7 +363,7 @@ def evaluate_sweep(spec: SweepSpec, runs: list[PlannedRun], label: Optional[str]
 # The command (parsed by cli.py)
 # =============================================================================================
 def eval_command(spec: SweepSpec, args) -> int:
-    """`run_sweep.py eval`: its parsed arguments (harness/sweep/cli.py) -> `evaluate_sweep`."""
+    """`run_sweep.py eval`: its parsed arguments (commands/cli.py) -> `evaluate_sweep`."""
     from ..adm_metrics import parse_metrics
     return evaluate_sweep(spec, load_plan(spec), label=args.label, num=args.num,
                           shards=args.shards, reference=args.reference, sets=args.set, seed=args.seed,

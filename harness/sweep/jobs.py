@@ -20,7 +20,7 @@ from pathlib import Path
 
 import submitit
 
-from ..files import atomic_write_text
+from toolkit.files import atomic_write_text
 
 JOB_FAILURE_FILE = "job_failure.json"
 RUN_LOG_FILE = "job.log"
@@ -115,7 +115,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         with run_log(folder) as log:
             try:
                 from ..configure import resolve
-                from ..train import Interrupted, train
+                from ..trainer import Interrupted, train
                 if "SLURM_JOB_ID" in os.environ:
                     _distributed_env()
                 try:

@@ -17,9 +17,10 @@ from mlflow.entities import RunTag
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from toolkit.files import atomic_write_text
+
 from ..config import TrainConfig
 from ..configure import SIGNATURE_VERSION, affects_result, config_signature, schema_keys
-from ..files import atomic_write_text
 from .spec import SweepSpec
 from .state import manifest_path, read_manifest
 from .store import all_runs, open_store

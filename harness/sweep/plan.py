@@ -20,12 +20,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from models.complexity import measure
-from models.config import ConfigError, ModelConfig
+from models.config import ModelConfig
+from toolkit.errors import ConfigError
+from toolkit.files import atomic_write_text
 
 from ..config import TrainConfig
 from ..configure import compose_config, config_error, config_signature, validate
 from ..data import validate_data
-from ..files import atomic_write_text
 from .executors import ExecutorSpec
 from .spec import SweepError, SweepSpec
 

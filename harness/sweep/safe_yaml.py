@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from models.config import ConfigError
+from toolkit.errors import ConfigError
 
 MAX_BYTES = 1 << 20            # a sweep file is a page of text; 1 MiB is far beyond any real one
 MAX_EXPANDED_NODES = 100_000   # nodes after expanding every alias

@@ -42,7 +42,7 @@ from typing import Any, Optional
 
 import yaml
 
-from models.config import ConfigError, closest
+from toolkit.errors import ConfigError, closest
 
 from ..configure import SEED_RANGE
 from .executors import ExecutorSpec, parse_spec

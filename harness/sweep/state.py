@@ -14,7 +14,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from ..files import atomic_write_text
+from toolkit.files import atomic_write_text
+
 from .executors import JobRecord, executor_class
 from .jobs import JOB_FAILURE_FILE
 from .plan import PlannedRun

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from models.config import ConfigError
+from toolkit.errors import ConfigError
 
 from ..tracking import ensure_experiment
 from .spec import SweepSpec

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from models.config import ConfigError, closest, from_omegaconf, unknown
+from toolkit.errors import ConfigError, closest, from_omegaconf, unknown
 
 
 def count(default: int, minimum: int = 1):

@@ -18,7 +18,7 @@ from typing import Optional
 
 import submitit
 
-from models.config import ConfigError
+from toolkit.errors import ConfigError
 
 from . import Executor, ExecutorSpec, JobRecord, Task, count, register
 

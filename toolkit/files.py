@@ -1,11 +1,14 @@
-"""Atomic file writes: a temporary file in the same folder, renamed over the target when complete.
+"""Files: atomic writes, content hashes, the cache folder.
 
-A process killed mid-write leaves the previous file intact (checkpoints, caches, manifests).
+An atomic write goes to a temporary file in the same folder, renamed over the target when complete: a process
+killed mid-write leaves the previous file intact (checkpoints, caches, manifests).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -33,3 +36,20 @@ def default_cache_dir() -> Path:
     """Where caches go when the caller names none (metric networks, reference statistics):
     $DITLAB_CACHE or ~/.cache/ditlab."""
     return Path(os.environ.get("DITLAB_CACHE", "~/.cache/ditlab")).expanduser()
+
+
+def sha256(path: str | Path) -> str:
+    """A file's sha256, read once per (file, size, modification time): a run's signature, its tag and the
+    metric caches all ask for the same multi-GB weights files."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -8,15 +8,14 @@ import sys
 
 from rich.console import Console
 
-from models.config import ConfigError, closest
-
-from .executors import EXECUTORS, Task, executor_class
-from . import progress
-from .jobs import RUN_LOG_FILE, TrainJob
-from .plan import PlannedRun, check_data_paths, data_paths, load_plan, plan_sweep, write_plan_cache
-from .spec import SweepSpec, load_sweep
-from .state import RunState, new_manifest, read_manifest, record_submission, sweep_states
-from .store import NotSubmitted, open_store, prepare_store, store_uri
+from harness.sweep import progress
+from harness.sweep.executors import EXECUTORS, Task, executor_class
+from harness.sweep.jobs import RUN_LOG_FILE, TrainJob
+from harness.sweep.plan import PlannedRun, check_data_paths, data_paths, load_plan, plan_sweep, write_plan_cache
+from harness.sweep.spec import SweepSpec, load_sweep
+from harness.sweep.state import RunState, new_manifest, read_manifest, record_submission, sweep_states
+from harness.sweep.store import NotSubmitted, open_store, prepare_store, store_uri
+from toolkit.errors import ConfigError, closest
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -33,19 +32,19 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "cancel":
             return cancel_command(spec)
         if args.command == "migrate":
-            from .migrate import migrate_command
+            from harness.sweep.migrate import migrate_command
             return migrate_command(spec, dry_run=args.dry_run)
         if args.command == "submit":
             return submit_command(spec, plan_sweep(spec), args)
         if args.command == "eval":
-            from .evaluation import check_arguments
+            from harness.sweep.evaluation import check_arguments
             check_arguments(spec, args.label, args.num, args.shards)
         manifest = read_manifest(spec)
         open_store(spec, manifest)            # nothing submitted, or a store gone: one line, no file created
         if args.command in ("table", "report", "ui"):
             return analysis_command(spec, args)
         if args.command == "eval":
-            from .evaluation import eval_command
+            from harness.sweep.evaluation import eval_command
             return eval_command(spec, args)
         return {"status": status_command, "logs": logs_command}[args.command](spec, load_plan(spec), args)
     except ConfigError as err:
@@ -84,7 +83,7 @@ def submit_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
     hint = "; --retry resubmits the failed ones" if counts["failed"] and not args.retry else ""
     print(f"{len(todo)} of {len(runs)} runs to submit" + (f" ({others}{hint})" if others else ""))
     jobs, parent_id = [], None
-    from .server import running_server, start_server, stop_server
+    from harness.sweep.server import running_server, start_server, stop_server
     server_url = running_server(spec)
     server_was_up = server_url is not None
     if todo:
@@ -139,7 +138,7 @@ def description_tags(spec: SweepSpec) -> dict[str, str]:
 def show_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
     """`--dry-run --show LABEL [--seed S]`: one run's config as its job will resolve it, and what it changes
     from the baseline row at the same seed and grid point (bookkeeping and switches without effect left out)."""
-    from ..configure import affects_result, config_differences, flatten, resolve
+    from harness.configure import affects_result, config_differences, flatten, resolve
     run = pick_run(spec, runs, args.show, args.seed, "--show", first_seed=True)
     base = next(r for r in runs if r.label == spec.baseline_label and r.seed == run.seed and r.grid == run.grid)
     resolved = resolve(run.overrides(spec, store_uri(spec)), source=str(spec.path), check_paths=False)
@@ -252,7 +251,7 @@ def logs_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
 
 
 def server_command(spec: SweepSpec, args) -> int:
-    from .server import start_server, stop_server
+    from harness.sweep.server import start_server, stop_server
     if args.stop:
         print("stopped" if stop_server(spec) else "no server was running")
         return 0

@@ -19,7 +19,7 @@ read results (status, logs, table, report, ui, eval) on a sweep never submitted 
 and create nothing; so does any command whose store or manifest disappeared or changed.
 
 This module parses the command line only (`--help` answers before mlflow, torch or hydra are imported); the
-commands are in `commands.py`.
+commands are in `verbs.py`.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import argparse
 import os
 import sys
 
-from models.cli import COMMAND_LINE, ArgumentParser, add_verbose, quiet, run
-from models.config import ConfigError, closest
+from toolkit.cli import COMMAND_LINE, ArgumentParser, add_verbose, quiet, run
+from toolkit.errors import ConfigError, closest
 
 COMMANDS = ("submit", "status", "cancel", "logs", "mlflow-server", "migrate", "table", "report", "ui", "eval")
 
@@ -126,5 +126,5 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     quiet(args.verbose)                         # before mlflow is imported: it configures its loggers then
-    from .commands import run_command
+    from .verbs import run_command
     return run_command(args)

@@ -17,7 +17,7 @@ import re
 import sys
 from typing import Callable
 
-from .config import ConfigError, closest
+from .errors import ConfigError, closest
 
 COMMAND_LINE = "command line"
 # Library settings for a quiet run, read from the environment, so the jobs and servers a command starts (which
