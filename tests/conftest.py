@@ -9,11 +9,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from commands.verbs import current_states
-from harness.sweep.plan import plan_sweep
 from harness.sweep.server import stop_server
 from harness.sweep.spec import SweepError, load_sweep
 from harness.sweep.store import store_uri
+from harness.sweep.sweep import Sweep
 from models.config import ModelConfig
 from toolkit.errors import ConfigError
 
@@ -156,8 +155,7 @@ def release_when_requeued(job_id: str) -> None:
 
 
 def states(path: Path) -> dict:
-    spec = load_sweep(path)
-    return {(s.run.label, s.run.seed): s for s in current_states(spec, plan_sweep(spec))}
+    return {(s.run.label, s.run.seed): s for s in Sweep.open(path).states()}
 
 
 def all_ended(path: Path) -> bool:
@@ -174,7 +172,7 @@ def sweep_dir(tmp_path):
         except SweepError:                          # a deliberately malformed file started none
             continue
         try:
-            cancel_command(spec)
+            cancel_command(Sweep(spec))
         except ConfigError:                         # nothing was submitted
             pass
         stop_server(spec)

@@ -18,6 +18,7 @@ from analysis.plots import build_figures, log_plots, make_plots, progress_notes,
 from analysis.report import config_differences, failed_runs, write_report
 from analysis.runs import load_sweep_runs, metric_history
 from analysis.samples import GRID_SEED, sample_grids
+from harness.sweep.sweep import Sweep
 from models.config import ModelConfig
 from models.transformer import build_model
 from toolkit.errors import ConfigError
@@ -35,7 +36,7 @@ def sweep_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep(sweep_path):
-    runs = load_sweep_runs(sweep_path)
+    runs = load_sweep_runs(Sweep.open(sweep_path))
     states = dict(zip(zip(runs.frame["label"], runs.frame["seed"]), runs.frame["state"]))
     assert states == {(label, seed): "failed" if label == "diverges" else "done" for label in LABELS
                       for seed in (0, 1)}, states
@@ -44,7 +45,7 @@ def sweep(sweep_path):
 
 @pytest.fixture(scope="module")
 def report(sweep_path, sweep):
-    return write_report(sweep_path)
+    return write_report(Sweep.open(sweep_path))
 
 
 def outputs_text(notebook) -> str:
@@ -77,7 +78,7 @@ def test_every_plot_is_written_as_png_and_pdf(sweep, tmp_path):
 def test_each_row_has_one_colour_in_every_figure(sweep):
     colours = row_colours(sweep)
     assert list(colours) == LABELS and len(set(colours.values())) == len(LABELS)
-    assert colours == row_colours(load_sweep_runs(sweep.spec.path))            # fixed, not random
+    assert colours == row_colours(load_sweep_runs(Sweep.open(sweep.spec.path)))            # fixed, not random
     figures = build_figures(sweep, "fd")
     for name, fig in figures.items():
         seen = set()
@@ -117,7 +118,7 @@ def test_progress_plots_need_two_evaluation_points(sweep_path, sweep):
     """The runs evaluated fd at steps 2 and 4: a progress plot. With the history cut to its last point
     (as a sweep evaluated only at the end logs it), the figure is left out and one sentence says why."""
     assert progress_notes(sweep, "fd") == []
-    once = load_sweep_runs(sweep_path)
+    once = load_sweep_runs(Sweep.open(sweep_path))
     history = metric_history(once, "fd")
     assert sorted(set(history["step"])) == [2, 4]
     once.histories["fd"] = history[history["step"] == 4]
@@ -283,8 +284,9 @@ def test_report_html_hides_code_and_shows_plus_labels_as_text(report):
     nb = nbformat.read(notebook_path, as_version=4)
     html = html_path.read_text()
     code = [c.source for c in nb.cells if c.cell_type == "code"]
-    assert any("load_sweep_runs(sweep_path)" in source for source in code)           # the notebook keeps it
-    assert "load_sweep_runs(sweep_path)" not in html and "hl-ipython3" not in html   # the HTML does not show it
+    loading = "load_sweep_runs(Sweep.open(sweep_path))"
+    assert any(loading in source for source in code)                   # the notebook keeps it
+    assert loading not in html and "hl-ipython3" not in html           # the HTML does not show it
     # "+ no pixel pathway" is a label, not a bullet list: as text in the rows list and in bold captions
     assert "<ul" not in html
     assert "<li>+ no pixel pathway</li>" in html

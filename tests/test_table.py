@@ -23,6 +23,7 @@ from analysis.stats import paired_t, t_interval
 from analysis.table import build_table, latex_escape
 from commands.cli import main
 from harness.sweep.spec import load_sweep
+from harness.sweep.sweep import Sweep
 from models.complexity import measure
 from models.presets import model_config
 
@@ -45,7 +46,7 @@ def sweep_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sweep(sweep_path):
-    return load_sweep_runs(sweep_path)
+    return load_sweep_runs(Sweep.open(sweep_path))
 
 
 def final_metrics(sweep, label):
@@ -159,7 +160,7 @@ def synthetic_sweep(tmp_path, values: dict) -> SweepRuns:
     records = [{"label": label, "row": i, "seed": s, "grid": "{}", "state": "done" if v is not None else "failed",
                 "params": 1, "gflops": 1.0, "metric.fd": v, "metric.loss": 1.0}
                for i, (label, seeds) in enumerate(values.items()) for s, v in enumerate(seeds)]
-    return SweepRuns(load_sweep(path), [], pd.DataFrame(records), None, None)
+    return SweepRuns(Sweep.open(path), pd.DataFrame(records))
 
 
 def bold_rows(markdown: str) -> list[str]:
