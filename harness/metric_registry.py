@@ -21,21 +21,17 @@ from typing import Iterable
 
 @dataclass(frozen=True)
 class Scorer:
-    """What computes metrics. One with `builds` scores the samples of each evaluation during training and is an
-    `eval.metric` value; the others compute theirs elsewhere."""
+    """What computes metrics. One that `builds` a class scores the samples of each evaluation during training and
+    is an `eval.metric` value; the others compute theirs elsewhere."""
     name: str
-    words: str
     builds: str | None = None      # "module:Class" with `from_config(cfg, dataset, device)`: an `eval.metric` value
 
 
 SCORERS = (    # the first is eval.metric's default: its value is in every run's signature, keep it first
-    Scorer("fid", "FID by ADM's protocol with the TF FID Inception [Heusel et al. 2017; ADM's evaluator]",
-           "harness.metrics:InceptionFID"),
-    Scorer("offline", "a small classifier fitted on the dataset's held-out split (embedded datasets)",
-           "harness.metrics:OfflineMetric"),
-    Scorer("adm", "ADM's evaluation suite (harness.adm_metrics) on N samples of a finished run, by "
-           "`run_sweep.py eval`, logged with the sample count appended (fid50k, precision12)"),
-    Scorer("training", "the training loop (harness.trainer)"),
+    Scorer("fid", "harness.metrics:InceptionFID"),      # FID by ADM's protocol, the TF FID Inception
+    Scorer("offline", "harness.metrics:OfflineMetric"),   # a classifier fitted on an embedded dataset's held-out split
+    Scorer("adm"),            # ADM's suite (harness.adm_metrics) by `run_sweep.py eval`: names get the count (fid50k)
+    Scorer("training"),       # the training loop (harness.trainer)
 )
 EVAL_METRIC_CHOICES = (*(s.name for s in SCORERS if s.builds), "none")   # eval.metric: a scorer, or no evaluation
 
@@ -50,6 +46,7 @@ class Metric:
     higher_is_better: bool = False
     sample_based: bool = False      # computed on generated samples: its sample count belongs in its label
     priority: int | None = None     # which logged metric a view (table, status, UI) shows by default: lowest first
+                                    # (spaced, so that a new one fits between)
     companion: bool = False         # shown beside the table's chosen metric when the runs logged it
     chance: bool = False            # an accuracy over the classes: its chance level (1 / classes) is in its label
     aliases: tuple[str, ...] = ()   # other names for it: a sweep's `paper:` keys, `--metrics`
@@ -60,8 +57,8 @@ class Metric:
 
 
 METRICS = (    # in display order: the ADM suite's metrics are computed and printed in this order
-    Metric("fid", "FID", ("fid", "adm"), "FID{samples} (Inception)", sample_based=True, priority=0),
-    Metric("fd", "FD", ("offline",), "FD (held-out-split classifier)", sample_based=True, priority=1),
+    Metric("fid", "FID", ("fid", "adm"), "FID{samples} (Inception)", sample_based=True, priority=10),
+    Metric("fd", "FD", ("offline",), "FD (held-out-split classifier)", sample_based=True, priority=20),
     Metric("class_acc", "class accuracy", ("offline",), "class accuracy (held-out-split classifier)",
            higher_is_better=True, sample_based=True, companion=True, chance=True, aliases=("acc",)),
     Metric("sfid", "sFID", ("adm",), sample_based=True),
@@ -69,7 +66,7 @@ METRICS = (    # in display order: the ADM suite's metrics are computed and prin
            aliases=("inception_score", "isc")),
     Metric("precision", "Precision", ("adm",), higher_is_better=True, sample_based=True),
     Metric("recall", "Recall", ("adm",), higher_is_better=True, sample_based=True),
-    Metric("loss", "training loss", ("training",), priority=2),
+    Metric("loss", "training loss", ("training",), priority=90),
     Metric("images_per_s", "training images/s", ("training",), higher_is_better=True),
     Metric("peak_memory_gb", "peak GPU memory (GB)", ("training",)),
     Metric("classifier_acc", "held-out-split classifier's accuracy on training images", ("offline",),

@@ -224,6 +224,6 @@ def registered_metric(monkeypatch):
     """A new metric declared only by one entry of harness/metric_registry.py (as a scorer's `evaluate()` would log
     it): higher is better, sample-based, shown before any other. Tests log its values themselves."""
     metric = metric_registry.Metric("sharpness", "sharpness", ("offline",), "sharpness (edge energy of samples)",
-                                    higher_is_better=True, sample_based=True, priority=-1)
+                                    higher_is_better=True, sample_based=True, priority=0)
     monkeypatch.setattr(metric_registry, "METRICS", (*metric_registry.METRICS, metric))
     return metric

@@ -62,7 +62,7 @@ class Sharpness(SampleScorer):
 
 
 def test_a_scorer_added_to_the_registry_is_what_build_metric_builds(monkeypatch, registered_metric):
-    scorer = metric_registry.Scorer("sharpness", "edge energy of samples", f"{__name__}:Sharpness")
+    scorer = metric_registry.Scorer("sharpness", f"{__name__}:Sharpness")
     monkeypatch.setattr(metric_registry, "SCORERS", (*metric_registry.SCORERS, scorer))
     cfg, dataset = SimpleNamespace(eval=SimpleNamespace(metric="sharpness")), object()
     built = evaluate.build_metric(cfg, dataset, "cpu")
