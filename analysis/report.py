@@ -33,6 +33,7 @@ import pandas as pd
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from harness import configure
+from harness.metric_registry import sample_metrics_of_training
 from harness.sweep.sweep import Sweep
 from models.config import ModelConfig
 from toolkit.cli import kernel_arguments
@@ -233,7 +234,7 @@ def samples_markdown(sweep: SweepRuns, grids) -> list[tuple[str, str | None]]:
             continue
         same = (frame["label"] == grid.label) & (frame["grid"] == grid.grid) & (frame["seed"] == grid.seed)
         run = frame[same].iloc[0]
-        scores = ", ".join(f"{key} {run[f'metric.{key}']:.4g}" for key in ("fid", "fd", "class_acc")
+        scores = ", ".join(f"{key} {run[f'metric.{key}']:.4g}" for key in sample_metrics_of_training()
                            if f"metric.{key}" in run and pd.notna(run[f"metric.{key}"]))
         out.append((f"**{_md(name)}**: seed {grid.seed}, step {grid.step}" + (f"; this run's {scores}" if scores
                     else "") + ".", str(grid.path)))

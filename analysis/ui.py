@@ -26,6 +26,7 @@ import subprocess
 import sys
 import urllib.parse
 
+from harness.metric_registry import shown_by_default
 from harness.sweep.processes import stop_groups
 from harness.sweep.server import answers, launch_mlflow_server
 from harness.sweep.spec import SweepError, SweepSpec
@@ -57,7 +58,6 @@ def prepare_view(sweep: Sweep) -> tuple[str, str]:
 
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."       # MLflow's prefix of a shared view's experiment tag
-METRICS = ("fid", "fd")                           # the metric shown: the first the runs logged, else the loss
 COLUMN_WIDTH = 110                                # pixels: a number to 4 digits, a parameter's value
 
 
@@ -69,7 +69,7 @@ def view_state(spec: SweepSpec, runs: list) -> dict:
     from harness.configure import affects_result
     children = [run for run in runs if "label" in run.data.tags]
     logged = {key for run in children for key in run.data.metrics}
-    metric = next((m for m in METRICS if m in logged), "loss")
+    metric = shown_by_default(logged)
     keys = sorted({key for run in children for key in run.data.params})
     switched = [key for key in keys if key != "run.seed" and affects_result(key)
                 and len({run.data.params.get(key) for run in children}) > 1]

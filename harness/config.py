@@ -15,6 +15,8 @@ from typing import Dict, List, Optional
 from models.config import ModelConfig
 from toolkit.fields import choice
 
+from .metric_registry import EVAL_METRIC_CHOICES
+
 
 @dataclass
 class ObjectiveConfig:
@@ -122,7 +124,8 @@ class TrainLoopConfig:
 
 @dataclass
 class EvalConfig:
-    metric: str = choice("fid", "offline", "none")   # fid (Inception) | offline (embedded datasets) | none
+    metric: str = choice(*EVAL_METRIC_CHOICES)   # what scores samples during training: a scorer of
+                                       # harness/metric_registry.py (fid: Inception, offline: embedded datasets) | none
     at_epochs: List[float] = field(default_factory=list)   # PixelDiT reports 80/160/320
     at_steps: List[int] = field(default_factory=list)
     at_end: bool = True

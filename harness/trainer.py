@@ -36,8 +36,7 @@ from .checkpoint import CheckpointError, keep_copy, load_checkpoint, load_latest
 from .configure import SIGNATURE_VERSION, ResolvedConfig
 from .data import StepBatches, build_dataset
 from .ema import EMA
-from .evaluate import OFFLINE_ACCURACY_IMAGES, build_metric, generate
-from .metrics import OfflineMetric
+from .evaluate import build_metric, generate
 from .objectives import make_objective
 from .optim import base_lr, build_optimizer, clip_at, lr_at
 from .tracking import NullTracker, Tracker, migrated_signatures, write_json
@@ -162,10 +161,8 @@ class Trainer:
                                   f"gives {self.encoder.dim}-d features")
         self.env = distributed.init(self.device)
         self.metric = build_metric(cfg, self.dataset, self.device) if self.env.is_main else None
-        if isinstance(self.metric, OfflineMetric):
-            print(f"offline metric: classifier fitted on the {cfg.data.name} held-out split, accuracy "
-                  f"{self.metric.classifier_acc:.3f} on {min(len(self.dataset), OFFLINE_ACCURACY_IMAGES)} "
-                  f"training images it never saw", flush=True)
+        if self.metric is not None and self.metric.note:
+            print(self.metric.note, flush=True)
         self.batches = StepBatches(self.dataset, cfg.train.global_batch, cfg.run.seed, self.env.rank,
                                    self.env.world_size, cfg.data.hflip, cfg.data.num_workers)
         if self.batches.local_batch % cfg.train.grad_accum:
@@ -422,8 +419,9 @@ class Trainer:
             return tracker.run_id
 
         self.run_id = distributed.from_main(open_tracker, self.env)
-        if isinstance(self.metric, OfflineMetric):            # how far its class judgements can be trusted
-            tracker.log_metrics({"classifier_acc": self.metric.classifier_acc}, 0)
+        scorer_numbers = self.metric.own_metrics() if self.metric is not None else {}    # offline: classifier_acc
+        if scorer_numbers:
+            tracker.log_metrics(scorer_numbers, 0)
         stop = StopFlag()
         stop.install()
         metrics: dict[str, float] = {}

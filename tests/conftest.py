@@ -9,6 +9,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from harness import metric_registry
 from harness.sweep.server import stop_server
 from harness.sweep.spec import SweepError, load_sweep
 from harness.sweep.store import store_uri
@@ -212,3 +213,15 @@ def children(path: Path):
     return client, parents, kids
 
 
+
+
+# ---- a metric added by its registry entry alone ----
+
+@pytest.fixture
+def registered_metric(monkeypatch):
+    """A new metric declared only by one entry of harness/metric_registry.py (as a scorer's `evaluate()` would log
+    it): higher is better, sample-based, shown before any other. Tests log its values themselves."""
+    metric = metric_registry.Metric("sharpness", "sharpness", ("offline",), "sharpness (edge energy of samples)",
+                                    higher_is_better=True, sample_based=True, priority=0)
+    monkeypatch.setattr(metric_registry, "METRICS", (*metric_registry.METRICS, metric))
+    return metric

@@ -181,6 +181,7 @@ def test_offline_evaluation_logs_metrics_and_a_sample_grid(tmp_path):
     client, run = mlflow_run(result.run_dir)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "fd")] == [2, 4]
     assert 0 <= run.data.metrics["class_acc"] <= 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "classifier_acc")] == [0]   # the scorer's own
     assert {a.path for a in client.list_artifacts(run.info.run_id, "samples")} == {
         "samples/step00000002.png", "samples/step00000004.png"}
     assert (result.run_dir / "checkpoints" / "step00000002.pt").exists()

@@ -35,17 +35,13 @@ from toolkit.errors import ConfigError, closest
 from toolkit.files import atomic_write, atomic_write_text
 
 from ..config import SamplerConfig
+from ..metric_registry import count_tag
 from .executors import Task, executor_class
 from .plan import PlannedRun
 from .spec import SweepSpec
 from .sweep import Sweep
 
 SHARD_FORMAT = "shard_{:05d}.npz"
-
-
-def count_tag(num: int) -> str:
-    """50000 -> "50k", 40 -> "40": the suffix of the metric names and of the params' prefix."""
-    return f"{num // 1000}k" if num % 1000 == 0 else str(num)
 
 
 @dataclass(frozen=True)
