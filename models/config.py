@@ -27,6 +27,8 @@ ADALN_BLOCKS = "architecture=transformer, time_conditioning=adaln"   # the Diffi
 
 @dataclass
 class ModelConfig:
+    FAMILY_FIELD = "architecture"  # the field whose values `family=` names (a class attribute, not a field)
+
     # ---- input -------------------------------------------------------------------------------
     input_size: int = 256          # H = W of the network input: pixels, or latent cells (DiT: 32)
     in_channels: int = switch(3, cite={"DiT": "SD-VAE latents: 4 channels"})
@@ -207,13 +209,13 @@ class ModelConfig:
 
     # ---- DiffiT [DiffiT 3.2, appendix H-I] -------------------------------------------------------
     architecture: str = choice("transformer", "unet")   # the model family (models/families.py): transformer: the
-                                        # flat model above (DiT/JiT/PixelDiT/SiT/latent DiffiT) | unet: DiffiT's image-
-                                        # space U-Net (uses the unet_* fields, not depth/hidden_size/num_heads/
+                                        # flat model above (DiT/JiT/PixelDiT/SiT/latent DiffiT) | unet: DiffiT's
+                                        # image-space U-Net (uses the unet_* fields, not depth/hidden_size/num_heads/
                                         # patch_size or the pixel pathway)
     time_conditioning: str = choice("adaln", "tmsa", family="transformer", cite={
         "DiT": "adaLN-Zero", "DiffiT": "5.9: TMSA instead of DiT's modulation"})
                                         # flat model's blocks: adaln: adaLN-Zero (DiT) | tmsa: DiffiT blocks, the time
-                                        # token enters only through them (TMSA instead of DiT's modulation)
+                                        # token enters only through them (TMSA instead of DiT's modulation, DiffiT 5.9)
     tmsa_time: str = choice("qkv", "none", "rel_bias", "mlp", inert_when=ADALN_BLOCKS, cite={
         "DiffiT": "eq. 3-5: q, k, v each take a projection of the time token (Table 6)"})
                                         # where a DiffiT block takes the time token, DiffiT's Table 6: qkv (TMSA) |
@@ -341,5 +343,5 @@ class ModelConfig:
     def inert_fields(self) -> dict[str, str]:
         """Switches that have no effect on this model, each with the setting that makes it so (e.g.
         `adaln` without a pixel pathway): what a config comparison should not list as a difference."""
-        return inert_fields(self, "architecture")
+        return inert_fields(self)
 

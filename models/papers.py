@@ -45,8 +45,9 @@ PAPERS: dict[str, Paper] = {
 }
 
 
-def cite(paper: str, where: str) -> str:
-    """One citation as text: the paper's label and where it says it. A `where` that starts with ':' is a
-    statement about the paper as a whole (no section): "PixelDiT (arXiv 2511.20645): no GT pixel hints"."""
-    label = PAPERS[paper].label
+def cite(paper: str, where: str, short: bool = False) -> str:
+    """One citation as text: the paper's label (`short`: its key in brackets) and where it says it. A `where`
+    that starts with ':' is about the paper as a whole (no section): "PixelDiT (arXiv 2511.20645): no GT pixel
+    hints"."""
+    label = f"[{paper}]" if short else PAPERS[paper].label
     return f"{label}{where}" if where.startswith(":") else f"{label} {where}"

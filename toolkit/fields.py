@@ -9,8 +9,8 @@ The metadata keys (all optional):
   cite        paper key -> where that paper or its official code sets or motivates this field, and the value
               it uses ("sec. 3.2, Fig. 2(C): pixel-wise AdaLN"); the paper keys are a bibliography's
               (models/papers.py for the model zoo and the training config)
-  family      the values of the class's family field (`ModelConfig.architecture`) where the field acts;
-              default: all
+  family      the values of the class's family field where the field acts (default: all); the class names
+              its family field in a plain class attribute, `FAMILY_FIELD = "architecture"` (`ModelConfig`)
   inert_when  the settings under which the field has no effect: a condition "key=value" or
               "key=value, key=value" (comma: and; values read as YAML scalars: false, null, 0, C), or a
               tuple of conditions (or)
@@ -140,21 +140,22 @@ def meta_at(root: Any, key: str) -> FieldMeta | None:
     return field_meta(type(node)).get(name)
 
 
-def inert_when(cls: type, name: str, family_field: str | None = None) -> list[str]:
-    """Every setting under which field `name` has no effect, as text: the families where it does not act
-    (`architecture=unet`), then its declared conditions."""
-    meta = field_meta(cls)[name]
+def no_effect(cls: type, name: str) -> str:
+    """When field `name` has no effect, as one line: the families where it does not act
+    (`architecture=unet`), then its declared conditions; "" when it always acts."""
+    meta, family_field = field_meta(cls)[name], getattr(cls, "FAMILY_FIELD", None)
     others = [] if meta.family is None else [f"{family_field}={value}" for value in choices_of(cls, family_field)
                                              if value not in meta.family]
-    return others + [condition.text for condition in meta.inert_when]
+    conditions = [" and ".join(clause.text for clause in c.clauses) for c in meta.inert_when]
+    return " or ".join(others + conditions)
 
 
-def inert_fields(cfg: Any, family_field: str | None = None) -> dict[str, str]:
+def inert_fields(cfg: Any) -> dict[str, str]:
     """The fields without effect under `cfg`, each with the setting that makes it so: the family
     (`architecture=unet`), else the first declared condition that holds. The reason names the switches a
     user turns within the family: clauses on the family field, or on a field that does not act in this
     family, only say which family a condition is about and are left out."""
-    metas = field_meta(type(cfg))
+    metas, family_field = field_meta(type(cfg)), getattr(type(cfg), "FAMILY_FIELD", None)
     family = getattr(cfg, family_field) if family_field else None
 
     def acts(name: str) -> bool:
