@@ -44,7 +44,9 @@ class ModelConfig:
     # ---- patch-level pathway [PixelDiT 3.1; DiT 3.2] ----------------------------------------
     depth: int = switch(26, family="transformer",
                         cite={"PixelDiT": "Table 6: N = 26 patch blocks for XL (seeds 001 #2)"})   # N patch blocks
-    hidden_size: int = switch(1152, cite={"PixelDiT": "Table 6: D = 1152 for XL"})   # D
+    hidden_size: int = switch(1152, inert_when="architecture=unet, time_embed_dim!=null",
+                              cite={"PixelDiT": "Table 6: D = 1152 for XL"})
+                                   # D; the U-Net's time token width when time_embed_dim is null
     num_heads: int = switch(16, family="transformer", cite={"PixelDiT": "Table 6: 16 heads for XL"})
                                    # attention heads of the patch blocks
     mlp_ratio: float = 4.0         # FFN width / D (SwiGLU takes 2/3 of it)

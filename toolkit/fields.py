@@ -12,7 +12,7 @@ The metadata keys (all optional):
   family      the values of the class's family field where the field acts (default: all); the class names
               its family field in a plain class attribute, `FAMILY_FIELD = "architecture"` (`ModelConfig`)
   inert_when  the settings under which the field has no effect: a condition "key=value" or
-              "key=value, key=value" (comma: and; values read as YAML scalars: false, null, 0, C), or a
+              "key=value, key!=value" (comma: and; values read as YAML scalars: false, null, 0, C), or a
               tuple of conditions (or)
 
 Everything else is derived: `check_choices` refuses values outside `choices`, `inert_fields` lists the fields
@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from .errors import ConfigError, unknown
+from .errors import ConfigError, closest, unknown
 
 META_KEYS = ("cite", "family", "inert_when")
 
@@ -79,6 +79,10 @@ class Clause:
     name: str                                  # a field of the same class
     value: Any                                 # read as a YAML scalar
     text: str                                  # as declared: "pixel_pathway=false"
+    negated: bool = False                      # "key!=value"
+
+    def holds(self, cfg: Any) -> bool:
+        return (getattr(cfg, self.name) == self.value) != self.negated
 
 
 @dataclass(frozen=True)
@@ -88,25 +92,32 @@ class Condition:
     clauses: tuple[Clause, ...]
 
     def holds(self, cfg: Any) -> bool:
-        return all(getattr(cfg, clause.name) == clause.value for clause in self.clauses)
+        return all(clause.holds(cfg) for clause in self.clauses)
 
 
-def parse_condition(text: str, cls: type) -> Condition:
-    """"key=value, key=value" over the fields of `cls`; one-line error for an unknown field or value."""
+def parse_condition(text: str, cls: type, owner: str) -> Condition:
+    """"key=value, key!=value" over the fields of `cls` (declared on its field `owner`); a one-line error
+    for an unknown field or value, naming the closest valid one."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+
+    def refuse(reason: str, suggestion=None) -> ConfigError:
+        return ConfigError(f"{owner}.inert_when", text, reason, source=cls.__name__,
+                           suggestion=None if suggestion is None else str(suggestion))
+
     clauses = []
     for clause in text.split(","):
         name, sep, raw = (part.strip() for part in clause.partition("="))
+        negated = name.endswith("!")
+        name = name.rstrip("!").strip()
         if not sep or not name or not raw:
-            raise ConfigError(f"inert_when={text!r}", reason=f"expected key=value clauses, got {clause.strip()!r}",
-                              source=cls.__name__)
+            raise refuse(f"expected key=value clauses, got {clause.strip()!r}")
         if name not in fields:
-            raise unknown(name, raw, fields, f"field in the condition {text!r}").at(source=cls.__name__)
+            raise refuse(f"unknown field {name!r}", closest(name, fields))
         value = yaml.safe_load(raw)
         allowed = fields[name].metadata.get("choices")
         if allowed is not None and value not in allowed:
-            raise unknown(name, value, allowed, f"value in the condition {text!r}").at(source=cls.__name__)
-        clauses.append(Clause(name, value, f"{name}={raw}"))
+            raise refuse(f"unknown value {raw!r} of {name}, expected one of {list(allowed)}", closest(raw, allowed))
+        clauses.append(Clause(name, value, f"{name}{'!=' if negated else '='}{raw}", negated))
     return Condition(text, tuple(clauses))
 
 
@@ -124,7 +135,7 @@ def field_meta(cls: type) -> dict[str, FieldMeta]:
     """Field name -> its metadata, for every field of a dataclass (conditions parsed and checked)."""
     return {f.name: FieldMeta(f.metadata.get("choices"), dict(f.metadata.get("cite", {})),
                               f.metadata.get("family"),
-                              tuple(parse_condition(text, cls) for text in f.metadata.get("inert_when", ())))
+                              tuple(parse_condition(text, cls, f.name) for text in f.metadata.get("inert_when", ())))
             for f in dataclasses.fields(cls)}
 
 
