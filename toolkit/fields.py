@@ -158,7 +158,7 @@ def no_effect(cls: type, name: str) -> str:
     others = [] if meta.family is None else [f"{family_field}={value}" for value in choices_of(cls, family_field)
                                              if value not in meta.family]
     conditions = [" and ".join(clause.text for clause in c.clauses) for c in meta.inert_when]
-    return " or ".join(others + conditions)
+    return ", or ".join(others + conditions)
 
 
 def inert_fields(cfg: Any) -> dict[str, str]:
@@ -180,5 +180,5 @@ def inert_fields(cfg: Any) -> dict[str, str]:
         condition = next((c for c in meta.inert_when if c.holds(cfg)), None)
         if condition is not None:
             inert[name] = ", ".join(clause.text for clause in condition.clauses
-                                    if clause.name != family_field and acts(clause.name))
+                                    if clause.name != family_field and acts(clause.name)) or condition.text
     return inert
