@@ -9,7 +9,8 @@ comment on its line and the indented comment lines under it:
 
 `field_docs(cls)` reads those comments back (parsed once per source file), so `--help` shows the same text
 a reader of the source sees. Section comments at the indentation of the fields (`# ---- input ----`) belong
-to no field.
+to no field: `field_sections(cls)` gives the section each field is declared in (the README's switch table is
+grouped by them).
 """
 from __future__ import annotations
 
@@ -43,19 +44,24 @@ def _class_node(tree: ast.Module, qualname: str) -> ast.ClassDef | None:
     return node
 
 
-def _own_docs(cls: type) -> dict[str, str]:
+def _fields_in_source(cls: type):
+    """(field statement, comments, source lines) of each annotated assignment in the class body."""
     try:
         path = inspect.getsourcefile(cls)
     except TypeError:                            # a class without a source file
-        return {}
+        return
     tree, comments, lines = _parsed(path)
     node = _class_node(tree, cls.__qualname__)
     if node is None:
-        return {}
-    docs = {}
+        return
     for stmt in node.body:
-        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
-            continue
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            yield stmt, comments, lines
+
+
+def _own_docs(cls: type) -> dict[str, str]:
+    docs = {}
+    for stmt, comments, lines in _fields_in_source(cls):
         parts = [comments[row][1] for row in range(stmt.lineno, stmt.end_lineno + 1) if row in comments]
         row = stmt.end_lineno + 1                # continuation: comment-only lines indented past the field
         while row in comments and lines[row - 1].lstrip().startswith("#") and comments[row][0] > stmt.col_offset:
@@ -72,3 +78,28 @@ def field_docs(cls: type) -> dict[str, str]:
         if dataclasses.is_dataclass(klass):
             docs.update({k: v for k, v in _own_docs(klass).items() if v or k not in docs})
     return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+SECTION = "----"                                 # a section comment: `# ---- title -------`
+
+
+def field_sections(cls: type) -> dict[str, str]:
+    """Field name -> the title of the section comment above it (empty before the first), for a dataclass."""
+    sections, title, row = {}, "", 0
+    for stmt, comments, lines in _fields_in_source(cls):
+        for line in range(row + 1, stmt.lineno):
+            col_text = comments.get(line)
+            if col_text and col_text[0] == stmt.col_offset and col_text[1].startswith(SECTION):
+                title = col_text[1].strip("- ")
+        sections[stmt.target.id] = title
+        row = stmt.end_lineno
+    return sections
+
+
+def value_text(value) -> str:
+    """A field's value as YAML writes it: null, true/false, lists in brackets."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(list(value) if isinstance(value, tuple) else value)
