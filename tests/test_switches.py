@@ -168,6 +168,13 @@ def test_every_switch_changes_the_model_exactly_when_it_is_not_declared_inert(pr
     assert tried >= 5 or not inert
 
 
+def test_a_pixel_pathway_switch_is_inert_exactly_without_the_pathway():
+    """What the report leaves out of a row's config differences (`inert_fields`), on the Table-4 example."""
+    pixeldit = model_config("pixeldit_xl")
+    assert "adaln" in pixeldit.replace(pixel_pathway=False).inert_fields()
+    assert "adaln" not in pixeldit.inert_fields()
+
+
 @pytest.mark.parametrize("cls", sorted({type(node) for node in (ModelConfig(), *(
     getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig))) if dataclasses.is_dataclass(node)},
     key=lambda c: c.__name__))
