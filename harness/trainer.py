@@ -308,6 +308,9 @@ class Trainer:
             from .repa import repa_loss
             terms["repa"] = repa_loss(out.repa.float(), self.encoder(x))
             terms["loss"] = terms["loss"] + cfg.repa.weight * terms["repa"]
+        if out.routing_loss is not None:           # ProMoE's routing contrastive loss, summed over its MoE blocks
+            terms["moe_routing"] = out.routing_loss.float()
+            terms["loss"] = terms["loss"] + cfg.model.moe_loss_weight * terms["moe_routing"]
         return terms
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
