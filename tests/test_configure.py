@@ -80,6 +80,21 @@ def test_audit_of_a_recipe_against_itself_is_empty_and_overrides_show():
     assert "Fig. 2(C)" in rows[0]["source"]
 
 
+@pytest.mark.parametrize("paper, field, words", [
+    ("deco_xl_paper", "model.decoder", "DeCo (arXiv 2511.19365) code (dit_c2i_DeCo.py)"),
+    ("pixnerd_xl_paper", "model.decoder", "PixNerd (arXiv 2507.23268) code (pixnerd_c2i.py)"),
+    ("promoe_xl_paper", "model.moe_experts", "ProMoE (arXiv 2510.24711) code (pix256_promoe_*.yaml)"),
+])
+def test_audit_against_the_2026_papers_cites_their_switches(paper, field, words):
+    """PixelDiT's recipe audited against DeCo's, PixNerd's and ProMoE's: each paper's switch is a difference, and
+    its source is the field's citation of that paper."""
+    _, ours = load_flat("pixeldit_xl_paper", [])
+    _, theirs = load_flat(paper, [])
+    rows = {row["key"]: row for row in differences(ours, theirs, paper)}
+    assert rows[field]["source"].startswith(words)
+    assert not {k for k in rows if k.startswith("model.repa_hidden")}      # inert settings are not differences
+
+
 def test_audit_command_reads_a_saved_run_config(tmp_path):
     from harness.configure import to_yaml
     path = tmp_path / "config.yaml"
