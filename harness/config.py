@@ -41,7 +41,7 @@ class ObjectiveConfig:
 
 
 # The samplers of each objective (a sampler of another objective is refused).
-SAMPLERS = {"flow": ("ab2", "euler", "heun"), "ddpm": ("ddpm", "ddim"), "edm": ("edm_heun", "edm_euler")}
+SAMPLERS = {"flow": ("ab2", "euler", "heun", "sde"), "ddpm": ("ddpm", "ddim"), "edm": ("edm_heun", "edm_euler")}
 
 
 @dataclass
@@ -49,6 +49,7 @@ class SamplerConfig:
     kind: str = choice(*(kind for kinds in SAMPLERS.values() for kind in kinds))
                                        # ab2: 2nd-order multistep [PixelDiT] | euler | heun [JiT] | ddpm | ddim [DiT] |
                                        # edm_heun: EDM Algorithm 1 [EDM, DiffiT] | edm_euler
+                                       # | sde (flow): Euler-Maruyama [SiT, REPA samplers.py]
     steps: int = 100                   # PixelDiT 100, JiT 50 (Heun), DiT 250 (DDPM), DiffiT 18 CIFAR-10 / 40 FFHQ-64
                                        # (edm_heun: 2 * steps - 1 network evaluations)
     cfg_scale: float = 1.0             # classifier-free guidance; 1.0 = off
@@ -59,6 +60,12 @@ class SamplerConfig:
     sigma_min: float = 0.002           # edm: the smallest noise level, smin
     sigma_max: float = 80.0            # edm: the largest noise level, smax
     rho: float = 7.0                   # edm: the exponent rho of the noise levels
+    cfg_interval_ends: str = choice("closed", "open", "open_closed_at_0")
+                                       # closed: guide for low <= t <= high [REPA samplers.py] | open: low < t < high
+                                       # [PixelDiT c2i/src/diffusion.py: t = 0 never guided] | open_closed_at_0: open,
+                                       # but low = 0 guides t = 0 [JiT denoiser.py]
+    cfg_channels: Optional[int] = None # guide only the first N channels of the guided quantity, the rest from the
+                                       # conditional output; None: all [DiT models.py forward_with_cfg: 3 of 4]
 
 
 @dataclass
