@@ -87,6 +87,8 @@ SOURCES: dict[str, dict[str, str]] = {
         "eval.sampler.steps": f"{_PAPER} sec. 4: 100 sampling steps",
         "eval.sampler.cfg_scale": f"{_PAPER} sec. 4: CFG 3.25 for the 80/160-epoch models",
         "eval.sampler.cfg_interval": f"{_PAPER} sec. 4: guidance on t in [0.1, 1.0]",
+        "eval.sampler.cfg_interval_ends": f"{_PAPER} official code (c2i/src/diffusion.py FlowDPMSolverSampler): "
+                                          f"guided for guidance_interval_min < t < guidance_interval_max",
     },
     "diffit_cifar10_paper": {
         "model.tmsa_time": f"{_DIFFIT} eq. 3-5: q, k, v each take a projection of the time token (Table 6)",
@@ -113,11 +115,15 @@ SOURCES: dict[str, dict[str, str]] = {
         "model.dropout": f"{_JIT} code: dropout after the attention projection and on the SwiGLU hidden, in the "
                          f"middle half of the blocks (0 for B and L, 0.2 for H)",
         "model.prediction": f"{_JIT}: the network predicts the clean image",
+        "eval.sampler.cfg_interval_ends": f"{_JIT} code (denoiser.py _forward_sample): guided for "
+                                          f"(t < high) & ((low == 0) | (t > low))",
     },
     "dit_xl2_paper": {
         "model.norm_affine": f"{_DIT} code (models.py): LayerNorm without affine",
         "model.gelu": f"{_DIT} code (models.py): GELU with the tanh approximation",
         "model.pos_embed": f"{_DIT} code (models.py): fixed 2D sin-cos table, column first (MAE)",
+        "eval.sampler.cfg_channels": f"{_DIT} code (models.py forward_with_cfg): guidance on eps channels 0-2 "
+                                     f"of 4, 'for exact reproducibility'",
     },
 }
 
