@@ -57,7 +57,7 @@ class ObjectiveConfig:
 
 
 # The samplers of each objective (a sampler of another objective is refused).
-SAMPLERS = {"flow": ("ab2", "euler", "heun"), "ddpm": ("ddpm", "ddim"), "edm": ("edm_heun", "edm_euler")}
+SAMPLERS = {"flow": ("ab2", "euler", "heun", "sde"), "ddpm": ("ddpm", "ddim"), "edm": ("edm_heun", "edm_euler")}
 
 
 @dataclass
@@ -67,6 +67,7 @@ class SamplerConfig:
         "EDM": "Algorithm 1: Heun", "DiffiT": "I.1: EDM's deterministic sampler"})
                                        # ab2: 2nd-order multistep (PixelDiT) | euler | heun (JiT) | ddpm | ddim (DiT) |
                                        # edm_heun: EDM Algorithm 1 (EDM, DiffiT) | edm_euler
+                                       # | sde (flow): Euler-Maruyama (SiT, REPA samplers.py)
     steps: int = switch(100, cite={"PixelDiT": "sec. 4: 100 sampling steps", "DiffiT": "I.1: 18 steps for CIFAR-10"})
                                        # PixelDiT 100, JiT 50 (Heun), DiT 250 (DDPM), DiffiT 18 CIFAR-10 / 40 FFHQ-64
                                        # (edm_heun: 2 * steps - 1 network evaluations)
@@ -81,6 +82,17 @@ class SamplerConfig:
     sigma_min: float = 0.002           # edm: the smallest noise level, smin
     sigma_max: float = 80.0            # edm: the largest noise level, smax
     rho: float = 7.0                   # edm: the exponent rho of the noise levels
+    cfg_interval_ends: str = choice("closed", "open", "open_closed_at_0", cite={
+        "PixelDiT": "official code (c2i/src/diffusion.py FlowDPMSolverSampler): guided for "
+                    "guidance_interval_min < t < guidance_interval_max",
+        "JiT": "code (denoiser.py _forward_sample): guided for (t < high) & ((low == 0) | (t > low))",
+        "REPA": "code (samplers.py): guided for low <= t <= high"})
+                                       # closed: guide for low <= t <= high (REPA) | open: low < t < high (PixelDiT:
+                                       # t = 0 never guided) | open_closed_at_0: open, but low = 0 guides t = 0 (JiT)
+    cfg_channels: Optional[int] = switch(None, cite={
+        "DiT": "code (models.py forward_with_cfg): guidance on eps channels 0-2 of 4, 'for exact reproducibility'"})
+                                       # guide only the first N channels of the guided quantity, the rest from the
+                                       # conditional output; None: all
 
 
 @dataclass

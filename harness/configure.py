@@ -126,12 +126,17 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     run of a sweep planned away from its cluster) leaves data paths unchecked."""
     from .data import HELD_OUT_DATASETS, validate_data
     from .objectives import validate_objective
-    from .sampling import validate_sampler
+    from .sampling import validate_sampler, validate_sde_noise
 
     cfg.model.validate()
     check_choices(cfg, "")
     validate_objective(cfg.objective, cfg.model)
     validate_sampler(cfg.eval.sampler, cfg.objective.kind, cfg.objective.ddpm_steps)
+    validate_sde_noise(cfg.eval.sampler, cfg.objective.noise_scale)
+    channels = cfg.eval.sampler.cfg_channels
+    if channels is not None and channels > cfg.model.in_channels:
+        raise ConfigError("eval.sampler.cfg_channels", channels, f"more than the guided quantity's "
+                          f"model.in_channels={cfg.model.in_channels} channels")
     if cfg.model.latent_downsample != 1:
         raise ConfigError("model.latent_downsample", cfg.model.latent_downsample, "training on VAE latents is not "
                           "supported (no VAE encoder here); use a pixel-space model such as model=dit_xl16")

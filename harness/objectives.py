@@ -183,13 +183,15 @@ class FlowObjective(Objective):
         self.reversed = model.flow_time == "data_at_0"      # SiT's time: t_net = 1 - t, v_net = -v
 
     def sample_t(self, batch: int, generator: torch.Generator, device) -> torch.Tensor:
-        """Float t in (0, 1): sigmoid(N(p_mean, p_std)) or uniform, then the time shift."""
+        """Float t in (0, 1): sigmoid(N(p_mean, p_std)) or uniform (in SiT's time: 1 - u), then the time shift."""
         cfg = self.cfg
         if cfg.t_sampling == "logit_normal":
             t = torch.sigmoid(draw_normal((batch,), generator, device) * cfg.p_std + cfg.p_mean)
         else:
             gen_device = generator.device if generator is not None else torch.device("cpu")
             t = torch.rand((batch,), generator=generator, device=gen_device, dtype=torch.float32).to(device)
+            if self.reversed:       # the draw is the network's own time [REPA loss.py: time_input = torch.rand]:
+                t = 1.0 - t         # the same distribution, and a generator gives the official code's times
         return time_shift(t, cfg.time_shift)
 
     def network_time(self, t: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ from .configure import SIGNATURE_VERSION, ResolvedConfig
 from .data import StepBatches, build_dataset
 from .ema import EMA
 from .evaluate import build_metric, generate
+from .losses import training_losses
 from .objectives import make_objective
 from .optim import base_lr, build_optimizer, clip_at, lr_at
 from .tracking import NullTracker, Tracker, migrated_signatures, write_json
@@ -288,27 +289,7 @@ class Trainer:
         return {key: torch.cat(values) for key, values in draws.items() if values}
 
     def losses(self, x, y, draws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        cfg, objective = self.cfg, self.objective
-        drop = draws["drop"]
-        if cfg.model.num_classes == 0:            # unconditional: the null label (index 0) for every sample
-            drop = torch.ones_like(drop)
-        y = torch.where(drop, torch.full_like(y, cfg.model.num_classes), y)
-        t, eps = draws["t"], draws["eps"]
-        x_t = objective.corrupt(x, eps, t)
-        hint = mask = weight = None
-        if cfg.model.hint_fraction > 0:          # GT pixel hints: reveal clean pixels, down-weight their loss
-            mask = draws["mask"]
-            hint = x
-            weight = torch.where(mask, cfg.model.hint_loss_weight, 1.0)
-        bf16 = cfg.train.precision == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = self.net(x_t, objective.network_time(t), y, hint, mask)
-        terms = objective.loss(out.prediction.float(), x, eps, x_t, t, weight)
-        if self.encoder is not None:
-            from .repa import repa_loss
-            terms["repa"] = repa_loss(out.repa.float(), self.encoder(x))
-            terms["loss"] = terms["loss"] + cfg.repa.weight * terms["repa"]
-        return terms
+        return training_losses(self.net, self.objective, self.cfg, x, y, draws, self.encoder)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimizer step on this rank's batch of the current step."""
