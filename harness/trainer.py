@@ -159,6 +159,10 @@ class Trainer:
             if self.encoder.dim != cfg.model.repa_dim:
                 raise ConfigError("model.repa_dim", cfg.model.repa_dim, f"the encoder {cfg.repa.encoder} "
                                   f"gives {self.encoder.dim}-d features")
+        self.perceptual = None                    # PixelGen's LPIPS and P-DINO (harness/perceptual.py)
+        if cfg.perceptual.lpips_weight > 0 or cfg.perceptual.dino_weight > 0:
+            from .perceptual import PerceptualLoss
+            self.perceptual = PerceptualLoss(cfg.perceptual, cfg.model, device=self.device)
         self.env = distributed.init(self.device)
         self.metric = build_metric(cfg, self.dataset, self.device) if self.env.is_main else None
         if self.metric is not None and self.metric.note:
@@ -189,6 +193,9 @@ class Trainer:
         if cfg.train.activation_checkpointing:
             parallel.checkpoint_blocks(self.model)
         self.sharded = cfg.train.parallel == "fsdp" and self.env.world_size > 1
+        if self.sharded and cfg.optim.optimizer == "muon":
+            raise ConfigError("optim.optimizer", "muon", "torch.optim.Muon orthogonalises whole matrices, which "
+                              "train.parallel=fsdp shards over the ranks; use train.parallel=ddp")
         if self.sharded:                          # before the EMA and the optimizer: both follow the shards
             parallel.shard(self.model)
         self.ema = EMA(self.model, cfg.ema.decays)
@@ -308,6 +315,11 @@ class Trainer:
             from .repa import repa_loss
             terms["repa"] = repa_loss(out.repa.float(), self.encoder(x))
             terms["loss"] = terms["loss"] + cfg.repa.weight * terms["repa"]
+        if self.perceptual is not None:           # on the clean-image estimate, in the model's precision [PixelGen]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                perceptual = self.perceptual(objective.clean_image(out.prediction, x_t, t), x, t)
+            terms.update({key: value.float() for key, value in perceptual.items()})
+            terms["loss"] = terms["loss"] + terms["perceptual"]
         return terms
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -398,6 +410,8 @@ class Trainer:
             tags["checkpoint_fallback"] = "; ".join(self.checkpoint_problems)[:5000]
         if self.encoder is not None and self.encoder.random_weights:
             tags["repa_encoder"] = "random"
+        if self.perceptual is not None and self.perceptual.random_weights:
+            tags["perceptual_random"] = ",".join(self.perceptual.random_weights)
         if self.init_sha256:
             tags["init_from_sha256"] = self.init_sha256
         tags["world_size"] = str(self.env.world_size)
