@@ -38,11 +38,13 @@ class ObjectiveConfig:
                                        # logit_normal (sigmoid of N(p_mean, p_std); SD3, PixelDiT, JiT) | uniform;
                                        # edm: logit_normal only (t = 1 / (1 + sigma), ln(sigma) ~ N(p_mean, p_std))
     p_mean: float = switch(0.0, cite={"PixelDiT": ": logit-normal [SD3] with loc 0 (seeds 000 #9)",
-                                      "DiffiT": "I.1 via EDM: ln sigma ~ N(-1.2, 1.2)"})
+                                      "DiffiT": "I.1 via EDM: ln sigma ~ N(-1.2, 1.2)",
+                                      "PixelGen": "configs_c2i/PixelGen_XL.yaml: P_mean -0.8"})
                                        # flow: mean of logit(t), PixelDiT 0, JiT (and the seeds' code) -0.8;
                                        # edm: mean of ln(sigma), EDM -1.2
     p_std: float = switch(1.0, cite={"PixelDiT": ": logit-normal [SD3] with scale 1 (seeds 000 #9)",
-                                     "DiffiT": "I.1 via EDM: ln sigma ~ N(-1.2, 1.2)"})
+                                     "DiffiT": "I.1 via EDM: ln sigma ~ N(-1.2, 1.2)",
+                                     "PixelGen": "configs_c2i/PixelGen_XL.yaml: P_std 0.8"})
                                        # flow: std of logit(t), PixelDiT 1, JiT 0.8; edm: std of ln(sigma), EDM 1.2
     time_shift: float = 1.0            # t -> t / (t + (1 - t) * shift); PixelDiT: 1.0 at 256, 3.0 at 512
     noise_scale: float = 1.0           # eps ~ N(0, noise_scale^2); JiT: 1.0 at 256, 2.0 at 512
@@ -110,7 +112,7 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = choice("adamw", "muon", cite={
-        "PixelDiT": "training details: AdamW",
+        "PixelDiT": "training details: AdamW", "PixelGen": "configs_c2i/PixelGen_XL.yaml: torch.optim.AdamW",
         "PRX": "configs/yamls/optimizer/muon.yaml: Muon on the 2-D weights of the blocks, Adam on the rest"})
                                        # adamw | muon: torch.optim.Muon on the 2-D weights whose name holds "blocks"
                                        # (the transformer blocks' matrices, PRX's rule), AdamW on the rest; both

@@ -161,3 +161,18 @@ def test_refusals_name_the_key():
     with pytest.raises(ConfigError, match=r"^perceptual.dino_weight=0.01: P-DINO .* multiple of 16"):
         validate_perceptual(PerceptualConfig(dino_weight=0.01), model.replace(input_size=24, patch_size=8), "flow")
     validate_perceptual(PerceptualConfig(**PIXELGEN_XL), model, "flow")
+
+
+def test_audit_against_pixelgens_recipe_cites_its_code():
+    from harness.audit import differences, load_flat
+    _, ours = load_flat("pixelgen_xl_paper", ["perceptual.t_min=0", "perceptual.dino_weight=0",
+                                              "optim.optimizer=muon"])
+    name, paper = load_flat("pixelgen_xl_paper", [])
+    rows = {row["key"]: row for row in differences(ours, paper, name)}
+    assert set(rows) == {"perceptual.t_min", "perceptual.dino_weight", "optim.optimizer"}
+    assert rows["perceptual.t_min"]["source"] == \
+        "PixelGen (arXiv 2602.02493) configs_c2i/PixelGen_XL.yaml: percept_t_threshold 0.3"
+    assert rows["optim.optimizer"][name] == "adamw" and "torch.optim.AdamW" in rows["optim.optimizer"]["source"]
+    _, pixeldit = load_flat("pixeldit_xl_paper", [])
+    keys = {row["key"] for row in differences(paper, pixeldit, "pixeldit_xl_paper")}
+    assert {"perceptual.lpips_weight", "perceptual.dino_weight", "perceptual.t_min", "model.prediction"} <= keys
