@@ -147,6 +147,7 @@ class OptimConfig:
     grad_clip_after_step: float = switch(0.5, cite={
         "PixelDiT": "training details: clipping 0.5 after the step-down (seeds 000 #6)"})
                                        # PixelDiT: 0.5 after the LR step-down
+    # ---- Muon [PRX] ---------------------------------------------------------------------------
     muon_momentum: float = switch(0.95, inert_when="optimizer=adamw", cite={
         "PRX": "configs/yamls/optimizer/muon.yaml: momentum 0.95"})
                                        # Muon's momentum
