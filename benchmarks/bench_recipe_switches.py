@@ -1,8 +1,8 @@
 """CPU step-time cost of the 2026 recipe switches (PixelGen's perceptual losses, DeCo's frequency-aware loss, PRX's
 Muon) on a small config, and the size and forward cost of the frozen networks the perceptual losses add.
 
-    python benchmarks/bench_switches.py                          # tiny_mnist (the sweep's run): 16 px, batch 32
-    python benchmarks/bench_switches.py --experiment tiny_digits # 32 px RGB, batch 64
+    python benchmarks/bench_recipe_switches.py                          # tiny_mnist (the sweep's run): 16 px, batch 32
+    python benchmarks/bench_recipe_switches.py --experiment tiny_digits # 32 px RGB, batch 64
 
 Each row is the real training loop (data, draws, the losses, clipping, the optimizer, the EMA, logging every 10
 steps) of the experiment with one switch on; the rows are measured in turns (`--rounds` rounds of `--steps`
