@@ -83,7 +83,7 @@ def main():
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    out = tempfile.mkdtemp(prefix="bench_switches_")
+    out = tempfile.mkdtemp(prefix="bench_recipe_switches_")
     trainers = {}
     for i, (name, extra) in enumerate(SWITCHES.items()):
         overrides = [f"+experiment={args.experiment}", "run.device=cpu", f"run.out_dir={out}", f"run.name=row{i}",
