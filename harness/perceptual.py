@@ -6,9 +6,9 @@ x-prediction flow model with, beside the flow-matching loss and REPA,
     lpips_weight * LPIPS(x_hat, x) + dino_weight * P-DINO(x_hat, x)          (PixelGen-XL: 0.1, 0.01)
 
 on the network's clean-image estimate x_hat (here from any flow output: `FlowObjective.clean_image`):
-  LPIPS   the `lpips` package's LPIPS (VGG16 trunk, its linear heads v0.1) on images in [-1, 1], per sample;
-          when the model's patches are not 16 pixels wide, both images are first resized (bilinear,
-          antialiased) to 16 / patch_size of their size, as PixelGen's code does (VGG sees 16-pixel patches);
+  LPIPS   the `lpips` package's LPIPS (VGG16 trunk, its linear heads v0.1) on images in [-1, 1], per sample, at
+          their own size (PixelGen's trainer can resize them to 16 / patch_size first, by a `patch_size` argument
+          of its own that every released config leaves at 16: not reproduced);
   P-DINO  1 - cosine similarity of DINOv2's patch tokens after its last block and norm (ViT-B/14: block 11),
           on the images mapped to [0, 1], ImageNet-normalised and bicubic-resized to 14/16 of their size
           (224 px at 256) -- the encoder and input REPA uses; mean over tokens and samples.
@@ -147,9 +147,6 @@ class PerceptualLoss(torch.nn.Module):
         self.cfg = cfg
         self.lpips = lpips if lpips is not None or cfg.lpips_weight == 0 else lpips_network(cfg.vgg_weights)
         self.dino = dino if dino is not None or cfg.dino_weight == 0 else dino_encoder(cfg, model.image_size)
-        # PixelGen's code resizes the images LPIPS sees to 16 / patch_size of their size
-        patch = model.patch_size if model.architecture == "transformer" else BASE_PATCH
-        self.lpips_size = None if patch == BASE_PATCH else model.image_size * BASE_PATCH // patch
         self.requires_grad_(False)
         if device is not None:
             self.to(device)
@@ -178,11 +175,8 @@ class PerceptualLoss(torch.nn.Module):
         return terms
 
     def lpips_term(self, x_hat, x, gate) -> torch.Tensor:
-        a, b = (image.expand(-1, 3, -1, -1) for image in (x_hat, x))          # grey: replicated to RGB
-        if self.lpips_size is not None:
-            a, b = (F.interpolate(image, size=(self.lpips_size,) * 2, mode="bilinear", align_corners=False,
-                                  antialias=True) for image in (a, b))
-        per_sample = self.lpips(a, b).flatten()
+        grey_as_rgb = (image.expand(-1, 3, -1, -1) for image in (x_hat, x))
+        per_sample = self.lpips(*grey_as_rgb).flatten()
         return per_sample.mean() if gate is None else _gated_mean(per_sample, gate)
 
     def dino_term(self, x_hat, x, gate) -> torch.Tensor:
