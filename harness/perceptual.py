@@ -23,8 +23,9 @@ the ratio of their gradient norms at the last layer); that schedule is not imple
 
 Weights never come from the network at run time: the VGG16 trunk (`perceptual.vgg_weights`) from torchvision's
 file in the local torch hub cache, a local file or random; the linear heads ship inside the `lpips` package;
-DINOv2 (`perceptual.encoder_weights`) as REPA's encoder (`harness/repa.py`). Random weights are drawn from seed 0
-without touching the global random state.
+DINOv2 (`perceptual.encoder_weights`) as REPA's encoder (`harness/repa.py`), and REPA's encoder itself, with its
+target tokens, when both are the same network on the same grid (`shares_encoder`; PixelGen uses one DINOv2). Random
+weights are drawn from seed 0 without touching the global random state.
 """
 from __future__ import annotations
 
@@ -127,6 +128,14 @@ def vgg_trunk_state(path: Path, trunk: torch.nn.Module) -> dict[str, torch.Tenso
     return ours
 
 
+def shares_encoder(cfg) -> bool:
+    """Whether P-DINO reads REPA's encoder (a `TrainConfig`): the same network, weights and token grid (patch 16,
+    as PixelGen's one DINOv2 serves both and its REPA target is P-DINO's)."""
+    return (cfg.perceptual.dino_weight > 0 and cfg.model.repa and cfg.repa.weight > 0
+            and (cfg.repa.encoder, cfg.repa.encoder_weights) == (cfg.perceptual.encoder, cfg.perceptual.encoder_weights)
+            and cfg.model.grid_size == cfg.model.image_size // BASE_PATCH)
+
+
 def dino_encoder(cfg: PerceptualConfig, image_size: int, device=None) -> RepaEncoder:
     """P-DINO's frozen encoder: REPA's kind of encoder on a grid of image_size / 16 patches."""
     with torch.random.fork_rng(devices=[]):
@@ -160,7 +169,9 @@ class PerceptualLoss(torch.nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)               # frozen: eval mode whatever the parent does
 
-    def forward(self, x_hat: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                dino_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """`dino_target`: the encoder's tokens of `x` when the caller has them (REPA's target, `shares_encoder`)."""
         cfg = self.cfg
         gate = (t.float() >= cfg.t_min) if cfg.t_min > 0 else None
         terms: dict[str, torch.Tensor] = {}
@@ -169,7 +180,7 @@ class PerceptualLoss(torch.nn.Module):
             terms["lpips"] = self.lpips_term(x_hat, x, gate)
             total = total + cfg.lpips_weight * terms["lpips"]
         if self.dino is not None:
-            terms["pdino"] = self.dino_term(x_hat, x, gate)
+            terms["pdino"] = self.dino_term(x_hat, x, gate, dino_target)
             total = total + cfg.dino_weight * terms["pdino"]
         terms["perceptual"] = total
         return terms
@@ -179,9 +190,10 @@ class PerceptualLoss(torch.nn.Module):
         per_sample = self.lpips(*grey_as_rgb).flatten()
         return per_sample.mean() if gate is None else _gated_mean(per_sample, gate)
 
-    def dino_term(self, x_hat, x, gate) -> torch.Tensor:
-        with torch.no_grad():
-            target = self.dino.features(x)
+    def dino_term(self, x_hat, x, gate, target=None) -> torch.Tensor:
+        if target is None:
+            with torch.no_grad():
+                target = self.dino.features(x)
         cosine = F.cosine_similarity(self.dino.features(x_hat), target, dim=-1)      # (B, tokens)
         if gate is None or self.cfg.dino_gate == "batch":
             # PixelGen's gate broadcasts over the batch: every sample counts once one passes; else the constant 1

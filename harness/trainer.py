@@ -161,8 +161,9 @@ class Trainer:
                                   f"gives {self.encoder.dim}-d features")
         self.perceptual = None                    # PixelGen's LPIPS and P-DINO (harness/perceptual.py)
         if cfg.perceptual.lpips_weight > 0 or cfg.perceptual.dino_weight > 0:
-            from .perceptual import PerceptualLoss
-            self.perceptual = PerceptualLoss(cfg.perceptual, cfg.model, device=self.device)
+            from .perceptual import PerceptualLoss, shares_encoder
+            shared = self.encoder if shares_encoder(cfg) else None      # PixelGen: one DINOv2 for both, one target
+            self.perceptual = PerceptualLoss(cfg.perceptual, cfg.model, device=self.device, dino=shared)
         self.env = distributed.init(self.device)
         self.metric = build_metric(cfg, self.dataset, self.device) if self.env.is_main else None
         if self.metric is not None and self.metric.note:
@@ -311,13 +312,16 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = self.net(x_t, objective.network_time(t), y, hint, mask)
         terms = objective.loss(out.prediction.float(), x, eps, x_t, t, weight)
+        target = None
         if self.encoder is not None:
             from .repa import repa_loss
-            terms["repa"] = repa_loss(out.repa.float(), self.encoder(x))
+            target = self.encoder(x)
+            terms["repa"] = repa_loss(out.repa.float(), target)
             terms["loss"] = terms["loss"] + cfg.repa.weight * terms["repa"]
         if self.perceptual is not None:           # on the clean-image estimate, in the model's precision [PixelGen]
+            shared = target if self.perceptual.dino is not None and self.perceptual.dino is self.encoder else None
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                perceptual = self.perceptual(objective.clean_image(out.prediction, x_t, t), x, t)
+                perceptual = self.perceptual(objective.clean_image(out.prediction, x_t, t), x, t, shared)
             terms.update({key: value.float() for key, value in perceptual.items()})
             terms["loss"] = terms["loss"] + terms["perceptual"]
         return terms

@@ -315,3 +315,23 @@ def test_the_2026_recipe_switches_train_and_are_tagged_and_logged(tmp_path):
     assert all(metrics[key] > 0 for key in ("freq", "lpips", "pdino", "perceptual"))
     assert metrics["loss"] == pytest.approx(metrics["diffusion"] + metrics["freq"] + metrics["perceptual"], rel=1e-5)
     assert run.data.params["optim.optimizer"] == "muon"
+
+
+def test_p_dino_reads_repas_encoder_and_its_target_when_they_are_the_same_network(tmp_path):
+    """PixelGen's one DINOv2 serves REPA and P-DINO: with the same encoder, weights and token grid (patch 16),
+    P-DINO reuses REPA's encoder and target tokens, with the value it computes on its own."""
+    from harness.trainer import Trainer
+    same = {"model.patch_size": 16, "model.repa": True, "model.repa_block": 1, "model.repa_dim": 384,
+            "repa.weight": 0.5, "perceptual.dino_weight": 0.01,
+            "perceptual.encoder": "vit_small_patch14_dinov2.lvd142m", "perceptual.encoder_weights": "random"}
+    trainer = Trainer(resolve(tiny_overrides(tmp_path, **same)))
+    assert trainer.perceptual.dino is trainer.encoder and trainer.perceptual.lpips is None
+    x, y = next(trainer.batches.iterate(0))
+    terms = trainer.losses(x, y, trainer.sample_draws(x))
+    assert {"repa", "pdino"} <= set(terms) and torch.isfinite(terms["loss"])
+    x_hat, t = torch.rand_like(x) * 2 - 1, torch.rand(x.shape[0])
+    with torch.no_grad():
+        own, reused = trainer.perceptual(x_hat, x, t), trainer.perceptual(x_hat, x, t, trainer.encoder(x))
+    assert torch.equal(own["pdino"], reused["pdino"])
+    other = Trainer(resolve(tiny_overrides(tmp_path, name="other", **{**same, "model.patch_size": 8})))
+    assert other.perceptual.dino is not other.encoder                    # another grid: its own encoder
