@@ -8,8 +8,8 @@ Each row is the real training loop (data, draws, the losses, clipping, the optim
 steps) of the experiment with one switch on; the rows are measured in turns (`--rounds` rounds of `--steps`
 steps each, after 2 warm-up steps) and each row reports its median round, so that a machine shared with other
 work slows every row alike. The perceptual networks run with random weights (nothing downloads; the cost is
-the same). Their parameters and forward FLOPs (torch.utils.flop_counter: matmuls and convolutions) are per
-image at the images' size, for the prediction and for the target.
+the same). Their parameters and forward multiply-accumulates (torch.utils.flop_counter: matmuls and
+convolutions) follow for one image at the run's size and at PixelGen's 256 px.
 """
 from __future__ import annotations
 
@@ -52,25 +52,23 @@ def tracker(trainer: Trainer):
     return trainer._bench_tracker
 
 
-def network_costs(trainer: Trainer) -> list[str]:
-    """Parameters and forward GFLOPs per image of the perceptual networks at the run's image size."""
-    lines, size = [], trainer.cfg.model.image_size
-    perceptual = trainer.perceptual
-    image = torch.zeros(1, 3, size, size)
-    if perceptual is None:
-        return lines
-    if perceptual.lpips is not None:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            perceptual.lpips(image, image)
-        params = sum(p.numel() for p in perceptual.lpips.parameters())
-        lines.append(f"LPIPS (VGG16 trunk + linear heads): {params / 1e6:.2f} M parameters, "
-                     f"{counter.get_total_flops() / 2e9:.4f} GFLOPs per image ({size} px, prediction and target)")
-    if perceptual.dino is not None:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            perceptual.dino(image)
-        params = sum(p.numel() for p in perceptual.dino.parameters())
-        lines.append(f"P-DINO ({perceptual.dino.name} at {perceptual.dino.image_size} px): {params / 1e6:.2f} M "
-                     f"parameters, {counter.get_total_flops() / 1e9:.4f} GFLOPs per image")
+def network_costs(size: int) -> list[str]:
+    """Parameters and forward GMACs of the perceptual networks for one image of `size` pixels (on meta tensors):
+    LPIPS compares the prediction with the target in one call, P-DINO reads each once."""
+    from harness.config import PerceptualConfig
+    from harness.perceptual import dino_encoder, lpips_network
+    image = torch.empty(1, 3, size, size, device="meta")
+    lpips = lpips_network("random").to("meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        lpips(image, image)
+    lines = [f"{size} px: LPIPS (VGG16 trunk + linear heads) {sum(p.numel() for p in lpips.parameters()) / 1e6:.2f} M "
+             f"parameters, {counter.get_total_flops() / 2e9:.3f} GMACs for a prediction and its target"]
+    dino = dino_encoder(PerceptualConfig(dino_weight=0.01, encoder_weights="random"), size).to("meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        dino(image)
+    params = sum(p.numel() for p in dino.parameters())
+    lines.append(f"{size} px: P-DINO ({dino.name} at {dino.image_size} px) {params / 1e6:.2f} M parameters, "
+                 f"{counter.get_total_flops() / 2e9:.3f} GMACs per image read")
     return lines
 
 
@@ -105,8 +103,8 @@ def main():
         median = statistics.median(values)
         print(f"{name:36s} {median * 1e3:8.1f} {min(values) * 1e3:7.1f} {max(values) * 1e3:7.1f} "
               f"{100 * (median / base - 1):+6.0f}%")
-    for line in network_costs(trainers["+ LPIPS + P-DINO (PixelGen-XL's)"]):
-        print(line)
+    for size in sorted({cfg.model.image_size, 256}):
+        print("\n".join(network_costs(size)))
 
 
 if __name__ == "__main__":
