@@ -319,7 +319,7 @@ class Trainer:
             terms["repa"] = repa_loss(out.repa.float(), target)
             terms["loss"] = terms["loss"] + cfg.repa.weight * terms["repa"]
         if self.perceptual is not None:           # on the clean-image estimate, in the model's precision [PixelGen]
-            shared = target if self.perceptual.dino is not None and self.perceptual.dino is self.encoder else None
+            shared = target if self.perceptual.dino is self.encoder else None      # REPA's tokens of x, if the same
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
                 perceptual = self.perceptual(objective.clean_image(out.prediction, x_t, t), x, t, shared)
             terms.update({key: value.float() for key, value in perceptual.items()})
