@@ -39,6 +39,9 @@ PAPERS: dict[str, Paper] = {
     "ADM": Paper("ADM (Dhariwal & Nichol)", 'Dhariwal & Nichol, "Diffusion Models Beat GANs on Image Synthesis"'),
     "Swin": Paper("Swin (Liu et al.)",
                   'Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows"'),
+    "PixelGen": Paper("PixelGen (arXiv 2602.02493)",
+                      'Ma, Xu & Zhang, "PixelGen: Pixel Diffusion Beats Latent Diffusion with Perceptual Loss", '
+                      'arXiv 2602.02493, and its official code (Zehong-Ma/PixelGen)'),
     "DeCo": Paper("DeCo (arXiv 2511.19365)",
                   'Ma et al., "DeCo: Frequency-Decoupled Pixel Diffusion for End-to-End Image Generation", arXiv '
                   '2511.19365, and its official code (Zehong-Ma/DeCo)'),
@@ -51,8 +54,9 @@ PAPERS: dict[str, Paper] = {
     "SPRINT": Paper("SPRINT (arXiv 2510.21986)",
                     'Park et al., "Sprint: Sparse-Dense Residual Fusion for Efficient Diffusion Transformers", arXiv '
                     '2510.21986'),
-    "PRX": Paper("PRX (Photoroom)", "Photoroom/PRX, the open training code of the PRX text-to-image models "
-                                    "(prx/algorithm: TREAD, SPRINT)"),
+    "PRX": Paper("PRX (Photoroom)",
+                 "Photoroom's open PRX training code (Photoroom/PRX): its token routing (prx/algorithm: TREAD, "
+                 "SPRINT) and its optimizer configurations (configs/yamls/optimizer/)"),
     "ProMoE": Paper("ProMoE (arXiv 2510.24711)",
                     'Wei et al., "Routing Matters in MoE: Scaling Diffusion Transformers with Explicit Routing '
                     'Guidance" (ProMoE), arXiv 2510.24711, and its code on PixelDiT (gcy-hub/PixelDiT-ProMoE)'),
