@@ -88,12 +88,13 @@ def test_audit_of_a_recipe_against_itself_is_empty_and_overrides_show():
 
 @pytest.mark.parametrize("paper, field, words", [
     ("deco_xl_paper", "model.decoder", "DeCo (arXiv 2511.19365) code (dit_c2i_DeCo.py)"),
+    ("deco_xl_paper", "objective.freq_weight", "DeCo (arXiv 2511.19365) code (flow_matching/training_repa_DeCo.py)"),
     ("pixnerd_xl_paper", "model.decoder", "PixNerd (arXiv 2507.23268) code (pixnerd_c2i.py)"),
     ("promoe_xl_paper", "model.moe_experts", "ProMoE (arXiv 2510.24711) code (pix256_promoe_*.yaml)"),
 ])
 def test_audit_against_the_2026_papers_cites_their_switches(paper, field, words):
-    """PixelDiT's recipe audited against DeCo's, PixNerd's and ProMoE's: each paper's switch is a difference, and
-    its source is the field's citation of that paper."""
+    """PixelDiT's recipe audited against DeCo's, PixNerd's and ProMoE's: each paper's switch is a difference (DeCo's
+    decoder and its frequency loss), and its source is the field's citation of that paper."""
     _, ours = load_flat("pixeldit_xl_paper", [])
     _, theirs = load_flat(paper, [])
     rows = {row["key"]: row for row in differences(ours, theirs, paper)}
