@@ -68,8 +68,9 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def trained_autoencoder(cfg: TrainConfig) -> Path:
-    """The folder of the run's trained VAE, trained now unless another process made it already."""
+def trained_autoencoder(cfg: TrainConfig, architecture: dict) -> Path:
+    """The folder of the run's trained VAE (an AutoencoderKL of `architecture`, the config of `vae.architecture`),
+    trained now unless another process made it already."""
     folder = autoencoder_folder(cfg)
     if (folder / "config.json").is_file():
         return folder
@@ -79,29 +80,28 @@ def trained_autoencoder(cfg: TrainConfig) -> Path:
                   flush=True)
             work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
             try:
-                train(cfg).save_pretrained(str(work))
+                train(cfg, architecture).save_pretrained(str(work))
                 os.replace(work, folder)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     return folder
 
 
-def train(cfg: TrainConfig):
+def train(cfg: TrainConfig, architecture: dict):
     """The seeded training (see the module's docstring); returns the AutoencoderKL with its latent statistics."""
     import torch
     import torch.nn.functional as F
     from diffusers import AutoencoderKL
 
     from .data import build_dataset
-    from .vae import ARCHITECTURES, IMAGE_CHANNELS
 
-    images = build_dataset(cfg.data, IMAGE_CHANNELS, split="train")
+    images = build_dataset(cfg.data, architecture["in_channels"], split="train")   # grey: replicated to RGB
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED)
-            model = AutoencoderKL(**{**ARCHITECTURES[cfg.vae.architecture], "sample_size": cfg.data.resolution})
+            model = AutoencoderKL(**{**architecture, "sample_size": cfg.data.resolution})
             gen = torch.Generator().manual_seed(SEED)
             opt = torch.optim.Adam(model.parameters(), lr=LR)
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=STEPS, pct_start=0.2)

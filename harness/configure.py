@@ -247,14 +247,13 @@ def result_delta(cfg: TrainConfig) -> dict[str, Any]:
     """The result-affecting keys whose value differs from the schema defaults (`TrainConfig()`). Initial
     weights count by their contents (a file's sha256), not by where the file lies; so does a latent model's latent
     cache (its content key, harness/latents.py), while a pixel model's `vae.*` settings count for nothing."""
-    from .vae import is_latent
+    from .vae import is_latent, latent_key
     defaults = schema_defaults()
     delta = {k: v for k, v in flatten(cfg).items() if affects_result(k) and (k not in defaults or defaults[k] != v)}
     if delta.get("model.init_from") and Path(delta["model.init_from"]).is_file():
         from models.convert import sha256
         delta["model.init_from"] = "sha256:" + sha256(delta["model.init_from"])
     if is_latent(cfg):
-        from .latents import latent_key
         delta["data.latents"] = "key:" + latent_key(cfg)
     else:
         delta = {k: v for k, v in delta.items() if not k.startswith("vae.")}

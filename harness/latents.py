@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -52,12 +51,14 @@ import numpy as np
 from toolkit.errors import ConfigError
 from toolkit.files import atomic_write_text
 
+from .vae import CACHE_FORMAT as FORMAT
+from .vae import CACHE_VERSION as VERSION
+from .vae import latent_key, latent_key_parts
+
 if TYPE_CHECKING:
 
     from .config import TrainConfig
 
-FORMAT = "ditlab-latents"
-VERSION = 1
 META = "latents.json"
 PARTIAL_META = "partial.json"
 CHUNK = 256                # images per unit of work and resume
@@ -68,18 +69,6 @@ DONE = "chunks"            # the partial folder's markers, one per finished chun
 # ---------------------------------------------------------------------------------------------
 # what a run needs: its key and its folder
 # ---------------------------------------------------------------------------------------------
-def key_parts(cfg: TrainConfig) -> dict:
-    from .autoencoder import data_identity
-    from .vae import vae_identity
-    return {"format": f"{FORMAT}-v{VERSION}", "data": data_identity(cfg.data), "flips": bool(cfg.data.hflip),
-            "vae": vae_identity(cfg)}
-
-
-def latent_key(cfg: TrainConfig) -> str:
-    """The content key of the cache a latent run reads (see the module's docstring)."""
-    return hashlib.sha256(json.dumps(key_parts(cfg), sort_keys=True).encode()).hexdigest()[:16]
-
-
 def cache_folder(cfg: TrainConfig, key: str | None = None) -> Path:
     if cfg.data.latents:
         return Path(cfg.data.latents).expanduser().resolve()
@@ -126,7 +115,7 @@ def _check_key(found: dict, key: str, parts: dict, where: Path) -> None:
 
 def cache_state(cfg: TrainConfig) -> CacheState:
     """Where the run's cache stands; a cache (or partial one) of another key is refused naming both."""
-    key, parts = latent_key(cfg), key_parts(cfg)
+    key, parts = latent_key(cfg), latent_key_parts(cfg)
     folder = cache_folder(cfg, key)
     if (folder / META).is_file():
         _check_key(_read_json(folder / META), key, parts, folder)
@@ -172,7 +161,7 @@ def _create(cfg: TrainConfig, partial: Path, images, vae, key: str, flips: int, 
     (work / DONE).mkdir(parents=True)
     np.lib.format.open_memmap(work / "moments.npy", mode="w+", dtype=np.float32, shape=shape).flush()
     np.save(work / "labels.npy", images.labels.numpy().astype(np.int64))
-    meta = {"format": FORMAT, "version": VERSION, "key": key, "parts": key_parts(cfg), "count": len(images),
+    meta = {"format": FORMAT, "version": VERSION, "key": key, "parts": latent_key_parts(cfg), "count": len(images),
             "shape": list(shape), "flips": flips, "chunk": CHUNK, "batch": BATCH,
             "chunks": -(-len(images) // CHUNK), "vae_weights_sha256": digest,
             "classes": getattr(images, "classes", None) or [str(c) for c in range(images.num_classes)]}
@@ -246,6 +235,9 @@ def prepare_shard(cfg: TrainConfig, shard: int = 0, shards: int = 1, device=None
     if meta["vae_weights_sha256"] != digest:
         raise ConfigError("vae.source", cfg.vae.source, f"its weights (sha256 {digest[:12]}) are not those that "
                           f"began the cache {partial} ({meta['vae_weights_sha256'][:12]}); remove that folder")
+    if meta["count"] != len(images):
+        raise ConfigError("data.path", cfg.data.path, f"{len(images)} images, where the cache {partial} was begun "
+                          f"with {meta['count']}: the data changed; remove that folder")
     chunks = meta["chunks"]
     mine = range(shard * chunks // shards, (shard + 1) * chunks // shards)
     todo = [c for c in mine if not (partial / DONE / f"{c:07d}.json").exists()]
@@ -310,7 +302,8 @@ def open_latents(cfg: TrainConfig, images, with_images: bool = False, vae_digest
         raise ConfigError("vae.source", cfg.vae.source, f"its weights (sha256 {vae_digest[:12]}) are not those that "
                           f"encoded {state.folder} ({meta['vae_weights_sha256'][:12]}): decoding would not invert the "
                           f"encoding; prepare the cache again with these weights")
-    return LatentDataset(state.folder, meta, images if with_images else None, reference_labels=images.labels)
+    return LatentDataset(state.folder, meta, images if with_images else None,
+                         reference_labels=None if images is None else images.labels)
 
 
 class LatentDataset:

@@ -40,6 +40,7 @@ TINY_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlo
                 up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32), layers_per_block=1,
                 act_fn="silu", latent_channels=4, norm_num_groups=8, sample_size=16, mid_block_add_attention=False)
 ARCHITECTURES = {"sd": SD_VAE, "tiny": TINY_VAE}
+CACHE_FORMAT, CACHE_VERSION = "ditlab-latents", 1    # the latent cache's format (harness/latents.py): in its key
 CONFIG_FILE = "config.json"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 IMAGE_CHANNELS = 3          # the VAEs see RGB; a grey dataset's grey is replicated in, and the decoded RGB averaged
@@ -173,6 +174,18 @@ def vae_identity(cfg: TrainConfig) -> str:
     return f"sha256:{sha256(weights)}:" + ":".join(parts)
 
 
+def latent_key_parts(cfg: TrainConfig) -> dict:
+    """What the latent cache of a run holds: its data as configured, its flips, this VAE, the cache's format."""
+    from .autoencoder import data_identity
+    return {"format": f"{CACHE_FORMAT}-v{CACHE_VERSION}", "data": data_identity(cfg.data),
+            "flips": bool(cfg.data.hflip), "vae": vae_identity(cfg)}
+
+
+def latent_key(cfg: TrainConfig) -> str:
+    """The content key of the latent cache a latent run reads (harness/latents.py); it enters the run's signature."""
+    return hashlib.sha256(json.dumps(latent_key_parts(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
 class LatentVAE:
     """The frozen VAE of a latent run: encode images to their posterior, scale latents, decode samples."""
 
@@ -245,7 +258,8 @@ def build_autoencoder(cfg: TrainConfig):
     source, kind = cfg.vae.source, source_kind(cfg.vae.source)
     if kind == "train":
         from .autoencoder import trained_autoencoder
-        return AutoencoderKL.from_pretrained(str(trained_autoencoder(cfg)), low_cpu_mem_usage=False)
+        folder = trained_autoencoder(cfg, ARCHITECTURES[cfg.vae.architecture])
+        return AutoencoderKL.from_pretrained(str(folder), low_cpu_mem_usage=False)
     if kind == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
