@@ -95,7 +95,7 @@ class DataConfig:
     num_workers: int = 2               # imagefolder loader processes (does not change results)
     shapes_size: int = 5000            # number of procedural shape images
     latents: Optional[str] = None      # a latent model's latent cache (`python -m harness.latents prepare`): its
-                                       # folder; None: <eval.cache_dir or $DITLAB_CACHE>/latents/<name>-<res>-<key>.
+                                       # folder; None: <eval.cache_dir or $DITLAB_CACHE>/latents/<name>-r<res>-<key>.
                                        # Where it lies does not count in a run's identity; its content key does
 
 

@@ -36,8 +36,7 @@ SEED_RANGE = (0, 2 ** 32)       # seeds every generator of the harness accepts (
 # worker counts, how the model is spread over ranks (like the number of ranks, which is not in the config:
 # the same run up to the order of float reductions, tested), and how results are tracked. Prefixes end with a dot.
 NON_RESULT_KEYS = ("run.name", "run.out_dir", "run.resume", "run.device", "data.num_workers", "data.latents",
-                   "train.log_every",
-                   "train.parallel", "train.activation_checkpointing",
+                   "train.log_every", "train.parallel", "train.activation_checkpointing",
                    "checkpoint.", "tracking.", "eval.cache_dir", "eval.batch_size", "eval.reference", "experiment")
 
 @lru_cache(maxsize=1)

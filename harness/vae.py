@@ -13,9 +13,9 @@ with each value from `vae.*` or, when that is None, from the VAE's own config (d
 `latents_mean`, `latents_std`).
 
 Weights never come from the network (`vae.source`): a hub repo id is read from the local hub cache only
-(HF_HUB_OFFLINE, `local_files_only`), a local folder in diffusers' layout, a local weights file of
-`vae.architecture`, `random` (seeded; tests), or `train` (harness/autoencoder.py). A missing source is refused in
-one line naming `vae.source` before anything runs.
+(`try_to_load_from_cache`, then the cached snapshot folder, `local_files_only`), a local folder in diffusers'
+layout, a local weights file of `vae.architecture`, `random` (seeded; tests), or `train` (harness/autoencoder.py).
+A missing source is refused in one line naming `vae.source` before anything runs.
 """
 from __future__ import annotations
 
