@@ -372,9 +372,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         if args.command == "info":
-            folder = Path(args.folder)
-            meta = _read_json(folder / META if (folder / META).is_file() else partial_folder(folder) / PARTIAL_META)
-            print(json.dumps(meta, indent=1))
+            folder = Path(args.folder).expanduser().resolve()
+            found = [path for path in (folder / META, partial_folder(folder) / PARTIAL_META) if path.is_file()]
+            if not found:
+                raise ConfigError("folder", args.folder, f"no latent cache here (no {META}, and no partial one)")
+            print(json.dumps(_read_json(found[0]), indent=1))
             return 0
         quiet(args.verbose)
         try:
