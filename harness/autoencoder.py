@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,11 +80,13 @@ def trained_autoencoder(cfg: TrainConfig, architecture: dict) -> Path:
             print(f"training the VAE {folder.name} ({STEPS} steps on the {cfg.data.name} training images; once)",
                   flush=True)
             work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+            started = time.time()
             try:
                 train(cfg, architecture).save_pretrained(str(work))
                 os.replace(work, folder)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+            print(f"trained the VAE in {time.time() - started:.1f} s: {folder}", flush=True)
     return folder
 
 

@@ -244,9 +244,12 @@ def prepare_shard(cfg: TrainConfig, shard: int = 0, shards: int = 1, device=None
     echo(f"latent cache {folder} (key {state.key}): shard {shard} of {shards}, {len(todo)} of {len(mine)} chunks to "
          f"encode on {device}")
     moments = np.load(partial / "moments.npy", mmap_mode="r+")
+    started = time.time()
     for chunk in todo:
         _encode_chunk(chunk, meta, images, vae, moments, partial)
     del moments
+    encoded = sum(min(CHUNK, meta["count"] - c * CHUNK) for c in todo) * meta["flips"]
+    echo(f"encoded {encoded} images in {time.time() - started:.1f} s")
     with _locked(folder):
         if (folder / META).is_file() or _finish(folder, partial, meta):
             echo(f"latent cache {folder} is ready: {meta['count']} images, latents {meta['shape'][2:]}")
