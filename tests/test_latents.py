@@ -366,7 +366,10 @@ def test_a_sweep_makes_the_cache_as_a_stage_its_runs_wait_for_and_reuses_it(swee
 
 @pytest.mark.slow          # a couple of minutes on 2 cores: the VAE, the cache and both rows (BENCHMARKS.md)
 def test_the_tiny_latent_sweep_compares_a_pixel_and_a_latent_row_end_to_end(tmp_path):
+    from PIL import Image
+
     from analysis.runs import load_sweep_runs
+    from analysis.samples import sample_grids
     from analysis.table import build_table
     from commands.cli import main as sweep_main
     from harness.sweep.sweep import Sweep
@@ -374,13 +377,15 @@ def test_the_tiny_latent_sweep_compares_a_pixel_and_a_latent_row_end_to_end(tmp_
     path = tmp_path / "tiny_latent.yaml"
     path.write_text(yaml.safe_dump({**sweep, "output": str(tmp_path / "runs")}, sort_keys=False))
     started = time.time()
-    assert sweep_main([str(path), "--wait", "--report"]) == 0
+    assert sweep_main([str(path), "--wait"]) == 0
     print(f"tiny_latent: {time.time() - started:.0f} s")
-    frame = load_sweep_runs(Sweep.open(path)).frame
+    runs = load_sweep_runs(Sweep.open(path))
+    frame = runs.frame
     assert (frame["state"] == "done").all() and len(frame) == 2
     accuracy = frame.set_index("label")["metric.class_acc"]
     assert accuracy["DiT/1, latents (toy VAE)"] >= 0.5, accuracy.to_dict()
-    table = build_table(load_sweep_runs(Sweep.open(path)), "fd").to_markdown()
-    assert "DiT/4, pixels" in table and "DiT/1, latents (toy VAE)" in table
-    grids = sorted((tmp_path / "runs" / "tiny_latent").rglob("*latents*toy*.png"))
-    assert grids, "the report has a sample grid of the latent row"
+    table = build_table(runs, "fd").to_markdown()
+    assert "DiT/4, pixels" in table and "DiT/1, latents (toy VAE)" in table and "class accuracy" in table
+    pixels, latents = sample_grids(runs, tmp_path / "grids", torch.device("cpu"))     # the report's sample grids
+    for grid in (pixels, latents):
+        assert grid.path is not None and Image.open(grid.path).size == Image.open(pixels.path).size, grid.reason
