@@ -1,5 +1,5 @@
 """A small VAE the project makes itself (`vae.source=train`): diffusers' `AutoencoderKL` of `vae.architecture`
-(the CPU demo: `tiny`, 4x down, 4 latent channels, 0.16M parameters) trained once on the run's training images.
+(the CPU demo: `tiny`, 4x down, 4 latent channels, 0.23M parameters) trained once on the run's training images.
 
 Not Stable Diffusion's recipe (an L1 + LPIPS + patch-GAN loss with a 1e-6 KL weight [LDM]): a stand-in for
 tests and the offline demo, where no SD-VAE weights exist. Its loss is the pixel MSE of the reconstruction of
