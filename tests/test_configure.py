@@ -48,6 +48,10 @@ def test_group_and_field_overrides_apply():
      "model.latent_downsample=4: the VAE (random) down-samples 8x"),
     (["+experiment=dit_xl2_paper", "data.path=/tmp", "vae.source=random", "vae.latents_std=[1,1]"],
      "vae.latents_std=[1.0, 1.0]: expected one value per latent channel"),
+    (["+experiment=tiny_digits", "eval.sampler.cfg_channels=4"], "eval.sampler.cfg_channels=4: more than the "
+     "guided quantity's model.in_channels=3"),
+    (["+experiment=tiny_digits", "eval.sampler.kind=sde", "objective.noise_scale=2.0"],
+     "eval.sampler.kind='sde': the SDE sampler's score assumes unit noise"),
 ])
 def test_bad_configs_fail_with_one_line_naming_the_key(overrides, start):
     with pytest.raises(ConfigError) as err:
