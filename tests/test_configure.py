@@ -13,7 +13,7 @@ from toolkit.errors import ConfigError
 def test_experiments_compose_with_their_model_preset():
     for experiment, preset in [("pixeldit_xl_paper", "pixeldit_xl"), ("jit_l16_paper", "jit_l16"),
                                ("dit_xl2_paper", "dit_xl2"), ("jitmask_code", "jitmask"),
-                               ("sit_xl2_repa_paper", "sit_xl2_repa")]:
+                               ("sit_xl2_repa_paper", "sit_xl2_repa"), ("diffit_latent_paper", "diffit_latent_xl2")]:
         composed, chosen = compose_config([f"+experiment={experiment}"])
         assert chosen == preset and composed.experiment == experiment
 
@@ -42,8 +42,12 @@ def test_group_and_field_overrides_apply():
       "eval.sampler.steps=2000"], "eval.sampler.steps=2000: more than the objective.ddpm_steps=1000"),
     (["+experiment=pixeldit_xl_paper"], "data.path: required for data.name=imagefolder"),
     (["+experiment=pixeldit_xl_paper", "data.path=/does/not/exist"], "data.path='/does/not/exist'"),
-    (["+experiment=dit_xl2_paper", "data.path=/tmp"], "model.latent_downsample=8: training on VAE latents"),
-    (["+experiment=sit_xl2_repa_paper", "data.path=/tmp"], "model.latent_downsample=8: training on VAE latents"),
+    (["+experiment=dit_xl2_paper", "data.path=/tmp", "vae.source=/no/such/vae"],
+     "vae.source='/no/such/vae': not a local file or folder, and not in the local hub cache"),
+    (["+experiment=dit_xl2_paper", "data.path=/tmp", "vae.source=random", "model.latent_downsample=4"],
+     "model.latent_downsample=4: the VAE (random) down-samples 8x"),
+    (["+experiment=dit_xl2_paper", "data.path=/tmp", "vae.source=random", "vae.latents_std=[1,1]"],
+     "vae.latents_std=[1.0, 1.0]: expected one value per latent channel"),
     (["+experiment=tiny_digits", "eval.sampler.cfg_channels=4"], "eval.sampler.cfg_channels=4: more than the "
      "guided quantity's model.in_channels=3"),
     (["+experiment=tiny_digits", "eval.sampler.kind=sde", "objective.noise_scale=2.0"],
