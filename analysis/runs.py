@@ -4,9 +4,11 @@ One row per planned run, in the sweep file's order, whether or not it ran: `stat
 running, pending or new, so a table never has a silent gap.
 
 Whose numbers (`protocol`): `training`, each run's own evaluation (during training, under its config's protocol);
-`selected`, the confirmations of the sweep's `evaluate.select` (each row at its chosen point); or one evaluation
-protocol (harness/protocol.py) by its name or signature. Every row carries the protocol of its numbers (`protocol`,
-`protocol_name`, `protocol_text`): a table never mixes protocols without saying so.
+`selected`, the confirmations of the sweep's `evaluate.select` (each row at its chosen point); `evaluate`, the one
+protocol of an `evaluate:` without a grid; or one evaluation protocol (harness/protocol.py) by its name or
+signature. By default the first that applies of selected, evaluate, training (`default_protocol`). Every row
+carries the protocol of its numbers (`protocol`, `protocol_name`, `protocol_text`): a table never mixes protocols
+without saying so.
 """
 from __future__ import annotations
 
@@ -85,9 +87,19 @@ def load_sweep_runs(sweep: Sweep, protocol: str | None = None) -> SweepRuns:
                            eval_run_id=found.info.run_id)
         rows.append(row)
     runs = SweepRuns(sweep, pd.DataFrame(rows), states=states)
-    if protocol in (None, "training"):
+    protocol = protocol or default_protocol(sweep)
+    if protocol == "training":
         return runs
     return _under(runs, rows, protocol)
+
+
+def default_protocol(sweep: Sweep) -> str:
+    """Whose numbers a table shows unless told: the confirmations of `evaluate.select`, else the one protocol of an
+    `evaluate:` without a grid (`evaluate`), else each run's own evaluation (`training`)."""
+    evaluate = sweep.spec.evaluate
+    if evaluate is None:
+        return "training"
+    return "selected" if evaluate.select else "evaluate" if len(evaluate.points) == 1 else "training"
 
 
 def evaluations(sweep: SweepRuns) -> pd.DataFrame:
@@ -95,14 +107,14 @@ def evaluations(sweep: SweepRuns) -> pd.DataFrame:
     signature, protocol (signature), protocol_name, protocol_text, eval_run_id, stage (training: the run's own;
     grid, proxy, confirm: `evaluate:`; eval: `run_sweep.py eval`), point (JSON: the evaluate.grid values), the
     protocol's values (`param.<key>`, e.g. param.eval.sampler.cfg_scale as a number) and `metric.<name>`."""
-    from harness.sweep.protocols import done_evaluations
+    from harness.sweep.protocols import done_evaluations, home_of
     if "evaluations" in sweep.histories:
         return sweep.histories["evaluations"]
     runs = {}
     for state in sweep.states:
         runs.setdefault(state.run.signature, []).append(state.run)
     records = []
-    for (signature, protocol_signature), found in done_evaluations(sweep.states).items():
+    for (signature, protocol_signature), found in done_evaluations(sweep.states, home_of(sweep.sweep)).items():
         tags, params = found.data.tags, found.data.params
         own = tags.get("sweep_role") != "evaluation"
         protocol = protocol_of_run(params, tags) if own else EvalProtocol.from_params(
@@ -129,6 +141,13 @@ def _under(runs: SweepRuns, rows: list[dict], protocol: str) -> SweepRuns:
     chosen: dict[str, str] = {}                  # signature -> protocol signature
     if protocol == "selected":
         chosen = _selected(runs)
+    elif protocol == "evaluate":
+        evaluate = runs.sweep.spec.evaluate
+        if evaluate is None or len(evaluate.points) != 1:
+            raise ConfigError("--protocol", protocol, "means the one protocol of an evaluate: section without a grid; "
+                              + ("the sweep has none" if evaluate is None else f"this one has {len(evaluate.points)} "
+                                 "points: name one protocol (or selected)"))
+        chosen = {e.run.signature: e.protocol.signature for e in runs.sweep.evaluations.evaluations}
     else:
         known = found.drop_duplicates("protocol") if len(found) else found
         names = dict(zip(known["protocol"], known["protocol_name"])) if len(found) else {}
@@ -136,7 +155,9 @@ def _under(runs: SweepRuns, rows: list[dict], protocol: str) -> SweepRuns:
             or [sig for sig in names if len(protocol) >= 4 and sig.startswith(protocol)] \
             or [sig for sig, name in names.items() if protocol in name]
         if len(matches) != 1:
-            options = ["training", *(["selected"] if _has_selection(runs) else []), *sorted(names.values())]
+            options = ["training", *(["selected"] if _has_selection(runs) else []),
+                       *(["evaluate"] if runs.sweep.spec.evaluate and len(runs.sweep.spec.evaluate.points) == 1
+                         else []), *sorted(names.values())]
             reason = (f"matches {len(matches)} protocols: {sorted(names[m] for m in matches)}; name one" if matches
                       else f"no run of this sweep was evaluated under it; protocols: {options}")
             raise ConfigError("--protocol", protocol, reason,

@@ -115,7 +115,8 @@ def sampler_sentence(sweep: SweepRuns) -> str:
 
 
 WHOSE = {"training": "each run's own evaluation at the end of its training",
-         "selected": "each row at the protocol its selection chose (evaluate.select), confirmed"}
+         "selected": "each row at the protocol its selection chose (evaluate.select), confirmed",
+         "evaluate": "each run's evaluation by the sweep's evaluate: section"}
 
 
 def protocol_sentences(sweep: SweepRuns) -> tuple[list[str], set[int]]:
@@ -162,10 +163,11 @@ def selection_sentences(sweep: SweepRuns) -> list[str]:
         return []
     first = next(iter(sweep.selection.values())).data.tags
     parts = []
+    points = [json.dumps(point, sort_keys=True) for point in sweep.spec.evaluate.points]
     for title, run in sweep.selection.items():
         tags = run.data.tags
         point = json.loads(tags["selected_point"])
-        figures = {json.dumps(f["point"], sort_keys=True): f["mean"] for f in json.loads(tags["proxy_figures"])}
+        figures = dict(zip(points, json.loads(tags["proxy_means"])))
         chosen = figures.get(json.dumps(point, sort_keys=True))
         parts.append(f"{title}: " + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
                      + (f" ({tags['selection_metric']} {chosen:.4g} on the proxy)" if chosen is not None else ""))

@@ -88,9 +88,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--baseline", help="the row label differences are taken against (default: the file's)")
     p.add_argument("--columns", nargs="+", help="the columns to show, by id (e.g. row fd class_acc delta paper); "
                    "an unknown id lists them all")
-    p.add_argument("--protocol", help="whose numbers: training (each run's own evaluation, the default), selected "
-                   "(the confirmations of `evaluate.select`), or an evaluation protocol's name or signature (a unique "
-                   "part of it will do; an unknown one lists them)")
+    p.add_argument("--protocol", help="whose numbers: training (each run's own evaluation), selected (the "
+                   "confirmations of `evaluate.select`), evaluate (the one protocol of an `evaluate:` without a grid), "
+                   "or an evaluation protocol's name or signature (a unique part of it will do; an unknown one lists "
+                   "them). Default: selected, else evaluate, else training")
     p = verb("report", "write, execute and render the report notebook; log it to MLflow")
     p.add_argument("sweep")
     p.add_argument("--metric")

@@ -40,7 +40,7 @@ def run_command(args: argparse.Namespace) -> int:
 # ---- submit --------------------------------------------------------------------------------------
 
 def submit_command(sweep: Sweep, args) -> int:
-    from harness.sweep.protocols import plan_evaluations
+    from harness.sweep.protocols import check_references, plan_evaluations, reference_paths
     spec, runs = sweep.spec, sweep.plan_fresh()
     if args.show:
         return show_command(sweep, runs, args)
@@ -51,11 +51,13 @@ def submit_command(sweep: Sweep, args) -> int:
         print(plan_summary(spec, runs, states, reuse=not args.no_reuse, retry=args.retry))
         if evaluations is not None:
             print_evaluation_plan(sweep, evaluations, states)
-        paths = data_paths(runs)
+        paths = data_paths(runs) + (reference_paths(evaluations) if evaluations is not None else [])
         if paths:
             print(f"note: data paths are checked at submission, not in a dry run: {', '.join(paths)}")
         return 0
     check_data_paths(spec, runs)
+    if evaluations is not None:
+        check_references(spec, evaluations)
     check_signature_versions(sweep, args.no_reuse)
     experiment_id = sweep.prepare_store()
     sweep.write_plan_cache()
@@ -184,12 +186,12 @@ def plan_summary(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState]
 
 
 def print_evaluation_plan(sweep: Sweep, evaluations, states: list[RunState] | None) -> None:
-    from harness.sweep.protocols import done_evaluations
+    from harness.sweep.protocols import done_evaluations, home_of
     spec = evaluations.spec
     axes = " x ".join(f"{k} {v}" for k, v in spec.grid.items()) or "one point"
-    done = done_evaluations(states) if states else {}
+    done = done_evaluations(states, home_of(sweep)) if states else {}
     there = sum((e.run.signature, e.protocol.signature) in done for e in evaluations.evaluations)
-    print(f"evaluate: {len(spec.points)} protocols per run ({axes}"
+    print(f"evaluate: {len(spec.points)} protocol{'s' if len(spec.points) != 1 else ''} per run ({axes}"
           + (f"; set {spec.set}" if spec.set else "") + f"): {len(evaluations.evaluations)} evaluations, "
           f"{there} there, {len(evaluations.evaluations) - there} to compute after training")
     if spec.select:
@@ -269,7 +271,7 @@ def evaluation_lines(sweep: Sweep, states: list[RunState]) -> list[str]:
     from harness.sweep import protocols
     if sweep.evaluations is None:
         return []
-    found = protocols.progress(sweep.spec, sweep.evaluations, states, sweep.client)
+    found = protocols.progress(sweep.spec, sweep.evaluations, states, sweep.client, protocols.home_of(sweep))
     return found.lines(sweep.spec.evaluate.select is not None)
 
 

@@ -42,9 +42,6 @@ NON_RESULT_KEYS = ("run.name", "run.out_dir", "run.resume", "run.device", "data.
 # (harness/protocol.py), not the run. Out of the training signature since version 3: a run evaluated at another
 # guidance scale or EMA is the same run, evaluated again (`evaluate:` in a sweep), never trained again.
 EVALUATION_KEYS = ("eval.", "ema.eval_decay")
-# Model switches the training loop reads beside the network: GT pixel hints draw a mask and weight the loss
-# whenever hint_fraction > 0 (Trainer.losses), with or without a pixel pathway to show them to.
-LOSS_READS = ("hint_fraction", "hint_loss_weight")
 
 @lru_cache(maxsize=1)
 def register_configs() -> None:
@@ -267,9 +264,8 @@ def result_delta(cfg: TrainConfig, version: int | None = None) -> dict[str, Any]
     defaults = schema_defaults()
     flat, keep = flatten(cfg), affects_training
     if version >= 3:
-        model = cfg.model.canonical()
-        dropped = {f"model.{name}" for name in model.inert_fields()
-                   if not (name in LOSS_READS and model.hint_fraction > 0)}
+        model = cfg.model.canonical()            # (the loss reads the hint fields only when they act on the model:
+        dropped = {f"model.{name}" for name in model.inert_fields()}     # hints need the pixel pathway)
         flat = {**flat, **{f"model.{k}": v for k, v in flatten(model).items()}}
         flat = {k: v for k, v in flat.items() if k not in dropped}
     else:

@@ -212,36 +212,54 @@ def score(cfg, protocol: EvalProtocol, shards: list[Shard], folder: Path, metric
 # =============================================================================================
 # Evaluations in MLflow: a child run of the training run per protocol
 # =============================================================================================
-def find_evaluation(client: MlflowClient, training_run, protocol: EvalProtocol):
-    """The finished evaluation of a training run under a protocol: its child run, or the training run itself when
-    its own evaluation at the end was under this protocol; None when there is none."""
+def find_evaluation(training_run, protocol: EvalProtocol, places: list[tuple[MlflowClient, str]]):
+    """The finished evaluation of a training run under a protocol: the training run itself when its own evaluation
+    at the end was under this protocol, else its newest child run in any of `places` ((client, experiment id): the
+    training run's store, and the evaluating sweep's when that is another); None when there is none."""
     tags, params = training_run.data.tags, training_run.data.params
     if tags.get("eval_protocol") == protocol.signature and params.get("eval.at_end") == "True" \
             and training_run.info.status == "FINISHED":
         return training_run
-    found = client.search_runs([training_run.info.experiment_id],
-                               f"tags.training_run_id = '{training_run.info.run_id}' and tags.eval_protocol = "
-                               f"'{protocol.signature}' and attributes.status = 'FINISHED'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
-    return found[0] if found else None
+    found = []
+    for client, experiment_id in places:
+        found += client.search_runs([experiment_id], f"tags.training_run_id = '{training_run.info.run_id}' and "
+                                    f"tags.eval_protocol = '{protocol.signature}' and attributes.status = 'FINISHED'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)
+    return max(found, key=lambda run: run.info.start_time) if found else None
 
 
-def log_evaluation(client: MlflowClient, training_run, protocol: EvalProtocol, values: dict[str, float], step: int,
-                   tags: dict[str, str], existing=None) -> str:
-    """Log an evaluation as a child run of the training run, named by the protocol (or add metrics to `existing`,
-    an evaluation under the same protocol that lacked them); returns its run id."""
+def evaluation_places(training_run, store: str, home: str, experiment: str) -> list[tuple[MlflowClient, str]]:
+    """Where a training run's evaluations are: its own store (its experiment), and the store of the sweep
+    evaluating it (the sweep's experiment) when the run was reused from another store."""
+    from ..tracking import mlflow_client
+    places = [(mlflow_client(store), training_run.info.experiment_id)]
+    if home != store:
+        client = mlflow_client(home)
+        places.append((client, client.get_experiment_by_name(experiment).experiment_id))
+    return places
+
+
+def log_evaluation(client: MlflowClient, experiment_id: str, training_run, protocol: EvalProtocol,
+                   values: dict[str, float], step: int, tags: dict[str, str], nested: bool = True,
+                   existing=None) -> str:
+    """Log an evaluation as a run named by its protocol — nested under the training run (`nested`: the same store),
+    else in the evaluating sweep's own store beside it — or add metrics to `existing`, an evaluation under the same
+    protocol that lacked them; returns its run id. Evaluations of a run reused from another sweep's store are kept
+    in the evaluating sweep's store: one writer per store (its tracking server)."""
     now = int(time.time() * 1000)
     metrics = [Metric(name, float(value), now, step) for name, value in values.items()]
     if existing is not None:
         client.log_batch(existing.info.run_id, metrics=metrics)
         return existing.info.run_id
     info = training_run.info
-    all_tags = {"mlflow.parentRunId": info.run_id, "sweep_role": EVAL_ROLE, "eval_protocol": protocol.signature,
+    all_tags = {"sweep_role": EVAL_ROLE, "eval_protocol": protocol.signature,
                 "eval_protocol_name": protocol.name, "eval_protocol_version": str(protocol.version),
                 "eval_protocol_text": protocol.describe(), "training_run_id": info.run_id,
                 "training_signature": training_run.data.tags.get("signature", ""),
                 "checkpoint": training_run.data.tags.get("checkpoint", ""), "checkpoint_step": str(step), **tags}
-    run_id = client.create_run(info.experiment_id, run_name=protocol.name, tags=all_tags).info.run_id
+    if nested:
+        all_tags["mlflow.parentRunId"] = info.run_id
+    run_id = client.create_run(experiment_id, run_name=protocol.name, tags=all_tags).info.run_id
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v[:6000]) for k, v in protocol.params().items()])
     client.set_terminated(run_id, "FINISHED")
     return run_id
@@ -265,17 +283,20 @@ def find_training_run(stores: list[str], signature: str):
 
 
 class EvaluationJob:
-    """One finished run under one protocol, start to end: find the training run (by signature, in the stores),
-    skip if the evaluation exists, fill the shards, score, log the child run. Idempotent and resumable (shards on
-    disk); a failure is written to `<folder>/failure.json` for `status`."""
+    """One finished run under one protocol, start to end: find the training run (by signature, in the stores: the
+    sweep's own first), skip if the evaluation exists, fill the shards, score, log the evaluation in the sweep's
+    store. Idempotent and resumable (shards on disk); a failure is written to `<folder>/failure.json` for `status`."""
 
-    def __init__(self, stores: list[str], signature: str, protocol: str, folder: str, tags: dict[str, str]):
-        self.stores, self.signature, self.protocol, self.folder, self.tags = stores, signature, protocol, folder, tags
+    def __init__(self, stores: list[str], experiment: str, signature: str, protocol: str, folder: str,
+                 tags: dict[str, str]):
+        self.stores, self.experiment, self.signature = stores, experiment, signature
+        self.protocol, self.folder, self.tags = protocol, folder, tags
 
     def __call__(self) -> dict:
         folder = Path(self.folder)
         try:
-            return evaluate_run(self.stores, self.signature, EvalProtocol(self.protocol), folder, self.tags)
+            return evaluate_run(self.stores, self.experiment, self.signature, EvalProtocol(self.protocol), folder,
+                                self.tags)
         except Exception as err:
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(folder / FAILURE_FILE, json.dumps({"reason": f"{type(err).__name__}: {err}",
@@ -283,15 +304,15 @@ class EvaluationJob:
             raise
 
 
-def evaluate_run(stores: list[str], signature: str, protocol: EvalProtocol, folder: Path,
+def evaluate_run(stores: list[str], experiment: str, signature: str, protocol: EvalProtocol, folder: Path,
                  tags: dict[str, str]) -> dict:
-    """What an `EvaluationJob` does (also called in-process by a confirmation)."""
-    from ..tracking import mlflow_client
+    """What an `EvaluationJob` does (also called in-process by a confirmation). `stores[0]` is the evaluating
+    sweep's store (experiment `experiment`)."""
     training_run, store = find_training_run(stores, signature)
     if training_run is None:
         raise RuntimeError(f"no finished training run of signature {signature} (in {stores}): nothing to evaluate")
-    client = mlflow_client(store)
-    existing = find_evaluation(client, training_run, protocol)
+    places = evaluation_places(training_run, store, stores[0], experiment)
+    existing = find_evaluation(training_run, protocol, places)
     if existing is not None:
         return {"run_id": existing.info.run_id, "computed": False}
     checkpoint = training_run.data.tags.get("checkpoint")
@@ -302,7 +323,9 @@ def evaluate_run(stores: list[str], signature: str, protocol: EvalProtocol, fold
     cfg, step = checkpoint_config(checkpoint)
     values = score(cfg, protocol, shards, folder)
     (folder / FAILURE_FILE).unlink(missing_ok=True)
-    run_id = log_evaluation(client, training_run, protocol, values, step, tags)
+    client, experiment_id = places[-1]
+    run_id = log_evaluation(client, experiment_id, training_run, protocol, values, step,
+                            {**tags, **({"training_store": store} if len(places) > 1 else {})}, nested=len(places) == 1)
     return {"run_id": run_id, "computed": True, **values}
 
 
@@ -371,9 +394,12 @@ def plan_evaluation(sweep: Sweep, label: Optional[str], num: int, shards: int, r
     """(the finished runs to evaluate, each under its protocol; lines about the runs skipped); every refusal comes
     before any work. A run's protocol is its own config's (sampler, EMA) with the command's changes."""
     from ..adm_metrics import open_input
+    from ..inception import resolve_inception
     spec = sweep.spec
     check_arguments(spec, label, num, shards)
     changes = protocol_changes(sets)
+    if metric == "adm":                           # the weights themselves: "auto" differs between machines
+        inception = str(resolve_inception(inception, "--inception"))
     targets, skipped, seen = [], [], set()
     for state in sweep.states():
         run = state.run
@@ -446,16 +472,17 @@ def evaluate_sweep(sweep: Sweep, label: Optional[str] = None,
     if metrics is None:
         metrics = [m for m in METRICS if m != "is" or evaluator.net.has_logits]
     evaluator.check_metrics(metrics)
-    targets, skipped = plan_evaluation(sweep, label, num, shards, reference, list(sets), seed, batch,
-                                       str(evaluator.inception_path))
+    targets, skipped = plan_evaluation(sweep, label, num, shards, reference, list(sets), seed, batch, inception)
     for line in skipped:
         echo(f"  skipped {line}")
     if not targets:
         echo("no finished run to evaluate")
         return 1
     todo = []
+    home = sweep.client.get_experiment_by_name(spec.experiment_name).experiment_id
     for target in targets:
-        found = find_evaluation(mlflow_client(target.store), target.training_run, target.protocol)
+        found = find_evaluation(target.training_run, target.protocol, [
+            (mlflow_client(target.store), target.training_run.info.experiment_id), (sweep.client, home)])
         if found is not None and set(metrics) <= set(found.data.metrics):
             echo(f"  {target.run.label} seed {target.run.seed}: already evaluated under {target.protocol.name} "
                  f"(MLflow run {found.info.run_id}): " + " ".join(f"{m}={found.data.metrics[m]:.4g}" for m in metrics))
@@ -489,9 +516,12 @@ def evaluate_sweep(sweep: Sweep, label: Optional[str] = None,
                  f"{spec.folder / 'submitit'})")
             return 1
         values = json.loads(scored.read_text())
-        run_id = log_evaluation(mlflow_client(target.store), target.training_run, target.protocol, values,
-                                target.step, {"eval_stage": "eval", "evaluated_by_sweep": spec.name,
-                                              "eval_samples": str(target.folder)}, existing=found)
+        nested = target.store == sweep.store_uri
+        run_id = log_evaluation(sweep.client, home, target.training_run, target.protocol, values, target.step,
+                                {"eval_stage": "eval", "evaluated_by_sweep": spec.name,
+                                 "eval_samples": str(target.folder), **({} if nested else {"training_store":
+                                                                                          target.store})},
+                                nested=nested, existing=found)
         echo(f"  {target.run.label} seed {target.run.seed}: " + " ".join(f"{m}={v:.4g}" for m, v in values.items())
              + f" (MLflow run {run_id}, protocol {target.protocol.name})")
     return 0

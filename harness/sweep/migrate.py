@@ -94,6 +94,7 @@ def migrate_store(sweep: Sweep, dry_run: bool = False) -> int:
         record["signature"] = renamed.get(record["signature"], record["signature"])
     moved = _move_run_folders(sweep, client, changes)
     sweep.save_manifest()
+    sweep.write_plan_cache()                      # the plan under the current scheme (status, tables read it)
     print(f"{len(changes)} runs re-signed (signature version {SIGNATURE_VERSION}); old signatures kept in the "
           f"tag signature_previous" + (f"; {moved} run folders renamed as the plan now names them" if moved else ""))
     return 0

@@ -33,7 +33,15 @@ from toolkit.files import atomic_write_text
 
 from .. import metric_registry
 from ..protocol import EvalProtocol
-from .evaluation import EVAL_ROLE, FAILURE_FILE, EvaluationJob, evaluate_run, find_evaluation, find_training_run
+from .evaluation import (
+    EVAL_ROLE,
+    FAILURE_FILE,
+    EvaluationJob,
+    evaluate_run,
+    evaluation_places,
+    find_evaluation,
+    find_training_run,
+)
 from .executors import Task, executor_class
 from .plan import PlannedRun
 from .spec import EvaluateSpec, SweepError, SweepSpec
@@ -134,6 +142,27 @@ def plan_evaluations(spec: SweepSpec, runs: list[PlannedRun]) -> EvaluationPlan 
     return plan
 
 
+def reference_paths(plan: EvaluationPlan) -> list[str]:
+    """The reference batches the plan's ADM evaluations read (what a dry run does not look at)."""
+    select = plan.spec.select
+    protocols = [e.protocol for e in plan.evaluations] + [plan.confirm(e.run, e.point) for e in plan.evaluations
+                                                          if select]
+    return sorted({p["eval.reference"] for p in protocols if p.metric == "adm" and p["eval.reference"]})
+
+
+def check_references(spec: SweepSpec, plan: EvaluationPlan) -> None:
+    """At submission, like data paths: every reference batch the evaluations need exists."""
+    for path in reference_paths(plan):
+        if not Path(path).exists():
+            key = next((f"{name}.eval.reference" for name, section in
+                        (("evaluate.set", plan.spec.set), ("evaluate.select.proxy", plan.spec.select and
+                                                           plan.spec.select.proxy),
+                         ("evaluate.select.confirm", plan.spec.select and plan.spec.select.confirm))
+                        if section and section.get("eval.reference") == path), "eval.reference")
+            raise SweepError(key, path, "file does not exist (checked at submission; a dry run does not look at "
+                             "files)", source=str(spec.path))
+
+
 def _metrics_of(scorer: str) -> list[str]:
     """The metric names (and aliases) a protocol's scorer computes."""
     return sorted({name for m in metric_registry.scored_by(scorer) if m.sample_based for name in (m.name, *m.aliases)})
@@ -165,31 +194,43 @@ def _checked(spec: SweepSpec, run: PlannedRun, make, point: dict, stage: str | N
 # =============================================================================================
 # What exists: evaluations (child runs, or a training run's own) and selections
 # =============================================================================================
-def done_evaluations(states: list[RunState]) -> dict[tuple[str, str], object]:
+def done_evaluations(states: list[RunState], home=None) -> dict[tuple[str, str], object]:
     """(training signature, protocol signature) -> the MLflow run holding that evaluation, for every finished run of
-    the states: one query per store for the evaluation runs, plus each training run's own evaluation."""
+    the states: each training run's own evaluation, and the evaluation runs of its store (one query per store) and
+    of `home` ((client, experiment id): the evaluating sweep's store, which keeps the evaluations of runs reused
+    from other stores)."""
     from ..tracking import mlflow_client
     finished = {}
     for state in states:
         if state.state == "done" and state.mlflow_run is not None:
             finished.setdefault(state.run.signature, state)
     found: dict[tuple[str, str], object] = {}
-    by_store: dict[str, list[RunState]] = {}
+    places: dict[str, tuple[object, set]] = {}
     for state in finished.values():
-        by_store.setdefault(state.store, []).append(state)
         run = state.mlflow_run
+        places.setdefault(state.store, (mlflow_client(state.store), set()))[1].add(run.info.experiment_id)
         if run.data.tags.get("eval_protocol") and run.data.params.get("eval.at_end") == "True":
             found[(state.run.signature, run.data.tags["eval_protocol"])] = run
-    for store, members in by_store.items():
-        client = mlflow_client(store)
-        ids = {s.mlflow_run.info.run_id: s.run.signature for s in members}
-        experiments = sorted({s.mlflow_run.info.experiment_id for s in members})
-        for run in all_runs(client, experiments, f"tags.sweep_role = '{EVAL_ROLE}' and attributes.status = 'FINISHED'"):
+    if home is not None:
+        client, experiment_id = home
+        places.setdefault(client.tracking_uri, (client, set()))[1].add(experiment_id)
+    ids = {s.mlflow_run.info.run_id: s.run.signature for s in finished.values()}
+    for client, experiments in places.values():
+        for run in all_runs(client, sorted(experiments), f"tags.sweep_role = '{EVAL_ROLE}' and "
+                                                         "attributes.status = 'FINISHED'"):
             signature = ids.get(run.data.tags.get("training_run_id"))
             key = (signature, run.data.tags.get("eval_protocol"))
             if signature and (key not in found or run.info.start_time > found[key].info.start_time):
                 found[key] = run
     return found
+
+
+def home_of(sweep) -> tuple | None:
+    """(client, experiment id) of a sweep's own store, None before its first submission."""
+    if sweep.manifest is None:
+        return None
+    experiment = sweep.client.get_experiment_by_name(sweep.spec.experiment_name)
+    return (sweep.client, experiment.experiment_id) if experiment is not None else None
 
 
 def selections(client, spec: SweepSpec) -> dict[str, object]:
@@ -227,8 +268,8 @@ class Progress:
         return out
 
 
-def progress(spec: SweepSpec, plan: EvaluationPlan, states: list[RunState], client) -> Progress:
-    done = done_evaluations(states)
+def progress(spec: SweepSpec, plan: EvaluationPlan, states: list[RunState], client, home=None) -> Progress:
+    done = done_evaluations(states, home)
     out = Progress(len(plan.evaluations), sum((e.run.signature, e.protocol.signature) in done
                                               for e in plan.evaluations))
     for e in plan.evaluations:
@@ -271,7 +312,7 @@ def stages(sweep, plan: EvaluationPlan, states: list[RunState], training_jobs: d
     spec = sweep.spec
     records = (sweep.manifest or {}).get("evaluations", {})
     live = live_jobs(records)
-    done = done_evaluations(states)
+    done = done_evaluations(states, home_of(sweep))
     stores_cache: list[list[str]] = []
 
     def stores() -> list[str]:
@@ -309,7 +350,7 @@ def stages(sweep, plan: EvaluationPlan, states: list[RunState], training_jobs: d
         if e.run.grid:
             tags["training_grid"] = json.dumps(e.run.grid, sort_keys=True)
         task = Task(e.task_name, one_device(e.run.executor),
-                    EvaluationJob(stores(), e.run.signature, e.protocol.values_json,
+                    EvaluationJob(stores(), spec.experiment_name, e.run.signature, e.protocol.values_json,
                                   str(spec.folder / "eval" / e.run.run_name / e.protocol.signature), tags), after)
         grid.append(task)
     confirm = []
@@ -405,7 +446,7 @@ class ConfirmJob:
             tags = {"eval_stage": "confirm", "evaluated_by_sweep": self.sweep, "training_label": self.label,
                     "training_seed": str(run["seed"]), "selection_signature": self.signature,
                     "eval_point": json.dumps(self.points[chosen], sort_keys=True)}
-            results[run["run_name"]] = evaluate_run(self.stores, run["signature"], protocol,
+            results[run["run_name"]] = evaluate_run(self.stores, self.experiment, run["signature"], protocol,
                                                     Path(self.folder) / run["run_name"] / protocol.signature, tags)
         return {"point": self.points[chosen], "runs": results}
 
@@ -418,8 +459,8 @@ class ConfirmJob:
             training_run, store = find_training_run(self.stores, run["signature"])
             if training_run is None:
                 continue
-            client = mlflow_client(store)
-            found = [find_evaluation(client, training_run, EvalProtocol(p)) for p in run["proxy"]]
+            places = evaluation_places(training_run, store, self.sweep_store, self.experiment)
+            found = [find_evaluation(training_run, EvalProtocol(p), places) for p in run["proxy"]]
             if all(f is not None and name in f.data.metrics for f in found):
                 values[run["signature"]] = [f.data.metrics[name] for f in found]
         if not values:
@@ -449,8 +490,8 @@ class ConfirmJob:
                 "selected_point": json.dumps(point, sort_keys=True), "selection_metric": figures["metric"],
                 "selection_per": self.per, "selected_protocol": confirm.signature,
                 "selected_protocol_name": confirm.name, "proxy_protocol_name": proxy.name,
-                "proxy_figures": json.dumps([{"point": p, "mean": m} for p, m in zip(self.points, figures["means"])])
-                [:5000], "selection_inputs": _digest(figures["values"])}
+                "proxy_means": json.dumps([float(f"{m:.6g}") for m in figures["means"]]),    # in evaluate.grid order
+                "selection_inputs": _digest(figures["values"]), "selection_runs": str(len(figures["values"]))}
         if self.seed is not None:
             tags["selection_seed"] = str(self.seed)
         if self.parent_run_id:
