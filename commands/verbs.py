@@ -64,7 +64,7 @@ def submit_command(sweep: Sweep, args) -> int:
     client = sweep.client
     states = sweep.states(reuse=not args.no_reuse)
     wanted = {"new", "failed"} if args.retry else {"new"}
-    todo = list({s.run.signature: s.run for s in states if s.state in wanted}.values())   # a shared run once
+    todo = [s.run for s in states if s.state in wanted and s.run.same_as is None]    # a shared run once
     print_plan(spec, runs, states)
     print(plan_summary(spec, runs, states, reuse=not args.no_reuse, retry=args.retry))
     jobs, parent_id = [], None

@@ -37,7 +37,6 @@ from .evaluation import (
     EVAL_ROLE,
     FAILURE_FILE,
     EvaluationJob,
-    evaluate_run,
     evaluation_places,
     find_evaluation,
     find_training_run,
@@ -280,13 +279,24 @@ def progress(spec: SweepSpec, plan: EvaluationPlan, states: list[RunState], clie
         chosen = selections(client, spec)
         out.groups = len(plan.groups)
         for group in plan.groups:
-            selection = chosen.get(plan.selection_signature(group))
+            signature = plan.selection_signature(group)
+            selection = chosen.get(signature)
             out.confirmations += len(group.runs)
+            failure = spec.folder / "eval" / "selections" / signature / FAILURE_FILE
+            if selection is None and failure.is_file():
+                out.failed.append(f"selection for {group.title}: {json.loads(failure.read_text())['reason']}")
             if selection is None:
                 continue
             out.selected += 1
             point = json.loads(selection.data.tags["selected_point"])
-            out.confirmed += sum((run.signature, plan.confirm(run, point).signature) in done for run in group.runs)
+            for run in group.runs:
+                protocol = plan.confirm(run, point)
+                failure = spec.folder / "eval" / run.run_name / protocol.signature / FAILURE_FILE
+                if (run.signature, protocol.signature) in done:
+                    out.confirmed += 1
+                elif failure.is_file():
+                    out.failed.append(f"{run.title} under {protocol.name}: "
+                                      f"{json.loads(failure.read_text())['reason']}")
     return out
 
 
@@ -438,7 +448,7 @@ class ConfirmJob:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps({"reason": f"{type(err).__name__}: {err}", "time": time.time()}))
             raise
-        results = {}
+        results, failed = {}, []
         for run in self.runs:
             if not figures["values"].get(run["signature"]):
                 continue                              # its training or proxy evaluations failed
@@ -446,8 +456,14 @@ class ConfirmJob:
             tags = {"eval_stage": "confirm", "evaluated_by_sweep": self.sweep, "training_label": self.label,
                     "training_seed": str(run["seed"]), "selection_signature": self.signature,
                     "eval_point": json.dumps(self.points[chosen], sort_keys=True)}
-            results[run["run_name"]] = evaluate_run(self.stores, self.experiment, run["signature"], protocol,
-                                                    Path(self.folder) / run["run_name"] / protocol.signature, tags)
+            job = EvaluationJob(self.stores, self.experiment, run["signature"], protocol.values_json,
+                                str(Path(self.folder) / run["run_name"] / protocol.signature), tags)
+            try:                                      # (a failure is written beside its shards, for `status`)
+                results[run["run_name"]] = job()
+            except Exception as err:
+                failed.append(f"{run['title']}: {type(err).__name__}: {err}")
+        if failed:
+            raise RuntimeError("confirmations failed: " + "; ".join(failed))
         return {"point": self.points[chosen], "runs": results}
 
     def select(self) -> tuple[int, dict]:
