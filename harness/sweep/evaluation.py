@@ -15,14 +15,16 @@ task (one GPU) per shard, a few local processes, or in-process.
 Score. `offline` and `fid` score the shards with the run's scorer (the classifier of the held-out split, the
 Inception against held-out statistics), `adm` with ADM's suite against `eval.reference` (`MetricsJob`).
 
-MLflow. Each (run, protocol) evaluation is an MLflow run nested under the training run (`mlflow.parentRunId`),
-named by the protocol, whose params are the protocol (its config keys) and whose metrics are the scores (`fd`,
-`class_acc`, `fid`, `sfid`, ...) at the checkpoint's step; tags: `sweep_role=evaluation`, `eval_protocol` (its
-signature), `training_run_id`, `training_signature`, `eval_stage`. So two protocols of one run never collide (each
-has its own params), MLflow's UI lists a run's evaluations under it, and `tags.eval_protocol = '<signature>'`
-finds one protocol's evaluations of every run. The training run's own evaluation at its end is its config's
-protocol evaluated on its final checkpoint (the training run carries the protocol's signature as its
-`eval_protocol` tag), so it counts as that evaluation: the same protocol is never computed twice.
+MLflow. Each (run, protocol) evaluation is an MLflow run nested under the training run (`mlflow.parentRunId`; for a
+run reused from another sweep's store, a run of the evaluating sweep's store with the tag `training_store`, so that
+each store keeps one writer), named by the protocol, whose params are the protocol (its config keys) and whose
+metrics are the scores (`fd`, `class_acc`, `fid`, `sfid`, ...) at the checkpoint's step; tags:
+`sweep_role=evaluation`, `eval_protocol` (its signature), `training_run_id`, `training_signature`, `eval_stage`.
+So two protocols of one run never collide (each has its own params), MLflow's UI lists a run's evaluations under
+it, and `tags.eval_protocol = '<signature>'` finds one protocol's evaluations of every run. The training run's own
+evaluation at its end is its config's protocol evaluated on its final checkpoint (the training run carries the
+protocol's signature as its `eval_protocol` tag), so it counts as that evaluation: the same protocol is never
+computed twice.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from .sweep import Sweep
 
 SHARD_FORMAT = "shard_{:05d}.npz"
+SHARD_SAMPLES = 5000                  # an evaluation job writes its samples in shards of about this many images
 EVAL_ROLE = "evaluation"              # the `sweep_role` tag of an evaluation's MLflow run
 FAILURE_FILE = "failure.json"         # why an evaluation job failed, beside its shards
 
@@ -318,8 +321,9 @@ def evaluate_run(stores: list[str], experiment: str, signature: str, protocol: E
     checkpoint = training_run.data.tags.get("checkpoint")
     if not checkpoint or not Path(checkpoint).is_file():
         raise RuntimeError(f"the checkpoint {checkpoint} of run {training_run.info.run_name} is not readable here")
-    shards = plan_shards(protocol, folder, 1)
-    ShardJob()(checkpoint, protocol.values_json, shards)
+    batches = -(-protocol.num_samples // protocol.batch_size)
+    shards = plan_shards(protocol, folder, min(batches, -(-protocol.num_samples // SHARD_SAMPLES)))
+    ShardJob()(checkpoint, protocol.values_json, shards)     # a killed job resumes at its first missing shard
     cfg, step = checkpoint_config(checkpoint)
     values = score(cfg, protocol, shards, folder)
     (folder / FAILURE_FILE).unlink(missing_ok=True)
