@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from models.config import ModelConfig
 from models.presets import PRESETS
 from toolkit.errors import ConfigError, from_omegaconf, unknown
-from toolkit.fields import check_choices
+from toolkit.fields import check_choices, inert_fields
 
 from .config import TrainConfig
 
@@ -250,8 +250,8 @@ def config_differences(base: dict[str, Any], other: dict[str, Any], base_model: 
 # Version of the signature scheme; bump it (and migrate stores: `run_sweep.py migrate`) only when the
 # scheme itself changes. v1 hashed the full resolved config; v2 hashes its difference from the schema defaults;
 # v3 leaves the evaluation settings out (EVALUATION_KEYS) and writes each model one way: a value equal to what
-# its None means is None (`ModelConfig.canonical`), and a switch without effect on the model
-# (`ModelConfig.inert_fields`) is left out.
+# its None means is None (`ModelConfig.canonical`), and a switch without effect (`inert_when=`: on the model,
+# `ModelConfig.inert_fields`, or on training, e.g. `optim.muon_momentum` under AdamW) is left out.
 SIGNATURE_VERSION = 3
 
 
@@ -277,6 +277,9 @@ def result_delta(cfg: TrainConfig, version: int | None = None) -> dict[str, Any]
     if version >= 3:
         model = cfg.model.canonical()            # (the loss reads the hint fields only when they act on the model:
         dropped = {f"model.{name}" for name in model.inert_fields()}     # hints need the pixel pathway)
+        sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "model"}
+        dropped |= {f"{key}.{name}" for key, section in sections.items() if dataclasses.is_dataclass(section)
+                    for name in inert_fields(section)}        # training switches too (`muon_*` under AdamW)
         flat = {**flat, **{f"model.{k}": v for k, v in flatten(model).items()}}
         flat = {k: v for k, v in flat.items() if k not in dropped}
     else:

@@ -48,7 +48,7 @@ def test_a_value_equal_to_its_default_signs_as_the_default():
     assert signature("model=table4_ptc", "model.compaction=4") != ptc          # another compaction: another run
 
 
-def test_a_switch_without_effect_on_the_model_changes_nothing():
+def test_a_switch_without_effect_changes_nothing():
     dit = signature("model=table4_vanilla_dit16")                              # no pixel pathway
     for inert in ("model.compaction=4", "model.adaln=B", "model.pixel_depth=3", "model.pixel_attention=false"):
         assert signature("model=table4_vanilla_dit16", inert) == dit, inert
@@ -57,6 +57,12 @@ def test_a_switch_without_effect_on_the_model_changes_nothing():
     assert signature("model=table4_pixelwise", "model.hint_loss_weight=0.1") == pixel       # no hints: no weight
     assert signature("model=table4_pixelwise", "model.hint_fraction=0.25", "model.hint_loss_weight=0.1") != \
         signature("model=table4_pixelwise", "model.hint_fraction=0.25")
+    # training switches as well: Muon's settings under AdamW, the frequency loss's table quality without the loss
+    plain = signature("model=table4_pixelwise")
+    for inert in ("optim.muon_momentum=0.9", "objective.freq_quality=50", "perceptual.vgg_weights=random"):
+        assert signature("model=table4_pixelwise", inert) == plain, inert
+    assert signature("model=table4_pixelwise", "optim.optimizer=muon", "optim.muon_momentum=0.9") != \
+        signature("model=table4_pixelwise", "optim.optimizer=muon")
 
 
 def test_evaluation_settings_leave_the_training_signature():
