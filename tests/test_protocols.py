@@ -7,7 +7,7 @@ import json
 
 import pytest
 import yaml
-from conftest import TINY, write_sweep
+from conftest import SLURM_SKIP, TINY, wait_until, write_sweep
 from mlflow.tracking import MlflowClient
 
 from commands.cli import main
@@ -285,6 +285,29 @@ def test_bad_evaluate_input_is_refused_in_one_line_before_anything_runs(tmp_path
     assert main([str(path)]) == 2
     assert error_line(capsys) == f"error: {path}: {expected}"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow          # 2-4 min: sbatch round trips on the local cluster
+@pytest.mark.skipif(SLURM_SKIP is not None, reason=str(SLURM_SKIP))
+def test_train_grid_select_confirm_run_unattended_as_dependent_slurm_jobs(tmp_path):
+    """One submission to the real local SLURM (scripts/local_slurm.sh) queues training, the proxy grid, then the
+    selection and confirmation, each stage waiting on the one before it (SLURM dependencies): nothing attended."""
+    select = {"metric": "fd", "per": "row", "proxy": {"eval.num_samples": 20, "eval.seed": 1},
+              "confirm": {"eval.num_samples": 40, "eval.seed": 2}}
+    path = write_sweep(tmp_path, "queued", rows=PIXEL_AND_DIT[:1], executor="slurm", seeds=[0],
+                       evaluate={"set": OFFLINE, "grid": {"eval.sampler.cfg_scale": [1.0, 4.0]}, "select": select})
+    assert main([str(path)]) == 0                                     # returns once queued
+
+    def stage(name):
+        return [r for r in evaluations_of(path) if r.data.tags["eval_stage"] == name and r.info.status == "FINISHED"]
+    wait_until(lambda: stage("confirm"), timeout=600, every=5, what="the confirmation")
+    (state,) = Sweep.open(path).states()
+    training = MlflowClient(store_uri(load_sweep(path))).get_run(state.mlflow_run_id)
+    proxy, (confirm,) = stage("proxy"), stage("confirm")
+    assert len(proxy) == 2 and training.info.status == "FINISHED"
+    assert min(r.info.start_time for r in proxy) >= training.info.end_time       # after the training job
+    assert confirm.info.start_time >= max(r.info.end_time for r in proxy)        # after the grid
+    assert confirm.data.params["eval.seed"] == "2"
 
 
 # ---- the evaluation during training is a protocol evaluation ------------------------------------------
