@@ -312,16 +312,17 @@ def test_train_grid_select_confirm_run_unattended_as_dependent_slurm_jobs(tmp_pa
 
 # ---- the evaluation during training is a protocol evaluation ------------------------------------------
 
-def test_the_evaluation_at_the_end_of_training_is_the_protocols_evaluation_of_the_checkpoint(trained, tmp_path):
+def test_the_evaluation_at_the_end_of_training_is_the_protocols_evaluation_of_the_checkpoint(tmp_path):
     """Sampling the run's own protocol from its final checkpoint (as an evaluation job does, in one shard) gives
     the numbers the training loop logged: the training run counts as that evaluation."""
     from harness.sweep.evaluation import ShardJob, checkpoint_config, plan_shards, score
     path = write_sweep(tmp_path, "own", rows=PIXEL_AND_DIT[1:], executor="debug", seeds=[0],
                        overrides={**BANK, **OFFLINE, "eval.batch_size": 8})
     assert main([str(path)]) == 0
-    (state,) = Sweep.open(path).states()
+    sweep = Sweep.open(path)
+    (planned,), (state,) = sweep.plan_fresh(), sweep.states()          # (a cached plan holds no configs)
     run = state.mlflow_run
-    protocol = EvalProtocol.of(state.run.cfg)
+    protocol = EvalProtocol.of(planned.cfg)
     assert run.data.tags["eval_protocol"] == protocol.signature
     checkpoint = run.data.tags["checkpoint"]
     shards = plan_shards(protocol, tmp_path / "again", 2)              # 20 samples: batches of 8, 8, 4
