@@ -29,9 +29,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from harness.metric_registry import entry, lower_is_better
+from harness.metric_registry import entry, lower_is_better, preferred
 
-from .runs import SweepRuns, metric_history
+from .runs import SweepRuns, evaluations, metric_history
 from .stats import MIN_N, t_interval
 from .table import paper_label
 
@@ -300,6 +300,107 @@ def cost_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figur
     return fig
 
 
+GUIDANCE_KEY = "param.eval.sampler.cfg_scale"
+
+
+def guidance_evaluations(sweep: SweepRuns) -> pd.DataFrame:
+    """The evaluations of the sweep's `evaluate:` grid (its proxy with a selection): one row per (run, protocol),
+    from `analysis.runs.evaluations`; empty without an `evaluate:` section."""
+    plan = sweep.sweep.evaluations if sweep.sweep.spec.evaluate is not None else None
+    found = evaluations(sweep)
+    if plan is None or found.empty:
+        return found.iloc[0:0]
+    wanted = {(e.run.signature, e.protocol.signature) for e in plan.evaluations}
+    return found[[key in wanted for key in zip(found["signature"], found["protocol"])]]
+
+
+def guidance_metric(sweep: SweepRuns, metric: str) -> str | None:
+    """The metric the guidance curves show: `metric` when the evaluations have it, else the selection's, else the
+    preferred one they have; None when they have none."""
+    found = guidance_evaluations(sweep)
+    logged = [c.removeprefix("metric.") for c in found.columns if c.startswith("metric.") and found[c].notna().any()]
+    select = sweep.sweep.spec.evaluate.select if sweep.sweep.spec.evaluate is not None else None
+    for name in (metric.split("/")[0], select and entry(select.metric).name):
+        if name in logged:
+            return name
+    return preferred(logged)
+
+
+def guidance_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figure | None:
+    """`metric` against the guidance scale, one line per row (and per value of the other evaluate.grid axes: line
+    style), the mean over the row's runs with their min–max as a band; the point each row's selection chose is
+    starred. None when the grid does not vary the guidance scale."""
+    found = guidance_evaluations(sweep)
+    column = f"metric.{metric}"
+    if found.empty or column not in found or found[GUIDANCE_KEY].nunique() < 2:
+        return None
+    axes_keys = [k for k in sweep.sweep.spec.evaluate.grid if k != "eval.sampler.cfg_scale"]
+    others = found[[f"param.{k}" for k in axes_keys]].astype(str).agg(", ".join, axis=1) if axes_keys else \
+        pd.Series("", index=found.index)
+    found = found.assign(other=others)
+    variants = list(dict.fromkeys(found["other"]))
+    fig, (ax,) = _figure(width=9.0)
+    drawn, handles = [], []
+    for s in sweep_series(sweep):
+        rows = found[(found["label"] == s.label) & (found["grid"] == s.grid)]
+        for v, variant in enumerate(variants):
+            data = rows[rows["other"] == variant]
+            if data.empty:
+                continue
+            table = data.pivot_table(index=GUIDANCE_KEY, columns="seed", values=column, aggfunc="last").sort_index()
+            x = table.index.to_numpy(dtype=float)
+            style = LINE_STYLES[v % len(LINE_STYLES)]
+            ax.plot(x, table.mean(axis=1).to_numpy(), color=colours[s.label], linestyle=style,
+                    marker=MARKERS[v % len(MARKERS)], markersize=4, gid=s.label)
+            if table.shape[1] > 1:
+                ax.fill_between(x, table.min(axis=1).to_numpy(), table.max(axis=1).to_numpy(), color=colours[s.label],
+                                alpha=0.15, linewidth=0, gid=s.label)
+            name = s.name + (f" ({', '.join(k.split('.')[-1] for k in axes_keys)} {variant})" if variant else "")
+            handles.append(Line2D([], [], color=colours[s.label], linestyle=style,
+                                  marker=MARKERS[v % len(MARKERS)], label=name))
+        drawn.append(s)
+    chosen = selected_points(sweep)
+    for (label, grid), point in chosen.items():
+        if point is None or "eval.sampler.cfg_scale" not in point:
+            continue
+        rows = found[(found["label"] == label) & (found["grid"] == grid)]
+        match = rows
+        for key, value in point.items():
+            match = match[match[f"param.{key}"].astype(str) == str(value)]
+        if not match.empty:
+            ax.scatter([float(point["eval.sampler.cfg_scale"])], [match[column].mean()], marker="*", s=180,
+                       color=colours[label], edgecolor="black", linewidth=0.6, zorder=4, gid=label)
+    if chosen:
+        handles.append(Line2D([], [], color="0.3", marker="*", linestyle="none", markersize=10,
+                              label="selected (evaluate.select)"))
+    stage = "proxy" if sweep.sweep.spec.evaluate.select else "grid"
+    protocol = found["protocol_text"].iloc[0].split(", ")[:2]
+    ax.set_xlabel("guidance scale (eval.sampler.cfg_scale)")
+    ax.set_ylabel(axis_label(metric))
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{sweep.spec.name}: {metric} against guidance ({stage}: {', '.join(protocol)}) — mean over "
+                 f"seeds, band: min–max", fontsize="medium")
+    fig.legend(handles=handles, loc="outside right upper", fontsize="small", frameon=False,
+               title="rows", title_fontsize="small")
+    return fig
+
+
+def selected_points(sweep: SweepRuns) -> dict[tuple[str, str], dict | None]:
+    """(label, grid) -> the evaluate.grid point its selection chose (per row; none per run), from the sweep's
+    selection runs."""
+    from harness.sweep.protocols import selections
+    plan = sweep.sweep.evaluations if sweep.sweep.spec.evaluate is not None else None
+    if plan is None or plan.spec.select is None or plan.spec.select.per != "row":
+        return {}
+    made = selections(sweep.client, sweep.spec)
+    out = {}
+    for group in plan.groups:
+        selection = made.get(plan.selection_signature(group))
+        out[(group.label, json.dumps(group.grid, sort_keys=True))] = (
+            json.loads(selection.data.tags["selected_point"]) if selection is not None else None)
+    return out
+
+
 def build_figures(sweep: SweepRuns, metric: str) -> dict[str, Figure]:
     """name -> figure; names are the file stems `make_plots` writes. Progress figures with fewer than two
     points are left out (`progress_notes` says which)."""
@@ -313,6 +414,10 @@ def build_figures(sweep: SweepRuns, metric: str) -> dict[str, Figure]:
         figures[f"{file_stem(key)}_during_training"] = metric_curve_figure(sweep, metric, colours)
     figures[f"{stem}_per_row"] = bar_figure(sweep, metric, colours)
     figures[f"{stem}_vs_cost"] = cost_figure(sweep, metric, colours)
+    shown = guidance_metric(sweep, metric) if sweep.sweep.spec.evaluate is not None else None
+    guidance = guidance_figure(sweep, shown, colours) if shown else None
+    if guidance is not None:
+        figures[f"{file_stem(shown)}_vs_guidance"] = guidance
     return figures
 
 

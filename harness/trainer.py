@@ -40,6 +40,7 @@ from .evaluate import build_metric, generate
 from .losses import training_losses
 from .objectives import draw_normal, make_objective
 from .optim import base_lr, build_optimizer, clip_at, lr_at
+from .protocol import EvalProtocol
 from .tracking import NullTracker, Tracker, migrated_signatures, write_json
 from .vae import image_channels, is_latent
 
@@ -354,8 +355,8 @@ class Trainer:
         cfg = self.cfg
         ema_model = self.ema.model_copy(self.model, cfg.ema.eval_decay,      # an unsharded copy on every rank
                                         into=build_model(cfg.model).to(self.device) if self.sharded else None)
-        images, labels = generate(ema_model, self.objective, cfg, cfg.eval.num_samples,
-                                  seed=cfg.run.seed + self.step, env=self.env, device=self.device, vae=self.vae)
+        images, labels = generate(ema_model, self.objective, cfg, EvalProtocol.of(cfg), self.step, self.env,
+                                  self.device, self.vae)
         metrics = self._report(images, labels, tracker) if self.env.is_main else {}
         if cfg.checkpoint.keep_at_eval:           # every rank: a sharded state is gathered, and all wait for it
             self.save()
@@ -411,6 +412,10 @@ class Trainer:
             tags["init_from_sha256"] = self.init_sha256
         if self.vae is not None:
             tags["latent_cache"] = str(self.dataset.folder)
+        if self.eval_steps:                       # what the numbers of its own evaluations are (harness/protocol.py)
+            protocol = EvalProtocol.of(cfg)
+            tags.update({"eval_protocol": protocol.signature, "eval_protocol_name": protocol.name,
+                         "eval_protocol_version": str(protocol.version)})
         tags["world_size"] = str(self.env.world_size)
         if "SLURM_JOB_ID" in os.environ:
             array = os.environ.get("SLURM_ARRAY_JOB_ID")

@@ -412,6 +412,18 @@ class ModelConfig:
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
+    def canonical(self) -> "ModelConfig":
+        """The same model with every value that equals what its None means written as None (`compaction=16`
+        at patch 4 is PixelDiT's default p^2), so that one model is written one way (training signatures)."""
+        whole_map = self.grid_size if self.architecture == "transformer" else self.input_size
+        same = {"compaction": self.compaction == self.patch_size ** 2,
+                "pixel_attn_dim": self.pixel_attn_dim == self.hidden_size,
+                "pixel_heads": self.pixel_heads == self.num_heads,
+                "time_embed_dim": self.time_embed_dim == self.hidden_size,
+                "window_size": self.window_size is not None and self.window_size >= whole_map
+                and not self.window_shift}      # (a shifted whole-map window is not the whole map)
+        return self.replace(**{name: None for name, equal in same.items() if equal})
+
     def inert_fields(self) -> dict[str, str]:
         """Switches that have no effect on this model, each with the setting that makes it so (e.g.
         `adaln` without a pixel pathway): what a config comparison should not list as a difference."""

@@ -32,6 +32,21 @@ def test_the_demo_is_table4_on_mnist_with_three_seeds_and_one_recipe():
         assert run.config_overrides[0] == f"model={TABLE4_PRESETS[run.row]}"
 
 
+def test_the_guidance_sweep_reuses_the_demos_runs_and_selects_on_a_proxy():
+    """The README's second command trains nothing: its rows are the demo's runs (one signature each), reused from
+    the demo's store; it grids the guidance scale of the demo's own protocol on a proxy and confirms the choice."""
+    demo = {(run.label, run.seed): run.signature for run in plan_sweep(load_sweep(DEMO))}
+    spec = load_sweep(DEMO.with_name("tiny_table4_guidance.yaml"))
+    assert {(run.label, run.seed): run.signature for run in plan_sweep(spec)} == demo
+    assert [row.paper for row in spec.rows] == [row.paper for row in load_sweep(DEMO).rows]
+    assert spec.reuse_from == ["tiny_table4.yaml"]
+    evaluations = Sweep(spec).evaluations
+    assert {e.protocol["eval.sampler.cfg_scale"] for e in evaluations.evaluations} == {1.0, 2.0, 3.0}
+    select = spec.evaluate.select
+    assert select.metric == "fd" and select.proxy["eval.seed"] != select.confirm["eval.seed"]
+    assert select.confirm["eval.num_samples"] == plan_sweep(load_sweep(DEMO))[0].cfg.eval.num_samples
+
+
 @pytest.mark.slow          # ~9 min on 2 cores: the README main command's sweep itself
 def test_the_demo_learns_real_digits_in_every_row(tmp_path):
     """Every row's samples are digits the held-out classifier recognises (class accuracy >= 0.5; the best

@@ -235,7 +235,8 @@ def loss_history(run_dir: Path) -> list[float]:
 def test_two_data_parallel_ranks_train_and_log_what_one_process_does(tmp_path, seed_store):
     """Two gloo ranks on the same global batch draw each sample's noise, time and label dropout as one process
     does: the same weights up to the reduction order, and the logged loss is the mean over both ranks'
-    samples (the loss of the whole batch, not rank 0's half)."""
+    samples (the loss of the whole batch, not rank 0's half). The evaluation's batches are split over the ranks
+    and drawn from their own seeds, so its samples, and its number, are one process's."""
     evaluated = {"eval.metric": "offline", "eval.num_samples": 20, "eval.batch_size": 10, "eval.at_steps": "[3]",
                  "eval.sampler.steps": 2}             # both ranks sample; the kept checkpoint is written by rank 0
     single = train(resolve(tiny_overrides(tmp_path, "single", steps=6, **evaluated)))
@@ -247,6 +248,9 @@ def test_two_data_parallel_ranks_train_and_log_what_one_process_does(tmp_path, s
     assert (tmp_path / "runs" / "ddp" / "checkpoints" / "step00000003.pt").exists()
     assert_close_weights(weights(single.run_dir), weights(tmp_path / "runs" / "ddp"))
     assert loss_history(tmp_path / "runs" / "ddp") == pytest.approx(loss_history(single.run_dir), rel=1e-5)
+    _, alone = mlflow_run(single.run_dir)
+    assert run.data.metrics["fd"] == pytest.approx(alone.data.metrics["fd"], rel=1e-4)
+    assert run.data.tags["eval_protocol"] == alone.data.tags["eval_protocol"]
 
 
 def test_fsdp_with_activation_checkpointing_trains_like_ddp_and_resumes_its_full_checkpoint(tmp_path, seed_store):

@@ -25,8 +25,17 @@ from toolkit.errors import ConfigError
 from toolkit.files import atomic_write_text
 
 from ..config import TrainConfig
-from ..configure import compose_config, config_error, config_signature, validate
+from ..configure import (
+    affects_result,
+    affects_training,
+    compose_config,
+    config_error,
+    config_signature,
+    flatten,
+    validate,
+)
 from ..data import validate_data
+from ..protocol import EvalProtocol
 from .executors import ExecutorSpec
 from .spec import SweepError, SweepSpec
 
@@ -48,6 +57,8 @@ class PlannedRun:
     params: int = 0
     gflops: float = 0.0
     paper: dict = field(default_factory=dict)
+    same_as: int | None = None          # the index of an earlier planned run that is the same run (one signature:
+                                        # a grid point that only moves a switch without effect on this row's model)
 
     @property
     def title(self) -> str:
@@ -179,12 +190,22 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                     run_name=run_name, signature=signature, executor=executor, cfg=cfg,
                     params=params, gflops=gflops, paper=row.paper))
     first: dict[str, PlannedRun] = {}
-    for run in runs:                             # one signature is one run: never two rows training it
+    for run in runs:                             # one signature is one run, trained once
         other = first.setdefault(run.signature, run)
-        if other is not run:
+        if other is run:
+            continue
+        if (other.row != run.row and other.grid == run.grid) or EvalProtocol.of(other.cfg) != EvalProtocol.of(run.cfg):
             where = _describe(spec, other) + " and " + _describe(spec, run)
-            raise SweepError("rows", reason=f"{where} resolve to the same run (signature {run.signature}); "
-                                            f"make the rows differ or drop one", source=str(spec.path))
+            differ = sorted(k for k, v in flatten(run.cfg).items()
+                            if not affects_training(k) and affects_result(k) and flatten(other.cfg).get(k) != v)
+            hint = (f": they differ only in evaluation settings ({', '.join(differ)}), which do not change the trained "
+                    f"weights; evaluate the run under each with `evaluate:`" if differ else
+                    "; make the rows differ or drop one")
+            raise SweepError("rows", reason=f"{where} resolve to the same run (signature {run.signature}){hint}",
+                             source=str(spec.path))
+        # the same row at another grid point (or another row at another point) that trains the same model: the
+        # run is trained once and shows at both points of the table
+        run.same_as, run.run_name = other.index, other.run_name
     return runs
 
 
@@ -226,7 +247,7 @@ def data_paths(runs: list[PlannedRun]) -> list[str]:
 # ---- the plan cache: status and tables of big sweeps without re-planning ----------------------------
 
 CACHED_FIELDS = ("index", "label", "row", "seed", "grid", "config_overrides", "run_name", "signature",
-                 "params", "gflops", "paper")
+                 "params", "gflops", "paper", "same_as")
 
 
 def code_fingerprint() -> str:

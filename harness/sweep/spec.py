@@ -23,6 +23,14 @@ latents: {shards: 8, executor: {gpus_per_node: 1, timeout_min: 120}}
                                        # training runs wait for; a cache already made is used as it is
 reuse_from: [other_sweep.yaml]         # finished runs of the same signature there count as done here
 max_runs: 1000                         # refuse a plan larger than this (a typo in a grid)
+evaluate:                              # evaluations of every finished run, no retraining (harness/sweep/protocols.py)
+  set: {eval.num_samples: 10000}       # changes to each run's own protocol (its eval.* settings, ema.eval_decay)
+  grid: {eval.sampler.cfg_scale: [1.0, 1.5, 2.0], ema.eval_decay: [0.9996, 0.9999]}   # protocol axes, crossed
+  select:                              # optional, as JiT chooses: the grid point that minimises `metric` on a proxy
+    metric: fid                        # count with one seed, per row (or per run), confirmed with another seed
+    per: row
+    proxy: {eval.num_samples: 8000, eval.seed: 1}
+    confirm: {eval.num_samples: 50000, eval.seed: 2}
 ```
 
 The file is never rewritten: its text, comments included, is what gets logged to MLflow. Everything a
@@ -38,6 +46,7 @@ every `paper:` key of the rows must have an entry and every entry must be used.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +56,9 @@ import yaml
 
 from toolkit.errors import ConfigError, closest
 
-from ..configure import SEED_RANGE
+from ..configure import SEED_RANGE, affects_result, affects_training, schema_keys
+from ..metric_registry import METRICS as REGISTERED_METRICS
+from ..protocol import PROTOCOL_KEYS, protocol_defaults
 from .executors import ExecutorSpec, parse_spec
 from .safe_yaml import read_yaml
 
@@ -99,6 +110,30 @@ class LatentStageSpec:
 
 
 @dataclass
+class SelectSpec:
+    """`evaluate.select`: the grid point that minimises (or maximises) `metric` on the proxy protocol, per row (the
+    mean over its runs) or per run, confirmed under the confirm protocol."""
+    metric: str
+    proxy: dict                           # protocol changes of the proxy (eval.num_samples, eval.seed required)
+    confirm: dict                         # protocol changes of the confirmation (another eval.seed)
+    per: str = "row"                      # row: one choice per table row | run: one per run
+
+
+@dataclass
+class EvaluateSpec:
+    """`evaluate:`: the protocols (harness/protocol.py) every finished run is evaluated under, without retraining:
+    each run's own protocol with `set` applied, at every point of `grid` (and, with `select`, at the proxy's
+    count and seed, then the selected point at the confirmation's)."""
+    set: dict = field(default_factory=dict)   # protocol key -> value, for every evaluation
+    grid: dict = field(default_factory=dict)  # protocol key -> values, crossed
+    select: Optional[SelectSpec] = None
+
+    @property
+    def points(self) -> list[dict]:
+        return [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())] or [{}]
+
+
+@dataclass
 class RowSpec:
     label: str
     set: dict = field(default_factory=dict)
@@ -126,6 +161,7 @@ class SweepSpec:
     description: str = ""                 # what the sweep asks, in a sentence or two: the parent run's description
     notes: str = ""                       # anything else worth keeping beside the results (Markdown)
     latents: Optional[LatentStageSpec] = None   # the latent-cache stage, when declared
+    evaluate: Optional[EvaluateSpec] = None   # evaluations of the finished runs under protocols
 
     @property
     def folder(self) -> Path:
@@ -163,6 +199,9 @@ class SweepSpec:
 TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)} - {"path", "text"}
 ROW_KEYS = {f.name for f in dataclasses.fields(RowSpec)}
 TRACKING_KEYS = {f.name for f in dataclasses.fields(TrackingSpec)}
+EVALUATE_KEYS = [f.name for f in dataclasses.fields(EvaluateSpec)]
+SELECT_KEYS = [f.name for f in dataclasses.fields(SelectSpec)]
+MAX_EVALUATION_POINTS = 10000             # points of `evaluate.grid` (a typo in a list)
 PAPER_METRIC_KEYS = [f.name for f in dataclasses.fields(PaperMetric)]
 
 
@@ -207,6 +246,11 @@ def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError("grid", reason="expected a mapping of config keys to non-empty lists")
     _check_config_keys(grid, "grid")
+    for key in grid:
+        if not affects_training(key):
+            hint = "; evaluate each run at these values with `evaluate: {grid: ...}`" if affects_result(key) else ""
+            raise ConfigError(f"grid.{key}", reason=f"does not change the trained weights: every grid point would be "
+                              f"the same run{hint}")
     seeds = _seeds(raw.get("seeds", [0]))
     tracking = raw.get("tracking") or {}
     if not isinstance(tracking, dict):
@@ -231,7 +275,8 @@ def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
                      output=raw.get("output", SweepSpec.output), baseline=baseline, reuse_from=reuse_from,
                      max_runs=max_runs, paper_metric=_paper_metric(raw.get("paper_metric"), rows),
                      description=raw.get("description", "").strip(), notes=raw.get("notes", "").strip(),
-                     latents=_latents(raw.get("latents"), executor))
+                     latents=_latents(raw.get("latents"), executor),
+                     evaluate=_evaluate(raw["evaluate"]) if "evaluate" in raw else None)
     if spec.num_runs > max_runs:                   # before planning: a 10^6-run grid must not take minutes
         raise ConfigError("grid" if grid else "rows", reason=f"{spec.num_runs} runs ({len(rows)} rows x "
                           f"{spec.num_runs // (len(rows) * len(seeds))} grid points x {len(seeds)} seeds) exceed "
@@ -368,3 +413,114 @@ def _paper_metric(raw, rows: list[RowSpec]) -> dict[str, PaperMetric]:
                 raise ConfigError(f"rows[{i}].paper.{key}", reason=f"paper_metric has no entry saying what this "
                                   f"number measures (entries: {sorted(out)})", suggestion=closest(key, list(out)))
     return out
+
+
+def _evaluate(raw) -> EvaluateSpec:
+    """`evaluate:` with its keys, values and sizes checked; what the runs allow (an EMA among their ema.decays, a
+    sampler of their objective) is checked by planning (`protocols.plan_evaluations`)."""
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("evaluate", reason="expected a mapping with grid (protocol axes), set and select")
+    for key in raw:
+        if key not in EVALUATE_KEYS:
+            raise _unknown_key(f"evaluate.{key}", EVALUATE_KEYS)
+    changes = _protocol_changes(raw.get("set") or {}, "evaluate.set")
+    grid = raw.get("grid")
+    if "grid" in raw and (not isinstance(grid, dict) or not grid):
+        raise ConfigError("evaluate.grid", grid, "an empty grid: expected protocol keys with lists of values, e.g. "
+                          "{eval.sampler.cfg_scale: [1.0, 2.0]}")
+    grid = grid or {}
+    for key, values in grid.items():
+        _protocol_key(key, "evaluate.grid")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"evaluate.grid.{key}", values, "expected a non-empty list of values")
+        for value in values:
+            _protocol_value(key, value, f"evaluate.grid.{key}")
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"evaluate.grid.{key}", values, "a value is listed twice")
+        if key in changes:
+            raise ConfigError(f"evaluate.grid.{key}", reason="also set by evaluate.set; keep one")
+    if not grid and not changes:
+        raise ConfigError("evaluate", reason="nothing to evaluate: give grid (protocol axes) or set")
+    points = math.prod(len(v) for v in grid.values())
+    if points > MAX_EVALUATION_POINTS:
+        raise ConfigError("evaluate.grid", reason=f"{points} points exceed {MAX_EVALUATION_POINTS} (a typo in a list?)")
+    spec = EvaluateSpec(set=changes, grid=grid)
+    if raw.get("select") is not None:
+        spec.select = _select(raw["select"], spec)
+    return spec
+
+
+def _select(raw, evaluate: EvaluateSpec) -> SelectSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError("evaluate.select", reason="expected a mapping with metric, per, proxy and confirm")
+    for key in raw:
+        if key not in SELECT_KEYS:
+            raise _unknown_key(f"evaluate.select.{key}", SELECT_KEYS)
+    if len(evaluate.points) < 2:
+        raise ConfigError("evaluate.select", reason="nothing to select: evaluate.grid has a single point")
+    metric = raw.get("metric")
+    names = sorted({name for m in REGISTERED_METRICS if m.sample_based for name in (m.name, *m.aliases)})
+    if not isinstance(metric, str) or metric not in names:
+        raise ConfigError("evaluate.select.metric", metric, f"expected a sample-based metric, one of {names}",
+                          suggestion=closest(str(metric), names))
+    per = raw.get("per", SelectSpec.per)
+    if per not in ("row", "run"):
+        raise ConfigError("evaluate.select.per", per, "expected row (one choice per table row, the mean over its "
+                          "runs) or run", suggestion=closest(str(per), ["row", "run"]))
+    stages = {}
+    for stage in ("proxy", "confirm"):
+        changes = _protocol_changes(raw.get(stage), f"evaluate.select.{stage}")
+        for key in ("eval.num_samples", "eval.seed"):
+            if changes.get(key) is None:
+                raise ConfigError(f"evaluate.select.{stage}.{key}", reason="required: the selection is made on a "
+                                  "proxy count with one sampling seed and confirmed with another")
+            if key in evaluate.grid:
+                raise ConfigError(f"evaluate.select.{stage}.{key}", reason="also an axis of evaluate.grid")
+        stages[stage] = changes
+    if stages["proxy"]["eval.seed"] == stages["confirm"]["eval.seed"]:
+        raise ConfigError("evaluate.select.confirm.eval.seed", stages["confirm"]["eval.seed"], "the same seed as the "
+                          "proxy: confirm with another seed, so the choice is not fitted to one draw of noise")
+    return SelectSpec(metric=metric, proxy=stages["proxy"], confirm=stages["confirm"], per=per)
+
+
+def _protocol_key(key, where: str) -> None:
+    if key in PROTOCOL_KEYS:
+        return
+    if isinstance(key, str) and key in schema_keys() and affects_training(key):
+        raise ConfigError(f"{where}.{key}", reason="changes the trained weights, not an evaluation: set it in a row "
+                          "or the grid")
+    short = [k.rsplit(".", 1)[-1] for k in PROTOCOL_KEYS]
+    near = closest(str(key).rsplit(".", 1)[-1], short)
+    raise ConfigError(f"{where}.{key}", reason="not an evaluation protocol key" + (
+        "" if near else f", expected one of {list(PROTOCOL_KEYS)}"), suggestion=PROTOCOL_KEYS[short.index(near)]
+        if near else None)
+
+
+def _protocol_value(key: str, value, where: str) -> None:
+    """Scalars of the right kind (the interval a pair); the rest is checked against each run in planning."""
+    if key == "eval.sampler.cfg_interval":
+        if not (isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value)):
+            raise ConfigError(where, value, "expected [low, high]")
+    elif key in ("eval.seed", "eval.reference"):
+        if value is not None and not isinstance(value, int if key == "eval.seed" else str) or isinstance(value, bool):
+            raise ConfigError(where, value, "expected an integer (or null)" if key == "eval.seed" else
+                              "expected a path")
+    elif isinstance(protocol_defaults()[key], bool) or not isinstance(protocol_defaults()[key], (int, float)):
+        if not isinstance(value, str):
+            raise ConfigError(where, value, "expected a string")
+    elif not _number(value) or (isinstance(protocol_defaults()[key], int) and not isinstance(value, int)):
+        raise ConfigError(where, value, "expected an integer" if isinstance(protocol_defaults()[key], int) else
+                          "expected a number")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _protocol_changes(raw, where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ConfigError(where, raw, "expected a mapping of evaluation protocol keys to values")
+    for key, value in raw.items():
+        _protocol_key(key, where)
+        _protocol_value(key, value, f"{where}.{key}")
+    return dict(raw)

@@ -118,6 +118,16 @@ class Sweep:
         self.__dict__["plan"] = plan_sweep(self.spec)
         return self.plan
 
+    @cached_property
+    def evaluations(self):
+        """The `evaluate:` section's plan (harness/sweep/protocols.py), None without one; it needs the runs'
+        resolved configs, so a plan read from the cache is planned again."""
+        from .protocols import plan_evaluations
+        if self.spec.evaluate is None:
+            return None
+        runs = self.plan if all(run.cfg is not None for run in self.plan) else self.plan_fresh()
+        return plan_evaluations(self.spec, runs)
+
     def write_plan_cache(self) -> None:
         write_plan_cache(self.spec, self.plan)
 
