@@ -239,8 +239,9 @@ def test_a_converted_official_dit_samples_through_the_vae(tmp_path):
     from test_convert import fixture
 
     from harness.distributed import DistEnv
-    from harness.evaluate import generate
+    from harness.evaluate import generate, to_uint8
     from harness.objectives import make_objective
+    from harness.protocol import EvalProtocol
     from harness.sampling import sample
     from models.convert import convert_state_dict, load_weights
     from models.families import build_model
@@ -250,18 +251,20 @@ def test_a_converted_official_dit_samples_through_the_vae(tmp_path):
     cfg = resolve(["+experiment=dit_xl2_paper", "data.name=shapes", "data.resolution=32", "model.input_size=8",
                    "model.depth=2", "model.hidden_size=32", "model.num_heads=2", "model.num_classes=10",
                    "model.latent_downsample=4", "vae.source=random", "vae.architecture=tiny",
-                   f"model.init_from={path}", "eval.sampler.steps=5", "eval.batch_size=4"]).cfg
+                   f"model.init_from={path}", "eval.sampler.steps=5", "eval.batch_size=4", "eval.num_samples=4",
+                   "eval.seed=3"]).cfg
     model = build_model(cfg.model).eval()
     load_weights(model, path)
     objective, vae = make_objective(cfg.objective, cfg.model), load_vae(cfg)
     env = DistEnv(rank=0, world_size=1, local_rank=0)
-    images, labels = generate(model, objective, cfg, 4, seed=3, env=env, device=torch.device("cpu"), vae=vae)
-    generator = torch.Generator().manual_seed(3 * 1_000_003)
+    images, labels = generate(model, objective, cfg, EvalProtocol.of(cfg), 0, env, torch.device("cpu"), vae)
+    generator = torch.Generator().manual_seed(3 * 1_000_003)          # batch 0 of the protocol's seed
     latents = sample(lambda x, t, y: model(x, t, y).prediction, objective, cfg.eval.sampler, labels, (4, 8, 8),
                      generator, 10)
     assert latents.shape == (4, 4, 8, 8) and cfg.model.out_channels == 8    # eps and the learned variance
     with torch.no_grad():
         expected = vae.autoencoder.decode(latents / 0.18215).sample.clamp(-1, 1)
+    expected = to_uint8(expected).float().div(127.5).sub(1)           # scored as 8-bit images, as written to a shard
     assert images.shape == (4, 3, 32, 32)
     assert torch.equal(images, expected)
 

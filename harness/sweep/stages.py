@@ -58,7 +58,7 @@ class CacheNeed:
 def cache_needs(spec: SweepSpec, runs: list[PlannedRun]) -> list[CacheNeed]:
     """The latent caches of planned runs (their configs resolved), one per folder; a folder asked to hold two
     keys, or holding another key, is refused in one line naming the file and the row."""
-    from .evaluation import _one_device
+    from .evaluation import one_device
     needs: dict[Path, CacheNeed] = {}
     for run in runs:
         if not is_latent(run.cfg):
@@ -74,7 +74,7 @@ def cache_needs(spec: SweepSpec, runs: list[PlannedRun]) -> list[CacheNeed]:
             if base.kind != run.executor.kind:
                 raise SweepError("latents.executor.kind", base.kind, f"the stage's jobs must be of the kind of the "
                                  f"runs that wait for them ({run.executor.kind})", source=str(spec.path))
-            executor = _one_device(dataclasses.replace(spec, executor=base))     # one device per job
+            executor = one_device(base)     # one device per job
             need = needs[state.folder] = CacheNeed(state, [f"+experiment={spec.experiment}", *run.config_overrides],
                                                    executor)
         elif need.state.key != state.key:
