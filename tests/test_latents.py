@@ -19,6 +19,7 @@ from conftest import EXECUTORS, ROOT, assert_close_weights, states, wait_until, 
 
 from harness.configure import config_signature, resolve
 from harness.latents import CHUNK, cache_state, open_latents, prepare
+from harness.protocol import EvalProtocol
 from harness.vae import TINY_VAE, load_vae
 from toolkit.errors import ConfigError
 
@@ -205,7 +206,9 @@ def test_a_latent_run_trains_resumes_exactly_and_its_samples_decode(cache, tmp_p
     images, labels, cfg, step = sample_row(checkpoint, torch.device("cpu"))
     assert images.shape == (20, 3, 16, 16) and step == 6 and images.abs().max() <= 1
     shard = Shard(0, 0, 4, str(tmp_path / "shard.npz"))
-    ShardJob()(str(checkpoint), dict(kind="ab2", steps=3), 0, [shard], 4)
+    protocol = EvalProtocol.of(cfg).with_changes({"eval.sampler.kind": "ab2", "eval.sampler.steps": 3,
+                                                 "eval.num_samples": 4, "eval.batch_size": 4, "eval.seed": 0})
+    ShardJob()(str(checkpoint), protocol.values_json, [shard])
     with np.load(shard.path) as data:
         assert data["arr_0"].shape == (4, 16, 16, 3) and data["arr_0"].dtype == np.uint8
 
@@ -241,7 +244,6 @@ def test_a_converted_official_dit_samples_through_the_vae(tmp_path):
     from harness.distributed import DistEnv
     from harness.evaluate import generate, to_uint8
     from harness.objectives import make_objective
-    from harness.protocol import EvalProtocol
     from harness.sampling import sample
     from models.convert import convert_state_dict, load_weights
     from models.families import build_model
