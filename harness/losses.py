@@ -1,6 +1,7 @@
-"""The loss terms of one training step: labels dropped, x corrupted, the network, the objective's loss and
-REPA's alignment term. The trainer calls this on every micro-batch; `harness.parity` calls it on the
-official codes' inputs, so what is compared with the official losses is what trains.
+"""The loss terms of one training step: labels dropped, x corrupted, the network, the objective's loss,
+REPA's alignment term and PixelGen's perceptual terms. The trainer calls this on every micro-batch;
+`harness.parity` calls it on the official codes' inputs, so what is compared with the official losses is what
+trains.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from .repa import repa_loss
 
 
 def training_losses(net: Callable, objective: Objective, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
-                    draws: dict[str, torch.Tensor], encoder: Optional[Callable] = None) -> dict[str, torch.Tensor]:
-    """{"loss", "diffusion"[, "vlb"][, "repa"]}: batch means. `draws` holds the step's random draws of these
-    samples (`drop` labels, `t`, `eps`, the hint `mask` when model.hint_fraction > 0); `encoder(x)` gives
-    REPA's target tokens (None: no REPA term)."""
+                    draws: dict[str, torch.Tensor], encoder: Optional[Callable] = None,
+                    perceptual: Optional[Callable] = None) -> dict[str, torch.Tensor]:
+    """{"loss", "diffusion"[, "vlb"][, "repa"][, "perceptual", ...]}: batch means. `draws` holds the step's random
+    draws of these samples (`drop` labels, `t`, `eps`, the hint `mask` when model.hint_fraction > 0); `encoder(x)`
+    gives REPA's target tokens (None: no REPA term); `perceptual` is PixelGen's LPIPS and P-DINO
+    (`harness.perceptual.PerceptualLoss`; None: no perceptual terms)."""
     drop = draws["drop"]
     if cfg.model.num_classes == 0:            # unconditional: the null label (index 0) for every sample
         drop = torch.ones_like(drop)
@@ -33,7 +36,15 @@ def training_losses(net: Callable, objective: Objective, cfg: TrainConfig, x: to
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = net(x_t, objective.network_time(t), y, hint, mask)
     terms = objective.loss(out.prediction.float(), x, eps, x_t, t, weight)
+    target = None
     if encoder is not None:
-        terms["repa"] = repa_loss(out.repa.float(), encoder(x))
+        target = encoder(x)
+        terms["repa"] = repa_loss(out.repa.float(), target)
         terms["loss"] = terms["loss"] + cfg.repa.weight * terms["repa"]
+    if perceptual is not None:               # on the clean-image estimate, in the model's precision [PixelGen]
+        shared = target if perceptual.dino is encoder else None     # REPA's tokens of x, when the same encoder
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            parts = perceptual(objective.clean_image(out.prediction, x_t, t), x, t, shared)
+        terms.update({key: value.float() for key, value in parts.items()})
+        terms["loss"] = terms["loss"] + terms["perceptual"]
     return terms

@@ -162,6 +162,11 @@ class Trainer:
             if self.encoder.dim != cfg.model.repa_dim:
                 raise ConfigError("model.repa_dim", cfg.model.repa_dim, f"the encoder {cfg.repa.encoder} "
                                   f"gives {self.encoder.dim}-d features")
+        self.perceptual = None                    # PixelGen's LPIPS and P-DINO (harness/perceptual.py)
+        if cfg.perceptual.lpips_weight > 0 or cfg.perceptual.dino_weight > 0:
+            from .perceptual import PerceptualLoss, shares_encoder
+            shared = self.encoder if shares_encoder(cfg) else None      # PixelGen: one DINOv2 for both, one target
+            self.perceptual = PerceptualLoss(cfg.perceptual, cfg.model, device=self.device, dino=shared)
         self.env = distributed.init(self.device)
         self.metric = build_metric(cfg, self.dataset, self.device) if self.env.is_main else None
         if self.metric is not None and self.metric.note:
@@ -192,6 +197,9 @@ class Trainer:
         if cfg.train.activation_checkpointing:
             parallel.checkpoint_blocks(self.model)
         self.sharded = cfg.train.parallel == "fsdp" and self.env.world_size > 1
+        if self.sharded and cfg.optim.optimizer == "muon":
+            raise ConfigError("optim.optimizer", "muon", "torch.optim.Muon orthogonalises whole matrices, which "
+                              "train.parallel=fsdp shards over the ranks; use train.parallel=ddp")
         if self.sharded:                          # before the EMA and the optimizer: both follow the shards
             parallel.shard(self.model)
         self.ema = EMA(self.model, cfg.ema.decays)
@@ -292,7 +300,7 @@ class Trainer:
         return {key: torch.cat(values) for key, values in draws.items() if values}
 
     def losses(self, x, y, draws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return training_losses(self.net, self.objective, self.cfg, x, y, draws, self.encoder)
+        return training_losses(self.net, self.objective, self.cfg, x, y, draws, self.encoder, self.perceptual)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimizer step on this rank's batch of the current step."""
@@ -382,6 +390,8 @@ class Trainer:
             tags["checkpoint_fallback"] = "; ".join(self.checkpoint_problems)[:5000]
         if self.encoder is not None and self.encoder.random_weights:
             tags["repa_encoder"] = "random"
+        if self.perceptual is not None and self.perceptual.random_weights:
+            tags["perceptual_random"] = ",".join(self.perceptual.random_weights)
         if self.init_sha256:
             tags["init_from_sha256"] = self.init_sha256
         tags["world_size"] = str(self.env.world_size)
