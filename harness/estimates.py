@@ -6,22 +6,25 @@ meta device): the network's forward x 3 per training image (forward + backward),
 frozen encoder (forward only, per image) and the EMA update (a lerp, 3 FLOPs per parameter and decay, per step)
 are stated apart and are not in the model FLOPs that MFU divides.
 
-State (`state_bytes`): float32 parameters, gradients, AdamW's two moments and one copy per EMA decay (what a
-checkpoint holds besides the gradients), and REPA's frozen encoder.
+State (`state_bytes`): float32 parameters, gradients, the optimizer's state (AdamW: two moments; Muon: one
+momentum for the block matrices it trains, AdamW's two for the rest) and one copy per EMA decay (what a checkpoint
+holds besides the gradients), and the frozen networks: REPA's encoder, PixelGen's LPIPS VGG16 and P-DINO encoder
+(unless P-DINO reads REPA's).
 
 Memory per GPU (`memory_estimate`): the state above, plus the peak of one forward + backward at the per-GPU
 micro-batch, traced on fake tensors (torch's FakeTensorMode: shapes and dtypes, no memory, no compute) by
 counting every tensor storage alive at each operation; with the run's precision (bf16 as autocast makes it,
 traced with the CPU's autocast and CPU kernels: attention as a fused kernel that keeps no N x N matrix, as
 flash attention on a GPU), activation checkpointing (only block inputs kept, one block recomputed at a time)
-and REPA's encoder. FSDP divides parameters, gradients, AdamW's state and the EMA bank by the world size and
-adds two gathered blocks; DDP adds its gradient buckets (a second copy of the gradients). torch.compile fuses
-kernels and usually keeps less: the estimate is eager's. The caching allocator's fragmentation on a GPU comes
-on top (typically a few percent).
+and the frozen networks (REPA's encoder, PixelGen's perceptual losses). FSDP divides parameters, gradients, the
+optimizer's state and the EMA bank by the world size and adds two gathered blocks; DDP adds its gradient buckets
+(a second copy of the gradients). torch.compile fuses kernels and usually keeps less: the estimate is eager's.
+The caching allocator's fragmentation on a GPU comes on top (typically a few percent).
 
 GPU-hours (`cost_estimate`): training FLOPs (model, forward x 3) x images seen / (dense peak x MFU), with the MFU
 measured for the model's preset on that GPU in BENCHMARKS.md (the GPU suite writes it), else `ASSUMED_MFU`,
-printed as assumed. A measured MFU already pays for REPA's encoder, the EMA and the data in its time.
+printed as assumed. A measured MFU already pays for REPA's encoder, the EMA and the data in its time; PixelGen's
+perceptual networks (forward and backward to the image) are not in the model FLOPs either.
 Evaluation during training is not included.
 """
 from __future__ import annotations
@@ -121,22 +124,67 @@ class StateBytes:
     """The float32 state of a run, whole (not sharded)."""
     parameters: int
     gradients: int
-    optimizer: int                # AdamW: two moments per parameter
+    optimizer: int                # AdamW: two moments per parameter; Muon: one momentum per block matrix
     ema: int                      # one copy of the parameters per decay
-    encoder: int                  # REPA's frozen encoder (0 without REPA)
+    frozen: int                   # the frozen networks: REPA's encoder, PixelGen's LPIPS and P-DINO (0 without)
 
     @property
     def checkpoint(self) -> int:
-        """What a checkpoint file holds: parameters, EMA bank and AdamW's state (harness/trainer.py `state`)."""
+        """What a checkpoint file holds: parameters, EMA bank and the optimizer's state (harness/trainer.py
+        `state`)."""
         return self.parameters + self.ema + self.optimizer
 
 
 def state_bytes(cfg: TrainConfig) -> StateBytes:
     params = trainable_params(cfg.model)
     encoder = _encoder_of(cfg)
-    return StateBytes(parameters=FLOAT32 * params, gradients=FLOAT32 * params, optimizer=2 * FLOAT32 * params,
+    moments = 2 * params - (muon_params(cfg.model) if cfg.optim.optimizer == "muon" else 0)
+    return StateBytes(parameters=FLOAT32 * params, gradients=FLOAT32 * params, optimizer=FLOAT32 * moments,
                       ema=FLOAT32 * params * len(cfg.ema.decays),
-                      encoder=FLOAT32 * encoder_params(encoder, cfg.model.grid_size) if encoder else 0)
+                      frozen=FLOAT32 * ((encoder_params(encoder, cfg.model.grid_size) if encoder else 0)
+                                        + perceptual_params(cfg)))
+
+
+def muon_params(model: ModelConfig) -> int:
+    """Parameters Muon trains (one momentum each) when `optim.optimizer=muon` (harness/optim.py's rule)."""
+    from models.families import build_model
+
+    from .optim import is_muon_matrix
+    return _by_model("muon", model, lambda m: sum(p.numel() for name, p in build_model(m, device="meta")
+                                                  .named_parameters() if p.requires_grad and is_muon_matrix(name, p)))
+
+
+def meta_perceptual(cfg: TrainConfig, repa_encoder=None):
+    """PixelGen's perceptual losses as the trainer builds them (harness/trainer.py), on the meta device with
+    random weights (nothing read); P-DINO reads `repa_encoder` when the trainer would share it. None when off."""
+    import dataclasses
+
+    import torch
+
+    from .perceptual import PerceptualLoss, active, shares_encoder
+    if not active(cfg.perceptual):
+        return None
+    random = dataclasses.replace(cfg.perceptual, vgg_weights="random", encoder_weights="random")
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*meta parameter.*")     # lpips loads its heads: a no-op here
+        return PerceptualLoss(random, cfg.model, dino=repa_encoder if shares_encoder(cfg) else None)
+
+
+def perceptual_params(cfg: TrainConfig) -> int:
+    """Parameters of PixelGen's frozen LPIPS VGG16 and P-DINO encoder (P-DINO's counted under REPA when shared)."""
+    from .perceptual import active, shares_encoder
+    if not active(cfg.perceptual):
+        return 0
+    key = (repr(cfg.perceptual), cfg.model.image_size, shares_encoder(cfg))
+    if key not in _perceptual_counts:
+        shared = meta_encoder(cfg.repa.encoder, cfg.model.grid_size) if shares_encoder(cfg) else None
+        loss = meta_perceptual(cfg, repa_encoder=shared)
+        _perceptual_counts[key] = sum(p.numel() for name, p in loss.named_parameters()
+                                      if shared is None or not name.startswith("dino."))
+    return _perceptual_counts[key]
+
+
+_perceptual_counts: dict[tuple, int] = {}
 
 
 # ---- memory per GPU ------------------------------------------------------------------------------
@@ -150,7 +198,7 @@ class MemoryEstimate:
     gradients: int
     optimizer: int
     ema: int
-    encoder: int
+    frozen: int                   # REPA's encoder, PixelGen's LPIPS and P-DINO: not sharded, no gradients
     activations: int              # the traced forward + backward peak, gradients at that moment excluded
     traced_peak: int              # the traced peak itself: activations + the gradients alive then
     communication: int            # DDP's gradient buckets, or FSDP's two gathered blocks
@@ -160,14 +208,14 @@ class MemoryEstimate:
         """The step's peak: what stays resident, plus the backward's peak (activations with the gradients alive
         then) or, if larger, all gradients at the optimizer step; under FSDP the activations beside all of this
         rank's gradient shards."""
-        resident = self.parameters + self.optimizer + self.ema + self.encoder + self.communication
+        resident = self.parameters + self.optimizer + self.ema + self.frozen + self.communication
         if self.sharded:
             return resident + self.activations + self.gradients
         return resident + max(self.traced_peak, self.gradients)
 
     def parts(self) -> dict[str, int]:
-        return {"parameters": self.parameters, "gradients": self.gradients, "AdamW": self.optimizer,
-                "EMA": self.ema, "encoder": self.encoder, "activations": self.activations,
+        return {"parameters": self.parameters, "gradients": self.gradients, "optimizer": self.optimizer,
+                "EMA": self.ema, "frozen networks": self.frozen, "activations": self.activations,
                 **({"FSDP gather" if self.sharded else "DDP buckets": self.communication}
                    if self.communication else {})}
 
@@ -184,7 +232,7 @@ def memory_estimate(cfg: TrainConfig, world_size: int = 1) -> MemoryEstimate:
     else:
         communication = state.gradients if world_size > 1 else 0       # DDP's buckets: gradient_as_bucket_view=False
     return MemoryEstimate(micro, world_size, sharded, state.parameters // share, state.gradients // share,
-                          state.optimizer // share, state.ema // share, state.encoder,
+                          state.optimizer // share, state.ema // share, state.frozen,
                           trace["peak"] - trace["gradients_at_peak"], trace["peak"], communication)
 
 
@@ -221,8 +269,11 @@ _traces: dict[str, dict[str, int]] = {}
 
 def _trace_key(cfg: TrainConfig, micro: int) -> str:
     import torch
+
+    from .perceptual import active
     decided_by = [repr(cfg.model.replace(init_from=None)), repr(cfg.objective), cfg.train.precision,
-                  cfg.train.activation_checkpointing, _encoder_of(cfg), micro, torch.__version__, _code_hash()]
+                  cfg.train.activation_checkpointing, _encoder_of(cfg), micro, torch.__version__, _code_hash(),
+                  repr(cfg.perceptual) if active(cfg.perceptual) else None]
     return hashlib.sha256(json.dumps(decided_by, default=str).encode()).hexdigest()[:24]
 
 
@@ -232,7 +283,7 @@ def _code_hash() -> str:
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted([*root.glob("models/*.py"), *(root / "harness" / name for name in (
-            "estimates.py", "losses.py", "objectives.py", "repa.py", "parallel.py"))]):
+            "estimates.py", "losses.py", "objectives.py", "repa.py", "parallel.py", "perceptual.py"))]):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -286,7 +337,7 @@ class LiveStorages:
 
 
 def _trace(cfg: TrainConfig, micro: int) -> dict[str, int]:
-    """Build the network (and REPA's encoder) on the meta device, make it fake CPU tensors, and count the storages
+    """Build the network (and the frozen networks) on the meta device, make it fake CPU tensors, and count the storages
     of one forward (the real `training_losses`) and backward."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -301,11 +352,13 @@ def _trace(cfg: TrainConfig, micro: int) -> dict[str, int]:
     if cfg.train.activation_checkpointing:
         parallel.checkpoint_blocks(model)
     encoder = meta_encoder(_encoder_of(cfg), m.grid_size) if _encoder_of(cfg) else None
+    perceptual = meta_perceptual(cfg, encoder)
     objective = make_objective(cfg.objective, m)
     with FakeTensorMode(allow_non_fake_inputs=True):
         model.to_empty(device="cpu")
-        if encoder is not None:
-            encoder.to_empty(device="cpu")
+        for frozen in (encoder, perceptual):
+            if frozen is not None:
+                _empty_on_cpu(frozen)
         x = torch.empty(micro, m.in_channels, m.input_size, m.input_size)
         y = torch.zeros(micro, dtype=torch.long)
         draws = {"drop": torch.zeros(micro, dtype=torch.bool), "t": objective.sample_t(micro, None, "cpu"),
@@ -314,10 +367,24 @@ def _trace(cfg: TrainConfig, micro: int) -> dict[str, int]:
             draws["mask"] = torch.zeros(micro, 1, m.input_size, m.input_size, dtype=torch.bool)
         with LiveStorages() as live, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")   # CPU kernels
-            training_losses(model, objective, cfg, x, y, draws, encoder)["loss"].backward()
+            training_losses(model, objective, cfg, x, y, draws, encoder, perceptual)["loss"].backward()
             grads = {p.grad.untyped_storage()._cdata for p in model.parameters() if p.grad is not None}
             gradients_at_peak = sum(live.alive_at_peak(key) for key in grads)
     return {"peak": live.peak, "gradients_at_peak": gradients_at_peak}
+
+
+def _empty_on_cpu(module) -> None:
+    """`module.to_empty(device="cpu")` for a module that reaches a submodule by two paths (LPIPS's heads are both
+    `lin0`... and `lins[0]`...; to_empty would convert them twice): each module's own tensors, once."""
+    import torch
+    for sub in module.modules():                         # each module once
+        for name, param in sub._parameters.items():
+            if param is not None:
+                sub._parameters[name] = torch.nn.Parameter(torch.empty_like(param, device="cpu"),
+                                                           requires_grad=param.requires_grad)
+        for name, buffer in sub._buffers.items():
+            if buffer is not None:
+                sub._buffers[name] = torch.empty_like(buffer, device="cpu")
 
 
 # ---- GPU-hours -----------------------------------------------------------------------------------

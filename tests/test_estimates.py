@@ -19,8 +19,9 @@ from harness.parity import case_config
 from harness.trainer import train
 from models.complexity import count_flops
 
-# One training step's peak memory, measured: a fresh process builds what the trainer builds (model, EMA, AdamW)
-# and runs three steps of `training_losses`, backward, AdamW and the EMA update. Its peak RSS (ru_maxrss) less its
+# One training step's peak memory, measured: a fresh process builds what the trainer builds (model, EMA, the
+# optimizer, PixelGen's perceptual losses) and runs three steps of `training_losses`, backward, the optimizer and the
+# EMA update. Its peak RSS (ru_maxrss) less its
 # RSS before building them, after a warm-up step at batch 1 has paged in the code those steps run. glibc is told to
 # give large blocks back to the system at once (MALLOC_MMAP_THRESHOLD_): otherwise it keeps freed memory in its heap
 # and the RSS says more about the allocator than about the tensors the estimate counts.
@@ -32,6 +33,7 @@ from harness.ema import EMA
 from harness.losses import training_losses
 from harness.objectives import make_objective
 from harness.optim import build_optimizer
+from harness.perceptual import PerceptualLoss, active
 from harness import parallel
 from models.families import build_model
 
@@ -43,13 +45,15 @@ def build():
     model = build_model(m)
     if cfg.train.activation_checkpointing:
         parallel.checkpoint_blocks(model)
-    return model, EMA(model, cfg.ema.decays), build_optimizer(model, cfg.optim, 1e-4, fused=False)
+    perceptual = PerceptualLoss(cfg.perceptual, m) if active(cfg.perceptual) else None
+    return model, EMA(model, cfg.ema.decays), build_optimizer(model, cfg.optim, 1e-4, fused=False), perceptual
 
-def step(model, ema, optimizer, b):
+def step(model, ema, optimizer, perceptual, b):
     x = torch.rand(b, m.in_channels, m.input_size, m.input_size) * 2 - 1
     draws = {"drop": torch.zeros(b, dtype=torch.bool), "t": objective.sample_t(b, None, "cpu"),
              "eps": torch.randn_like(x)}
-    training_losses(model, objective, cfg, x, torch.zeros(b, dtype=torch.long), draws)["loss"].backward()
+    training_losses(model, objective, cfg, x, torch.zeros(b, dtype=torch.long), draws, None,
+                    perceptual)["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -66,7 +70,7 @@ for _ in range(3):
 print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before))
 """
 
-CONFIGS = {   # two small CPU configurations, each about 0.2-0.6 GB at its peak
+CONFIGS = {   # small CPU configurations, each about 0.2-0.6 GB at its peak
     "PixelDiT, float32, batch 64": ["+experiment=tiny_digits", "model.hidden_size=256", "model.depth=4",
                                     "train.global_batch=64"],
     "JiT, bf16 autocast, activation checkpointing, batch 64": [
@@ -74,6 +78,10 @@ CONFIGS = {   # two small CPU configurations, each about 0.2-0.6 GB at its peak
         "model.num_classes=10", "model.depth=6", "model.hidden_size=192", "model.num_heads=4",
         "model.in_context_start=2", "train.precision=bf16", "train.activation_checkpointing=true",
         "train.global_batch=64"],
+    "PixelDiT, Muon, PixelGen's LPIPS, batch 64": ["+experiment=tiny_digits", "model.hidden_size=256",
+                                                   "model.depth=4", "optim.optimizer=muon",
+                                                   "perceptual.lpips_weight=1", "perceptual.vgg_weights=random",
+                                                   "train.global_batch=64"],
 }
 
 
@@ -113,18 +121,36 @@ def test_sharding_checkpointing_and_data_parallel_change_the_estimate_as_they_sh
     assert one.parameters + one.gradients + one.optimizer + one.ema == 5 * state.parameters     # 1 + 1 + 2 + 1 EMA
 
 
-def test_a_checkpoint_holds_the_state_bytes_the_estimate_counts(tmp_path):
-    result = train(resolve(tiny_overrides(tmp_path, steps=2, **{"ema.decays": "[0.99,0.9]"})))
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_checkpoint_holds_the_state_bytes_the_estimate_counts(tmp_path, optimizer):
+    settings = {"ema.decays": "[0.99,0.9]", "optim.optimizer": optimizer}
+    result = train(resolve(tiny_overrides(tmp_path, steps=2, **settings)))
     state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=False)
 
     def tensors(tree) -> int:
         return sum(v.numel() * v.element_size() for v in _leaves(tree) if torch.is_tensor(v) and v.ndim)
 
     held = tensors(state["model"]) + tensors(state["ema"]) + tensors(state["optimizer"]["state"])
-    expected = estimates.state_bytes(resolve(tiny_overrides(tmp_path, **{"ema.decays": "[0.99,0.9]"})).cfg)
+    expected = estimates.state_bytes(resolve(tiny_overrides(tmp_path, **settings)).cfg)
     assert expected.ema == 2 * expected.parameters
+    # AdamW: two moments per parameter; Muon: one momentum per block matrix, AdamW's two for the rest
+    assert (expected.optimizer == 2 * expected.parameters) == (optimizer == "adamw")
     buffers = tensors(state["model"]) - expected.parameters             # the model's buffers (tables) besides
     assert held - buffers == expected.checkpoint
+
+
+def test_the_frozen_networks_are_counted_once_each():
+    base = ["+experiment=tiny_digits", "model.patch_size=16", "model.repa=true", "model.repa_block=2",
+            "repa.weight=0.5", "repa.encoder=vit_small_patch14_dinov2.lvd142m", "repa.encoder_weights=random"]
+    lpips = resolve([*base, "repa.weight=0", "perceptual.lpips_weight=1", "perceptual.vgg_weights=random"]).cfg
+    assert estimates.state_bytes(lpips).frozen == 4 * 14_716_160      # VGG16's 13 convolutions + LPIPS's 5 heads
+    pdino = [*base, "perceptual.dino_weight=1", "perceptual.encoder=vit_small_patch14_dinov2.lvd142m",
+             "perceptual.encoder_weights=random"]
+    encoder = estimates.encoder_params("vit_small_patch14_dinov2.lvd142m", 2)
+    assert estimates.state_bytes(resolve(pdino).cfg).frozen == 4 * encoder                 # P-DINO reads REPA's
+    apart = resolve([*pdino, "model.patch_size=8"]).cfg                                     # REPA on another grid
+    assert estimates.state_bytes(apart).frozen == 4 * (estimates.encoder_params(
+        "vit_small_patch14_dinov2.lvd142m", 4) + encoder)
 
 
 def _leaves(tree):

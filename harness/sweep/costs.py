@@ -83,9 +83,13 @@ def summary(runs: list[PlannedRun], costs: dict[str, RunCost], target: Accelerat
     if encoder:
         lines.append(f"  REPA's encoder adds {encoder / 1e9:.4g} GFLOPs per image (forward only), the EMA a lerp per "
                      f"parameter and step: in a measured MFU's time, not in the model FLOPs")
-    lines.append("memory per GPU in GiB (parameters, gradients, AdamW and EMA bank in float32; activations: the peak "
-                 "of one forward + backward at the per-GPU batch, traced on fake tensors; eager, before the "
-                 "allocator's fragmentation):")
+    from harness.perceptual import active as perceptual_active  # torch: imported once a plan is costed
+    if any(perceptual_active(r.cfg.perceptual) for r in distinct):
+        lines.append("  PixelGen's perceptual networks (LPIPS VGG16, P-DINO), forward and backward to the image: not "
+                     "in the model FLOPs either")
+    lines.append("memory per GPU in GiB (parameters, gradients, optimizer state, EMA bank and frozen networks in "
+                 "float32; activations: the peak of one forward + backward at the per-GPU batch, traced on fake "
+                 "tensors; eager, before the allocator's fragmentation):")
     for run in distinct:
         m = costs[run.run_name].memory
         parts = ", ".join(f"{name} {value / GIB:.3g}" for name, value in m.parts().items() if value)
