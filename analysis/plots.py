@@ -1,5 +1,6 @@
-"""Figures of a sweep: training loss, the metric over training, the final metric per row, and quality
-against cost (GFLOPs, images/s). Each is written as PNG and PDF. A progress figure (loss or metric
+"""Figures of a sweep: training loss, the metric over training, the final metric per row, quality
+against cost (GFLOPs, images/s), and the runs' efficiency (images/s, data wait, peak memory, MFU). Each is
+written as PNG and PDF. A progress figure (loss or metric
 against steps) is drawn only when the finished runs logged it at two points or more; otherwise
 `progress_notes` says so in one sentence. Error bars are the 95% t-intervals of the tables
 (`analysis.stats`), absent with one seed.
@@ -401,6 +402,47 @@ def selected_points(sweep: SweepRuns) -> dict[tuple[str, str], dict | None]:
     return out
 
 
+EFFICIENCY_PANELS = (   # (title, the per-seed values from the finished runs' last logged window)
+    ("training images/s", lambda sweep: final_values(sweep, "images_per_s")),
+    ("data wait (% of the step)", lambda sweep: _share(final_values(sweep, "data_wait_s"),
+                                                        final_values(sweep, "step_time_s"))),
+    ("peak memory per device (GiB)", lambda sweep: final_values(sweep, "peak_memory_gb")),
+    ("MFU (% of the dense peak)", lambda sweep: {k: 100 * v for k, v in final_values(sweep, "mfu").items()}),
+)
+
+
+def _share(part: dict, whole: dict) -> dict:
+    return {key: 100 * (part[key] / whole[key]).dropna() for key in part}
+
+
+def efficiency_figure(sweep: SweepRuns, colours: dict[str, str]) -> Figure:
+    """Per row, the runs' efficiency telemetry (harness/telemetry.py): throughput, the share of the step spent
+    waiting for data, peak memory and MFU (absent on the CPU), mean over finished seeds with each seed a dot."""
+    series = sweep_series(sweep)
+    fig, axes = _figure(width=max(11.0, 1.6 * len(series) + 6.0), height=4.2, ncols=len(EFFICIENCY_PANELS))
+    for ax, (title, values_of) in zip(axes, EFFICIENCY_PANELS):
+        values = values_of(sweep)
+        drawn = False
+        for i, s in enumerate(series):
+            v = values.get((s.label, s.grid), pd.Series(dtype=float))
+            if len(v) == 0:
+                continue
+            ax.bar(i, float(v.mean()), color=colours[s.label], edgecolor="black", linewidth=0.6, gid=s.label)
+            ax.scatter(np.full(len(v), i) + np.linspace(-0.12, 0.12, len(v)), v.to_numpy(), s=10, color="black",
+                       zorder=3, alpha=0.7)
+            drawn = True
+        if not drawn:
+            _empty(ax, "not logged by a finished run" + (" (CPU runs have no MFU)" if "MFU" in title else ""))
+        ax.set_xticks(np.arange(len(series)), [s.name for s in series], rotation=30, ha="right", fontsize="x-small")
+        for tick, s in zip(ax.get_xticklabels(), series):
+            tick.set_color(colours[s.label])
+        ax.set_title(title, fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{sweep.spec.name}: efficiency of the finished runs (their last logged window; dots: seeds)",
+                 fontsize="medium")
+    return fig
+
+
 def build_figures(sweep: SweepRuns, metric: str) -> dict[str, Figure]:
     """name -> figure; names are the file stems `make_plots` writes. Progress figures with fewer than two
     points are left out (`progress_notes` says which)."""
@@ -418,6 +460,8 @@ def build_figures(sweep: SweepRuns, metric: str) -> dict[str, Figure]:
     guidance = guidance_figure(sweep, shown, colours) if shown else None
     if guidance is not None:
         figures[f"{file_stem(shown)}_vs_guidance"] = guidance
+    if "metric.step_time_s" in sweep.frame:                # runs that log their efficiency (harness/telemetry.py)
+        figures["efficiency"] = efficiency_figure(sweep, colours)
     return figures
 
 

@@ -5,7 +5,10 @@ Columns (ids for `--columns` in brackets): the row [row], grid values [grid], pa
 of its 95% t-interval over seeds, with n; class accuracy beside a distance when the runs logged it
 [class_acc]; the difference against the baseline row [delta] and the comparison with the row above
 [previous], each a paired t-test over seeds and set beside the paper's ordering of the same rows; the
-paper's numbers as written [paper]; throughput [images_per_s]; the runs' states [runs]. Statistics:
+paper's numbers as written [paper]; throughput [images_per_s]; the runs' states [runs]; and on request
+(`--columns`) the runs' efficiency telemetry (harness/telemetry.py): MFU [mfu], the share of the step spent
+waiting for data [data_wait], peak memory per device [peak_memory], each the mean over the finished seeds of
+their last logged window. Statistics:
 `analysis.stats` (n < 3: marked unreliable, never bold; bold only when the best beats the runner-up).
 
 Our column is labelled with what the runs measured (their params: eval.metric, data.name,
@@ -236,6 +239,27 @@ PLAIN = Dialect(str, str)
 # ---- the table ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class EfficiencyColumn:
+    """A column of the runs' telemetry, shown only when asked for (`--columns ... mfu`)."""
+    header: str
+    value: Callable[[pd.DataFrame], pd.Series]     # one value per finished run (rows of `SweepRuns.frame`)
+    format: Callable[[float], str]
+
+
+def _logged(frame: pd.DataFrame, metric: str) -> pd.Series:
+    return frame[f"metric.{metric}"] if f"metric.{metric}" in frame else pd.Series(np.nan, index=frame.index)
+
+
+EFFICIENCY = {
+    "mfu": EfficiencyColumn("MFU", lambda f: _logged(f, "mfu"), lambda v: f"{100 * v:.1f}%"),
+    "data_wait": EfficiencyColumn("data wait (% of step)",
+                                  lambda f: _logged(f, "data_wait_s") / _logged(f, "step_time_s"),
+                                  lambda v: f"{100 * v:.1f}%"),
+    "peak_memory": EfficiencyColumn("peak memory (GiB)", lambda f: _logged(f, "peak_memory_gb"), lambda v: f"{v:.2f}"),
+}
+
+
+@dataclass(frozen=True)
 class MetricColumn:
     metric: str
     point: str | None             # None: the final value; else 'step_300' / 'epoch_80'
@@ -292,14 +316,15 @@ class AblationTable:
         return self.primary.lower_is_better
 
     def column_ids(self) -> list[str]:
+        """The columns shown by default."""
         ids = ["row"] + (["grid"] if any(c.startswith("grid.") for c in self.frame) else [])
         ids += ["params", "gflops", *self.points, *(c.id for c in self.companions), "delta", "previous"]
         return ids + (["paper"] if self.paper_keys else []) + ["images_per_s", "runs"]
 
     def check_columns(self, columns: list[str] | None) -> list[str]:
-        ids = self.column_ids()
         if not columns:
-            return ids
+            return self.column_ids()
+        ids = self.column_ids() + list(EFFICIENCY)
         chosen = [c.strip() for part in columns for c in part.split(",") if c.strip()]
         for column in chosen:
             if column not in ids:
@@ -377,6 +402,9 @@ class AblationTable:
                     out[d.text(header)] = [d.text(v) if isinstance(v, str) else "" for v in f[f"paper {key}"]]
             elif cid == "images_per_s":
                 out[d.text("img/s")] = ["" if pd.isna(v) else f"{v:.1f}" for v in f["images_per_s"]]
+            elif cid in EFFICIENCY:
+                out[d.text(EFFICIENCY[cid].header)] = ["" if pd.isna(v) else d.text(EFFICIENCY[cid].format(v))
+                                                       for v in f[cid]]
             elif cid == "runs":
                 out[d.text("runs")] = [d.text(v) for v in f["runs"]]
         return pd.DataFrame(out)
@@ -441,7 +469,7 @@ class AblationTable:
         shown = self.display(LATEX, chosen)
         caption = " ".join(latex_escape(s) for s in self.caption())
         widths = {"row": 2.6, "delta": 3.6, "previous": 3.6, "runs": 1.5}
-        formats = ["l" if cid == "grid" else "r" if cid in ("params", "gflops", "images_per_s")
+        formats = ["l" if cid == "grid" else "r" if cid in ("params", "gflops", "images_per_s", *EFFICIENCY)
                    else rf">{{\raggedright\arraybackslash}}p{{{widths.get(cid, 2.2)}cm}}"
                    for cid in chosen for _ in range(self._width(cid))]
         return (shown.style.hide(axis="index")
@@ -471,7 +499,7 @@ class AblationTable:
                 keep += ["label", "row"]
             elif cid == "grid":
                 keep += [c for c in f.columns if c.startswith("grid.")]
-            elif cid in ("params", "gflops", "images_per_s", "runs"):
+            elif cid in ("params", "gflops", "images_per_s", "runs", *EFFICIENCY):
                 keep.append(cid)
             elif cid in ("delta", "previous"):
                 kind = "delta" if cid == "delta" else "prev"
@@ -534,6 +562,7 @@ def _numbers(sweep: SweepRuns, columns: list[MetricColumn], paper_keys: list[str
                   **{f"grid.{k}": group[k].iloc[0] for k in sweep.grid_keys},
                   "params": int(group["params"].iloc[0]), "gflops": float(group["gflops"].iloc[0]),
                   "images_per_s": done["metric.images_per_s"].mean() if "metric.images_per_s" in done else np.nan,
+                  **{cid: column.value(done).mean() for cid, column in EFFICIENCY.items()},
                   "runs": ", ".join(f"{n} {state}" for state, n in counts.items()),
                   "missing": _missing_text(counts)}
         for column in columns:

@@ -1,7 +1,7 @@
 """`python run_sweep.py` — YAML sweep -> plan of resolved runs -> submission -> MLflow.
 
-    python run_sweep.py SWEEP.yaml [--dry-run [--show LABEL [--seed S]]] [--retry] [--wait [--report]] [--no-reuse]
-                                   [--executor slurm|local|debug]
+    python run_sweep.py SWEEP.yaml [--dry-run [--show LABEL [--seed S]] [--gpu KIND]] [--retry] [--wait [--report]]
+                                   [--no-reuse] [--executor slurm|local|debug]
     python run_sweep.py submit SWEEP.yaml ...         (the same)
     python run_sweep.py status SWEEP.yaml [--watch]
     python run_sweep.py cancel SWEEP.yaml
@@ -27,6 +27,7 @@ import argparse
 import os
 import sys
 
+from harness.accelerators import DEFAULT_TARGET, keys
 from toolkit.cli import COMMAND_LINE, ArgumentParser, add_verbose, quiet, run
 from toolkit.errors import ConfigError, closest
 
@@ -54,6 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--show", metavar="LABEL", help="with --dry-run: one run's resolved config and its difference "
                    "from the baseline row (a row label, or a run name)")
     p.add_argument("--seed", type=int, help="with --show: the seed (default: the sweep's first)")
+    p.add_argument("--gpu", choices=keys(), default=DEFAULT_TARGET,
+                   help=f"with --dry-run: the GPU of the GPU-hours and memory estimates (default {DEFAULT_TARGET})")
     p.add_argument("--retry", action="store_true", help="also resubmit failed runs")
     p.add_argument("--wait", action="store_true", help="follow progress until every run has ended")
     p.add_argument("--no-reuse", action="store_true",

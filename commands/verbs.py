@@ -11,7 +11,10 @@ import time
 
 from rich.console import Console
 
+from harness import accelerators
 from harness.sweep import progress
+from harness.sweep.costs import RunCost, plan_costs, run_columns
+from harness.sweep.costs import summary as cost_summary
 from harness.sweep.executors import EXECUTORS, Task, executor_class
 from harness.sweep.jobs import RUN_LOG_FILE, TrainJob
 from harness.sweep.plan import PlannedRun, check_data_paths, data_paths
@@ -48,8 +51,11 @@ def submit_command(sweep: Sweep, args) -> int:
     from harness.sweep.stages import cache_needs, check_stage, describe, submit_stage
     if args.dry_run:
         states = sweep.states(reuse=not args.no_reuse) if sweep.manifest is not None else None
-        print_plan(spec, runs, states)
+        target = accelerators.by_key(getattr(args, "gpu", accelerators.DEFAULT_TARGET))
+        costs = plan_costs(runs, target)
+        print_plan(spec, runs, states, costs)
         print(plan_summary(spec, runs, states, reuse=not args.no_reuse, retry=args.retry))
+        print("\n".join(cost_summary(runs, costs, target)))
         for line in describe(cache_needs(spec, runs), spec):
             print(line)
         if evaluations is not None:
@@ -245,7 +251,9 @@ def plan_records(runs: list[PlannedRun], states: list[RunState] | None) -> list[
              "state": by_name.get(r.run_name, "new")} for r in runs]
 
 
-def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState] | None) -> None:
+def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState] | None,
+               costs: dict[str, RunCost] | None = None) -> None:
+    """One line per run; with `costs` (a dry run), its GPU-hours and memory per GPU (harness/sweep/costs.py)."""
     by_name = {s.run.run_name: s.shown for s in states} if states else {}
     kinds = sorted({spec.executor_for(row).kind for row in spec.rows})
     print(f"sweep {spec.name}: {len(runs)} runs ({len(spec.rows)} rows x "
@@ -256,8 +264,9 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState] |
         changes = [o for o in r.config_overrides if not o.startswith("run.seed=")]
         row_changes = [o for o in changes if o.split("=")[0] in spec.rows[r.row].set or o.split("=")[0] in r.grid]
         same = f" (the same run as {runs[r.same_as].title})" if r.same_as is not None else ""
+        cost = f"{run_columns(costs[r.run_name])} " if costs else ""
         print(f"  {r.label:<{width}}  seed {r.seed:<3} {r.params / 1e6:9.2f}M {r.gflops:10.2f} GFLOPs  "
-              f"{r.signature}  {by_name.get(r.run_name, 'new'):8s} {' '.join(row_changes)}{same}")
+              f"{cost}{r.signature}  {by_name.get(r.run_name, 'new'):8s} {' '.join(row_changes)}{same}")
 
 
 # ---- status, wait, cancel, logs ----------------------------------------------------------------

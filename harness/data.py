@@ -494,6 +494,17 @@ def dataset_num_classes(cfg: DataConfig) -> int:
     return len(packed_meta(path)["classes"]) if is_packed(path) else len(find_classes(path))
 
 
+TRAIN_SIZES = {"digits": 1438, "mnist": 4000, "fashion_mnist": 60000}   # training splits of the fixed datasets
+
+
+def train_size(cfg: DataConfig) -> Optional[int]:
+    """Images in the training split without building it (a dry run's cost estimate); None for an image folder,
+    whose size only its files tell."""
+    if cfg.name == "shapes":
+        return cfg.shapes_size
+    return TRAIN_SIZES.get(cfg.name)
+
+
 def build_dataset(cfg: DataConfig, channels: int = 3, split: str = "train") -> ImageDataset:
     """The dataset of `cfg` with `channels` channels (grey replicated to 3 when asked), its training split
     or its held-out split (`HELD_OUT_DATASETS`)."""

@@ -70,7 +70,16 @@ METRICS = (    # in display order: the ADM suite's metrics are computed and prin
     Metric("moe_routing", "MoE routing loss", ("training",),
            "ProMoE's routing contrastive loss (summed over the MoE blocks, unweighted)"),
     Metric("images_per_s", "training images/s", ("training",), higher_is_better=True),
-    Metric("peak_memory_gb", "peak GPU memory (GB)", ("training",)),
+    # efficiency (harness/telemetry.py): the step split, memory, model FLOPs utilisation
+    Metric("step_time_s", "step time (s)", ("training",), "seconds per optimizer step"),
+    Metric("data_wait_s", "data wait (s/step)", ("training",), "seconds per step the device waited for data"),
+    Metric("compute_s", "compute (s/step)", ("training",), "seconds per step of forward, backward, optimizer, EMA"),
+    Metric("peak_memory_gb", "peak memory (GiB)", ("training",),
+           "peak memory per device in GiB (GPU: allocated by torch; CPU: the process's peak RSS)"),
+    Metric("model_tflops", "model TFLOP/s", ("training",), "model training TFLOP/s per device (forward x 3)",
+           higher_is_better=True),
+    Metric("mfu", "MFU", ("training",), "model FLOPs utilisation against the device's dense peak",
+           higher_is_better=True),
     Metric("classifier_acc", "held-out-split classifier's accuracy on training images", ("offline",),
            higher_is_better=True),
 )

@@ -36,12 +36,14 @@ from .checkpoint import CheckpointError, keep_copy, load_checkpoint, load_latest
 from .configure import SIGNATURE_VERSION, ResolvedConfig
 from .data import StepBatches, build_dataset
 from .ema import EMA
+from .estimates import total_steps, training_flops
 from .evaluate import build_metric, generate
 from .losses import training_losses
 from .objectives import draw_normal, make_objective
 from .optim import base_lr, build_optimizer, clip_at, lr_at
 from .protocol import EvalProtocol
-from .tracking import NullTracker, Tracker, migrated_signatures, write_json
+from .telemetry import Efficiency, StepTimer, device_name, system_metrics
+from .tracking import NullTracker, Tracker, migrated_signatures, tracking_uri, write_json
 from .vae import image_channels, is_latent
 
 
@@ -185,7 +187,7 @@ class Trainer:
                               f"{self.batches.local_batch} (train.global_batch={cfg.train.global_batch} over "
                               f"{self.env.world_size} ranks)")
         spe = self.steps_per_epoch = self.batches.steps_per_epoch
-        self.total_steps = cfg.train.steps or math.ceil(cfg.train.epochs * spe)
+        self.total_steps = total_steps(cfg.train, spe)
         # Each configured evaluation point, by the name it was asked for: the key of its metrics besides the
         # curve (`fd/epoch_80`, `fd/step_300`), so a table of "FD at epoch 80" is one MLflow query for a sweep.
         self.point_names: dict[int, list[str]] = {}
@@ -218,6 +220,7 @@ class Trainer:
                 self.model, device_ids=[self.env.local_rank] if self.device.type == "cuda" else None)
         net = self.ddp or self.model
         self.net = torch.compile(net) if cfg.train.compile else net
+        self.efficiency = Efficiency(training_flops(cfg), device_name(self.device), cfg.train.precision)
         self.step = 0
         self.run_id = None
         self.checkpoint_problems: list[str] = []
@@ -417,6 +420,7 @@ class Trainer:
             tags.update({"eval_protocol": protocol.signature, "eval_protocol_name": protocol.name,
                          "eval_protocol_version": str(protocol.version)})
         tags["world_size"] = str(self.env.world_size)
+        tags.update(self.efficiency.tags())
         if "SLURM_JOB_ID" in os.environ:
             array = os.environ.get("SLURM_ARRAY_JOB_ID")
             tags["slurm_job_id"] = (f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array
@@ -435,12 +439,16 @@ class Trainer:
             return tracker.run_id
 
         self.run_id = distributed.from_main(open_tracker, self.env)
+        if self.env.is_main:
+            print(self.efficiency.describe(), flush=True)
         scorer_numbers = self.metric.own_metrics() if self.metric is not None else {}    # offline: classifier_acc
         if scorer_numbers:
             tracker.log_metrics(scorer_numbers, 0)
         stop = StopFlag()
         stop.install()
         metrics: dict[str, float] = {}
+        monitor = system_metrics(self.run_id, tracking_uri(cfg.tracking, self.run_dir), self.device,
+                                 self.env.local_rank, self.env.world_size, resumed)
         try:
             metrics = self._loop(tracker, stop)
         except Interrupted:
@@ -452,6 +460,8 @@ class Trainer:
             raise
         finally:
             stop.restore()
+            if monitor is not None:
+                monitor.finish()
         if self.env.is_main:
             final = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **metrics}
             write_json(self.run_dir / "final_metrics.json", final)
@@ -463,30 +473,38 @@ class Trainer:
         cfg = self.cfg
         progress = Progress(self.total_steps, self.step, enabled=self.env.is_main)
         window: dict[str, torch.Tensor] = {}
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, paused = time.perf_counter(), 0, 0.0   # paused: checkpoints, evaluations
+        timer = StepTimer(self.device)
         metrics: dict[str, float] = {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         batches = self.batches.iterate(self.step)      # prefetching workers for image folders
         while self.step < self.total_steps:
-            totals = self.train_step(*next(batches))
+            timer.fetching()
+            batch = next(batches)
+            timer.computing()
+            totals = self.train_step(*batch)
+            timer.done()
             for key, value in totals.items():
                 window[key] = window.get(key, 0) + value
             window_steps += 1
             signum = distributed.agreed_signal(stop.signal, self.env)     # every rank stops after the same step
             boundary = self.step % cfg.train.log_every == 0 or self.step == self.total_steps
             if boundary or self.step % cfg.checkpoint.every_steps == 0 or signum or self.step in self.eval_steps:
+                if boundary and self.device.type == "cuda":
+                    torch.cuda.synchronize()                  # the window's time, and its CUDA events done
                 # the mean over ranks (each rank's loss is over its own samples; the gradient norm and the
-                # learning rate are the same on every rank)
-                means = distributed.mean_over_ranks({k: float(v) / window_steps for k, v in window.items()}, self.env)
+                # learning rate are the same on every rank; the step's split is each rank's)
+                means = distributed.mean_over_ranks({**{k: float(v) / window_steps for k, v in window.items()},
+                                                     **(timer.window() if boundary else {})}, self.env)
                 if not (math.isfinite(means["loss"]) and math.isfinite(means["grad_norm"])):
                     raise NonFiniteLoss(f"non-finite loss {means['loss']} or gradient norm {means['grad_norm']} "
                                         f"in the steps up to {self.step}")
                 if boundary:
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    elapsed = time.perf_counter() - window_start
+                    elapsed = time.perf_counter() - window_start - paused
                     means["images_per_s"] = window_steps * cfg.train.global_batch / elapsed
+                    means["step_time_s"] = elapsed / window_steps
+                    means.update(self.efficiency.metrics(means["images_per_s"], self.env.world_size))
                     means["peak_memory_gb"] = distributed.max_over_ranks(peak_memory_gb(self.device), self.env)
                     means["epoch"] = self.step / self.steps_per_epoch
                     # Bookkeeping, under MLflow's "system/" charts section: `status` reads a run's step and age
@@ -495,12 +513,14 @@ class Trainer:
                     means["system/heartbeat"] = time.time()
                     tracker.log_metrics(means, self.step)
                     progress.update(self.step, means)
-                    window, window_start, window_steps = {}, time.perf_counter(), 0
+                    window, window_start, window_steps, paused = {}, time.perf_counter(), 0, 0.0
+            pause_start = time.perf_counter()
             if self.step % cfg.checkpoint.every_steps == 0 or self.step == self.total_steps:
                 self.save()
             if self.step in self.eval_steps:
                 metrics = self.evaluate(tracker)
                 progress.note(f"step {self.step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            paused += time.perf_counter() - pause_start
             if signum:
                 self.save()
                 raise Interrupted(f"signal {signum} at step {self.step}; checkpoint {self.ckpt_path}", signum)

@@ -44,8 +44,9 @@ def component_params(model: torch.nn.Module) -> dict[str, int]:
 
 def count_flops(cfg: ModelConfig, batch: int = 1, training: bool = False) -> int:
     """Forward FLOPs of the sampling-time network (REPA projector excluded) on meta tensors; `training`: of the
-    training forward (token routing [TREAD, SPRINT] runs fewer tokens through its route)."""
-    model = build_model(cfg.replace(repa=False), device="meta").train(training)
+    network as it trains (with the REPA projector when `cfg.repa`; token routing [TREAD, SPRINT] runs fewer tokens
+    through its route)."""
+    model = build_model(cfg if training else cfg.replace(repa=False), device="meta").train(training)
     x = torch.empty(batch, cfg.in_channels, cfg.input_size, cfg.input_size, device="meta")
     t = torch.empty(batch, device="meta")
     y = torch.zeros(batch, dtype=torch.long, device="meta")
@@ -53,6 +54,13 @@ def count_flops(cfg: ModelConfig, batch: int = 1, training: bool = False) -> int
     with FlopCounterMode(display=False) as counter:
         model(x, t, y, *hint)
     return counter.get_total_flops()
+
+
+def training_flops(cfg: ModelConfig) -> int:
+    """FLOPs of one training image through the network: forward x 3 (the backward pass costs twice the forward's
+    matrix products: gradients of the inputs and of the weights), the REPA projector included. The convention of
+    model FLOPs utilisation (PaLM, appendix B): what activation checkpointing recomputes is not counted."""
+    return 3 * count_flops(cfg, training=True)
 
 
 def measure(cfg: ModelConfig) -> Complexity:

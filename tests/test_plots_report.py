@@ -62,7 +62,7 @@ def final_mean(sweep, label: str) -> float:
 def test_every_plot_is_written_as_png_and_pdf(sweep, tmp_path):
     paths = make_plots(sweep, tmp_path / "plots", "fd")
     stems = {p.stem for p in paths}
-    assert stems == {"loss", "fd_during_training", "fd_per_row", "fd_vs_cost"}
+    assert stems == {"loss", "fd_during_training", "fd_per_row", "fd_vs_cost", "efficiency"}
     for stem in stems:
         png, pdf = tmp_path / "plots" / f"{stem}.png", tmp_path / "plots" / f"{stem}.pdf"
         assert png in paths and pdf in paths
@@ -125,7 +125,7 @@ def test_progress_plots_need_two_evaluation_points(sweep_path, sweep):
 
 def test_log_plots_to_the_parent_run(sweep, tmp_path):
     paths = make_plots(sweep, tmp_path / "logged", "loss")
-    assert {p.stem for p in paths} == {"loss", "loss_per_row", "loss_vs_cost"}      # no duplicate loss curve
+    assert {p.stem for p in paths} == {"loss", "loss_per_row", "loss_vs_cost", "efficiency"}   # no second loss curve
     assert log_plots(sweep, paths) == len(paths)
     logged = {Path(a.path).name for a in sweep.client.list_artifacts(sweep.parent_run_id, "plots")}
     assert {p.name for p in paths} <= logged

@@ -340,3 +340,23 @@ def test_latex_compiles_with_pdflatex(sweep, tmp_path):
     log = (tmp_path / "table.log").read_text(errors="replace")
     assert "Output written on table.pdf" in log, log[-2000:]
     assert "Undefined control sequence" not in log and "Missing $ inserted" not in log
+
+
+def test_efficiency_columns_show_the_runs_telemetry_when_asked_for(sweep, sweep_path, capsys):
+    table = build_table(sweep, metric="fd")
+    assert not {"mfu", "data_wait", "peak_memory"} & set(table.column_ids())          # not shown by default
+    shown = table.display(columns=["row", "data_wait", "peak_memory", "mfu"])
+    done = sweep.frame[sweep.frame["state"] == "done"]
+    for i, label in enumerate(table.frame["label"]):
+        runs = done[done["label"] == label]
+        row = shown.iloc[i]
+        if runs.empty:                                                                 # the failed row
+            assert [row["data wait (% of step)"], row["peak memory (GiB)"], row["MFU"]] == ["", "", ""]
+            continue
+        share = (runs["metric.data_wait_s"] / runs["metric.step_time_s"]).mean()
+        assert row["data wait (% of step)"] == f"{100 * share:.1f}%"
+        assert row["peak memory (GiB)"] == f"{runs['metric.peak_memory_gb'].mean():.2f}"
+        assert row["MFU"] == ""                                                        # CPU runs: no MFU
+    assert main(["table", str(sweep_path), "--metric", "fd", "--format", "csv", "--columns", "row", "data_wait"]) == 0
+    csv = pd.read_csv(StringIO(capsys.readouterr().out))
+    assert list(csv.columns) == ["label", "row", "data_wait"] and csv["data_wait"].dropna().between(0, 1).all()
