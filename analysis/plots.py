@@ -29,9 +29,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from harness.metric_registry import entry, lower_is_better
+
 from .runs import SweepRuns, metric_history
 from .stats import MIN_N, t_interval
-from .table import lower_is_better, paper_label
+from .table import paper_label
 
 LINE_STYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -207,7 +209,8 @@ def curve_figure(sweep: SweepRuns, key: str, colours: dict[str, str], ylabel: st
 
 
 def loss_figure(sweep: SweepRuns, colours: dict[str, str]) -> Figure:
-    return curve_figure(sweep, "loss", colours, "training loss", f"{sweep.spec.name}: training loss")
+    words = entry("loss").description
+    return curve_figure(sweep, "loss", colours, words, f"{sweep.spec.name}: {words}")
 
 
 def metric_curve_figure(sweep: SweepRuns, metric: str, colours: dict[str, str]) -> Figure:

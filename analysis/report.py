@@ -1,9 +1,9 @@
 """A sweep's report: a generated notebook, executed headlessly with papermill and rendered to HTML.
 
     from analysis.report import write_report
-    notebook, html = write_report("sweeps/tiny_table4.yaml")     # -> <sweep folder>/report/
+    notebook, html = write_report(Sweep.open("sweeps/tiny_table4.yaml"))     # -> <sweep folder>/report/
 
-The notebook holds no numbers of its own: it reads MLflow through `load_sweep_runs(sweep_path)`, so it
+The notebook holds no numbers of its own: it opens the sweep and reads MLflow (`load_sweep_runs`), so it
 re-runs later on its own (`papermill <notebook> out.ipynb`, or top to bottom in Jupyter) and shows the
 sweep as it is then. Sections: the sweep's description and notes (from its file), the ablation table
 (with class accuracy beside the distance, and its caption: interval, test, what ours and the paper's numbers
@@ -33,6 +33,8 @@ import pandas as pd
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from harness import configure
+from harness.metric_registry import sample_metrics_of_training
+from harness.sweep.sweep import Sweep
 from models.config import ModelConfig
 from toolkit.cli import kernel_arguments
 
@@ -232,7 +234,7 @@ def samples_markdown(sweep: SweepRuns, grids) -> list[tuple[str, str | None]]:
             continue
         same = (frame["label"] == grid.label) & (frame["grid"] == grid.grid) & (frame["seed"] == grid.seed)
         run = frame[same].iloc[0]
-        scores = ", ".join(f"{key} {run[f'metric.{key}']:.4g}" for key in ("fid", "fd", "class_acc")
+        scores = ", ".join(f"{key} {run[f'metric.{key}']:.4g}" for key in sample_metrics_of_training()
                            if f"metric.{key}" in run and pd.notna(run[f"metric.{key}"]))
         out.append((f"**{_md(name)}**: seed {grid.seed}, step {grid.step}" + (f"; this run's {scores}" if scores
                     else "") + ".", str(grid.path)))
@@ -241,13 +243,12 @@ def samples_markdown(sweep: SweepRuns, grids) -> list[tuple[str, str | None]]:
 
 # ---- the notebook --------------------------------------------------------------------------------
 
-def build_notebook(sweep_path: str | Path, out_dir: str | Path, metric: str | None = None,
+def build_notebook(sweep: Sweep, out_dir: str | Path, metric: str | None = None,
                    workdir: str | Path | None = None) -> nbformat.NotebookNode:
     """The report notebook of a sweep (not executed). `workdir` is where a relative `output:` of the
     sweep file resolves (the directory the sweep was submitted from)."""
-    from harness.sweep.spec import load_sweep
-    sweep_path = Path(sweep_path).resolve()
-    spec = load_sweep(sweep_path)
+    spec = sweep.spec
+    sweep_path = spec.path.resolve()
     workdir = str(Path(workdir or os.getcwd()).resolve())
     rows = "\n".join(f"{i + 1}. {_md(row.label)}" + (" (baseline)" if row.label == spec.baseline_label else "")
                      for i, row in enumerate(spec.rows))
@@ -286,11 +287,12 @@ def build_notebook(sweep_path: str | Path, out_dir: str | Path, metric: str | No
             "                             samples_markdown, write_tables)\n"
             "from analysis.samples import GRID_SEED, sample_grids\n"
             "from analysis.runs import load_sweep_runs\n"
-            "from analysis.table import build_table, default_metric\n\n"
+            "from analysis.table import build_table, default_metric\n"
+            "from harness.sweep.sweep import Sweep\n\n"
             "pd.set_option(\"display.max_columns\", 100)\n"
             "pd.set_option(\"display.max_colwidth\", 200)"),
         new_code_cell(
-            "sweep = load_sweep_runs(sweep_path)\n"
+            "sweep = load_sweep_runs(Sweep.open(sweep_path))\n"
             "metric = metric or default_metric(sweep)\n"
             "states = sweep.frame[\"state\"].value_counts()\n"
             "display(Markdown(f\"**{len(sweep.frame)} planned runs**: \"\n"
@@ -360,16 +362,7 @@ def render_html(notebook_path: Path, html_path: Path) -> Path:
     return html_path
 
 
-def _parent_run(spec):
-    """(client, parent run id or None) of the sweep's latest submission."""
-    from mlflow.tracking import MlflowClient
-
-    from harness.sweep.state import latest_parent_run_id, read_manifest
-    from harness.sweep.store import store_uri
-    return MlflowClient(store_uri(spec)), latest_parent_run_id(read_manifest(spec))
-
-
-def write_report(sweep_path: str | Path, out_dir: Path | None = None, metric: str | None = None,
+def write_report(sweep: Sweep, out_dir: Path | None = None, metric: str | None = None,
                  execute: bool = True, log: bool = True) -> tuple[Path, Path]:
     """Build the sweep's report notebook, execute it (papermill, the python3 kernel of this
     interpreter), render it to HTML, and log both (and the plots) to the parent MLflow run.
@@ -377,20 +370,19 @@ def write_report(sweep_path: str | Path, out_dir: Path | None = None, metric: st
 
     A cell that fails still leaves the executed notebook and its HTML (with the error) on disk; the
     error is then raised and nothing is logged."""
-    from harness.sweep.spec import load_sweep
-    sweep_path = Path(sweep_path).resolve()
-    spec = load_sweep(sweep_path)
+    sweep.check_store()
+    spec = sweep.spec
     out_dir = Path(out_dir).resolve() if out_dir is not None else spec.folder / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path.cwd()
     notebook_path, html_path = out_dir / f"{spec.name}_report.ipynb", out_dir / f"{spec.name}_report.html"
-    nb = build_notebook(sweep_path, out_dir, metric, workdir)
+    nb = build_notebook(sweep, out_dir, metric, workdir)
     started = time.time() - 1
     if execute:
         import papermill
         try:
             papermill.execute_notebook(nb, str(notebook_path), kernel_name="python3", cwd=str(workdir),
-                                       parameters={"sweep_path": str(sweep_path), "metric": metric,
+                                       parameters={"sweep_path": str(spec.path.resolve()), "metric": metric,
                                                    "out_dir": str(out_dir), "workdir": str(workdir)},
                                        progress_bar=False, log_output=False, extra_arguments=kernel_arguments())
         finally:
@@ -400,7 +392,7 @@ def write_report(sweep_path: str | Path, out_dir: Path | None = None, metric: st
         nbformat.write(nb, notebook_path)
         render_html(notebook_path, html_path)
     if log:
-        client, parent = _parent_run(spec)
+        client, parent = sweep.client, sweep.parent_run_id
         if parent:
             for path in (notebook_path, html_path):
                 client.log_artifact(parent, str(path), "report")

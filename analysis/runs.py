@@ -7,25 +7,38 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from harness.sweep.plan import PlannedRun, load_plan
-from harness.sweep.spec import SweepSpec, load_sweep
-from harness.sweep.state import latest_parent_run_id, read_manifest, sweep_states
-from harness.sweep.store import open_store
+from harness.sweep.plan import PlannedRun
+from harness.sweep.spec import SweepSpec
+from harness.sweep.sweep import Sweep
+from harness.tracking import mlflow_client
 
 
 @dataclass
 class SweepRuns:
-    spec: SweepSpec
-    plan: list[PlannedRun]
+    sweep: Sweep
     frame: pd.DataFrame          # see `load_sweep_runs`
-    client: MlflowClient
-    parent_run_id: str | None    # the latest submission's parent run (plots and reports are logged there)
     histories: dict = field(default_factory=dict)    # metric key -> `metric_history` frame (read once)
+
+    @property
+    def spec(self) -> SweepSpec:
+        return self.sweep.spec
+
+    @property
+    def plan(self) -> list[PlannedRun]:
+        return self.sweep.plan
+
+    @property
+    def client(self) -> MlflowClient:
+        return self.sweep.client
+
+    @property
+    def parent_run_id(self) -> str | None:
+        """The latest submission's parent run (plots and reports are logged there)."""
+        return self.sweep.parent_run_id
 
     @property
     def labels(self) -> list[str]:
@@ -36,17 +49,13 @@ class SweepRuns:
         return list(self.spec.grid)
 
 
-def load_sweep_runs(path: str | Path) -> SweepRuns:
+def load_sweep_runs(sweep: Sweep) -> SweepRuns:
     """Columns: label, row, seed, grid (JSON), one column per grid key, run_name, signature, state,
     mlflow_run_id, params (count), gflops, failure_reason, checkpoint (the run's `checkpoint` tag: its
     final checkpoint file), `metric.<name>` for every latest metric
     (loss, fd, fd/step_300, images_per_s, ...), and `param.<key>` for the resolved config."""
-    spec = load_sweep(path)
-    manifest = read_manifest(spec)
-    client = open_store(spec, manifest)          # nothing submitted, or the store gone: one line, no file created
-    plan = load_plan(spec)
     rows = []
-    for state in sweep_states(spec, plan, client, manifest):
+    for state in sweep.states():                 # nothing submitted, or the store gone: one line, no file created
         run, found = state.run, state.mlflow_run
         row = {"label": run.label, "row": run.row, "seed": run.seed, "grid": json.dumps(run.grid, sort_keys=True),
                **run.grid, "run_name": run.run_name, "signature": run.signature, "state": state.state,
@@ -57,7 +66,7 @@ def load_sweep_runs(path: str | Path) -> SweepRuns:
             row.update({f"metric.{k}": v for k, v in found.data.metrics.items()})
             row.update({f"param.{k}": v for k, v in found.data.params.items()})
         rows.append(row)
-    return SweepRuns(spec, plan, pd.DataFrame(rows), client, latest_parent_run_id(manifest))
+    return SweepRuns(sweep, pd.DataFrame(rows))
 
 
 def metric_history(sweep: SweepRuns, key: str) -> pd.DataFrame:
@@ -65,11 +74,13 @@ def metric_history(sweep: SweepRuns, key: str) -> pd.DataFrame:
     run, once per key: for plots; tables need only `load_sweep_runs`)."""
     if key in sweep.histories:
         return sweep.histories[key]
-    records, clients = [], {}
+    records, clients = [], {sweep.sweep.store_uri: sweep.client}
     for row in sweep.frame.itertuples():
         if row.mlflow_run_id is None:
             continue
-        client = clients.setdefault(row.store, MlflowClient(row.store))   # a reused run lives in its own store
+        if row.store not in clients:              # a reused run lives in its own store
+            clients[row.store] = mlflow_client(row.store)
+        client = clients[row.store]
         for m in client.get_metric_history(row.mlflow_run_id, key):
             records.append({"label": row.label, "seed": row.seed, "grid": row.grid, "step": m.step,
                             "value": m.value})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import html
 import math
-import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,28 +24,17 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from harness import metric_registry
+from harness.metric_registry import lower_is_better
 from toolkit.errors import ConfigError, closest
 
 from .runs import SweepRuns
 from .stats import ALPHA, CONFIDENCE, MIN_N, BoldDecision, Interval, Paired, best_of, paired_t, t_interval
 
-HIGHER_IS_BETTER = ("class_acc", "acc", "is", "inception_score", "precision", "recall", "images_per_s")
-COMPANIONS = ("class_acc",)            # shown beside the chosen metric when the runs logged them
-SAMPLE_METRICS = ("fd", "fid", "class_acc", "is", "inception_score", "precision", "recall")
-METRIC_WORDS = {"fd": "FD (held-out-split classifier)", "class_acc": "class accuracy (held-out-split classifier)",
-                "fid": "FID{samples} (Inception)", "loss": "training loss", "images_per_s": "training images/s"}
-
-
-def lower_is_better(metric: str) -> bool:
-    """FID, FD and losses go down; accuracies, precision/recall and throughput go up (also with the sample
-    count of `run_sweep.py eval`: is50k, precision12)."""
-    name = metric.split("/")[0].split("@")[0]
-    return name not in HIGHER_IS_BETTER and re.sub(r"\d+k?$", "", name) not in HIGHER_IS_BETTER
-
 
 def default_metric(sweep: SweepRuns) -> str:
-    columns = set(sweep.frame.columns)
-    return next((m for m in ("fid", "fd") if f"metric.{m}" in columns), "loss")
+    columns = [c.removeprefix("metric.") for c in sweep.frame.columns if c.startswith("metric.")]
+    return metric_registry.shown_by_default(columns)
 
 
 # ---- what the numbers are ----------------------------------------------------------------------
@@ -98,17 +86,18 @@ def _count(n: str) -> str:
 def ours_label(sweep: SweepRuns, metric: str) -> str:
     """What our numbers are, from the runs' own params: 'FD (held-out-split classifier), mnist 16 px,
     500 samples'. Values that differ between runs are joined with '/'."""
-    samples = _param_values(sweep, "eval.num_samples")
-    words = METRIC_WORDS.get(metric, metric)
-    words = words.format(samples="-" + "/".join(_count(n) for n in samples) if samples else "")
-    parts = [words]
+    entry, counted = metric_registry.entry(metric), metric_registry.sample_count(metric)
+    samples = [str(counted)] if counted is not None else _param_values(sweep, "eval.num_samples")
+    inline = "{samples}" in entry.description             # "FID-50K": the count is part of the metric's name
+    count = "-" + "/".join(_count(n) for n in samples) if samples else ""
+    parts = [entry.description.format(samples=count) if inline else entry.description]
     data, resolution = "/".join(_param_values(sweep, "data.name")), "/".join(_param_values(sweep, "data.resolution"))
     if data:
         parts.append(f"{data} {resolution} px" if resolution else data)
-    if samples and metric in SAMPLE_METRICS and metric != "fid":
+    if samples and entry.sample_based and not inline:
         parts.append(f"{'/'.join(samples)} samples")
     classes = [int(c) for c in _param_values(sweep, "model.num_classes") if c.isdigit() and int(c) > 0]
-    if metric == "class_acc" and len(classes) == 1:
+    if entry.chance and len(classes) == 1:
         parts.append(f"chance {1 / classes[0]:.2g}")
     return ", ".join(parts)
 
@@ -451,7 +440,7 @@ def build_table(sweep: SweepRuns, metric: str | None = None, at: list[str] | Non
     columns = [MetricColumn(metric, p, ours_label(sweep, metric)) for p in points]
     last = columns[-1].point
     companions = [MetricColumn(m, last if last in evaluation_points(sweep, m) else None, ours_label(sweep, m))
-                  for m in COMPANIONS if m != metric and m in logged]
+                  for m in metric_registry.companions() if m != metric and m in logged]
     paper_keys = sorted({key for row in sweep.spec.rows for key in row.paper})
     order_key = metric if metric in paper_keys else paper_keys[0] if len(paper_keys) == 1 else None
     frame = _numbers(sweep, [*columns, *companions], paper_keys)

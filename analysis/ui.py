@@ -26,39 +26,38 @@ import subprocess
 import sys
 import urllib.parse
 
+from harness.metric_registry import shown_by_default
 from harness.sweep.processes import stop_groups
 from harness.sweep.server import answers, launch_mlflow_server
 from harness.sweep.spec import SweepError, SweepSpec
-from harness.sweep.store import all_runs, store_uri
+from harness.sweep.store import all_runs
+from harness.sweep.sweep import Sweep
 
 COMPARE_HINT = ("The runs are grouped by row label (Group by: label), each row in its colour with its mean; the "
                 "chart view (second icon above the table) draws each row's curves; tick runs and press Compare "
                 "for their parameters and metrics side by side.")
 
 
-def _remote(spec: SweepSpec) -> bool:
-    return store_uri(spec).startswith(("http://", "https://"))
+def _remote(sweep: Sweep) -> bool:
+    return sweep.store_uri.startswith(("http://", "https://"))
 
 
-def _remote_message(spec: SweepSpec) -> str:
-    uri = store_uri(spec)
+def _remote_message(sweep: Sweep) -> str:
+    uri = sweep.store_uri
     if not answers(uri.rstrip("/")):
-        return f"{spec.name} logs to the tracking server {uri}, which does not answer now"
-    return f"{spec.name} logs to the tracking server {uri}, which serves the UI: {runs_url(uri, *prepare_view(spec))}"
+        return f"{sweep.name} logs to the tracking server {uri}, which does not answer now"
+    return f"{sweep.name} logs to the tracking server {uri}, which serves the UI: {runs_url(uri, *prepare_view(sweep))}"
 
 
-def prepare_view(spec: SweepSpec) -> tuple[str, str]:
+def prepare_view(sweep: Sweep) -> tuple[str, str]:
     """(experiment id, view key) of the sweep, after checking the store is the sweep's (harness/sweep/store.py)
     and writing its view there."""
-    from harness.sweep.state import read_manifest
-    from harness.sweep.store import open_store
-    client = open_store(spec, read_manifest(spec))
-    experiment = client.get_experiment_by_name(spec.experiment_name).experiment_id
-    return experiment, sweep_view(client, spec, experiment)
+    client = sweep.client
+    experiment = client.get_experiment_by_name(sweep.spec.experiment_name).experiment_id
+    return experiment, sweep_view(client, sweep.spec, experiment)
 
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."       # MLflow's prefix of a shared view's experiment tag
-METRICS = ("fid", "fd")                           # the metric shown: the first the runs logged, else the loss
 COLUMN_WIDTH = 110                                # pixels: a number to 4 digits, a parameter's value
 
 
@@ -70,7 +69,7 @@ def view_state(spec: SweepSpec, runs: list) -> dict:
     from harness.configure import affects_result
     children = [run for run in runs if "label" in run.data.tags]
     logged = {key for run in children for key in run.data.metrics}
-    metric = next((m for m in METRICS if m in logged), "loss")
+    metric = shown_by_default(logged)
     keys = sorted({key for run in children for key in run.data.params})
     switched = [key for key in keys if key != "run.seed" and affects_result(key)
                 and len({run.data.params.get(key) for run in children}) > 1]
@@ -100,16 +99,16 @@ def runs_url(base: str, experiment: str, view: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment}/runs?{query}"
 
 
-def start_ui(spec: SweepSpec, host: str = "127.0.0.1", port: int | None = None,
+def start_ui(sweep: Sweep, host: str = "127.0.0.1", port: int | None = None,
              timeout: float = 90) -> tuple[subprocess.Popen, str]:
     """Start an MLflow UI server on the sweep's store; wait until it answers. Returns the process (stop it
     with `stop_ui`) and the URL of the sweep's runs table. Raises SweepError when the sweep has logged
     nothing yet or logs to a remote tracking server (which serves the UI itself), RuntimeError when the
     server does not start within `timeout` seconds."""
-    if _remote(spec):
-        raise SweepError("tracking.uri", reason=_remote_message(spec), source=str(spec.path))
-    experiment, view = prepare_view(spec)
-    proc, base = launch_mlflow_server(store_uri(spec), spec.folder / "mlartifacts", spec.folder / "mlflow-ui.log",
+    if _remote(sweep):
+        raise SweepError("tracking.uri", reason=_remote_message(sweep), source=str(sweep.path))
+    experiment, view = prepare_view(sweep)
+    proc, base = launch_mlflow_server(sweep.store_uri, sweep.folder / "mlartifacts", sweep.folder / "mlflow-ui.log",
                                       host, port, timeout)
     return proc, runs_url(base, experiment, view)
 
@@ -120,27 +119,27 @@ def stop_ui(proc: subprocess.Popen, grace: float = 10) -> None:
     proc.wait()
 
 
-def ui_command(spec: SweepSpec, port: int | None = None) -> int:
+def serve_ui(sweep: Sweep, port: int | None = None) -> int:
     """Start the UI, print its URL and how to compare runs, serve until Ctrl-C, SIGTERM or SIGHUP."""
-    if _remote(spec):
-        message = _remote_message(spec)
+    if _remote(sweep):
+        message = _remote_message(sweep)
         print(message)
         if message.endswith("does not answer now"):
             return 1
         print(COMPARE_HINT)
         return 0
-    proc, url = start_ui(spec, port=port)
+    proc, url = start_ui(sweep, port=port)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        print(f"MLflow UI for sweep {spec.name}: {url}")
+        print(f"MLflow UI for sweep {sweep.name}: {url}")
         print(COMPARE_HINT)
         print("Ctrl-C stops it.", flush=True)
         code = proc.wait()
-        print(f"the MLflow UI exited with code {code}; see {spec.folder / 'mlflow-ui.log'}", file=sys.stderr)
+        print(f"the MLflow UI exited with code {code}; see {sweep.folder / 'mlflow-ui.log'}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

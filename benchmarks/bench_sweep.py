@@ -21,17 +21,15 @@ import time
 from pathlib import Path
 
 import yaml
-from mlflow.tracking import MlflowClient
 
 from analysis.runs import load_sweep_runs
 from analysis.table import build_table
-from commands.verbs import current_states
 from harness.sweep.executors import Task, executor_class
 from harness.sweep.jobs import TrainJob
 from harness.sweep.plan import plan_sweep, write_plan_cache
 from harness.sweep.spec import load_sweep
-from harness.sweep.state import new_manifest, record_submission
-from harness.sweep.store import prepare_store, store_uri
+from harness.sweep.store import store_uri
+from harness.sweep.sweep import Sweep
 
 
 def write(folder: Path, executor: dict) -> Path:
@@ -60,8 +58,8 @@ def main():
 
     slurm = "SLURM_CONF" in os.environ and shutil.which("sbatch")
     jobs = []
-    manifest = new_manifest(spec)
-    experiment_id = prepare_store(spec, manifest)
+    sweep = Sweep(spec)
+    experiment_id = sweep.prepare_store()
     if slurm:
         start = time.perf_counter()
         tasks = [Task(run.run_name, spec.executor, TrainJob(run.overrides(spec, store_uri(spec), "bench")))
@@ -77,20 +75,20 @@ def main():
         print("submit: skipped (no SLURM_CONF / sbatch; run scripts/local_slurm.sh start)")
 
     # 1,000 runs in MLflow, tagged as the jobs tag them, and a manifest of what was submitted
-    client = MlflowClient(store_uri(spec))
+    client = sweep.client
     for run in runs:
         created = client.create_run(experiment_id, run_name=run.run_name,
                                     tags={"sweep": spec.name, "signature": run.signature})
         client.set_terminated(created.info.run_id, "FINISHED")
-    record_submission(spec, manifest, runs[:100], jobs, "bench", "slurm")
+    sweep.record_submission(runs[:100], jobs, "bench", "slurm")
     start = time.perf_counter()
-    states = current_states(spec, runs)
+    states = sweep.states()
     elapsed = time.perf_counter() - start
     print(f"status of {len(states)} runs ({sum(s.state == 'done' for s in states)} done, "
           f"{len(jobs)} with SLURM jobs): {elapsed:.2f} s (target < 2 s)")
     write_plan_cache(spec, runs)                  # as a submission leaves it
     start = time.perf_counter()
-    table = build_table(load_sweep_runs(path), metric="loss")
+    table = build_table(load_sweep_runs(Sweep.open(path)), metric="loss")
     elapsed = time.perf_counter() - start
     print(f"table of {len(runs)} runs ({len(table.frame)} table rows): {elapsed:.2f} s (target < 2 s)")
     if jobs:

@@ -1,5 +1,7 @@
 """The verbs of `python run_sweep.py` (parsed in cli.py): submit, status, cancel, logs, mlflow-server, migrate,
-table, report, ui. Every error is a ConfigError naming the sweep file and the key (cli.py prints it).
+table, report, ui, eval. `run_command` opens the sweep once (`harness.sweep.sweep.Sweep`) and hands it to the verb;
+the verbs of results hand it on to `analysis/`. Every error is a ConfigError naming the sweep file and the key
+(cli.py prints it).
 """
 from __future__ import annotations
 
@@ -11,68 +13,47 @@ from rich.console import Console
 from harness.sweep import progress
 from harness.sweep.executors import EXECUTORS, Task, executor_class
 from harness.sweep.jobs import RUN_LOG_FILE, TrainJob
-from harness.sweep.plan import PlannedRun, check_data_paths, data_paths, load_plan, plan_sweep, write_plan_cache
-from harness.sweep.spec import SweepSpec, load_sweep
-from harness.sweep.state import RunState, new_manifest, read_manifest, record_submission, sweep_states
-from harness.sweep.store import NotSubmitted, open_store, prepare_store, store_uri
+from harness.sweep.plan import PlannedRun, check_data_paths, data_paths
+from harness.sweep.spec import SweepSpec
+from harness.sweep.state import RunState
+from harness.sweep.store import NotSubmitted
+from harness.sweep.sweep import Sweep
 from toolkit.errors import ConfigError, closest
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run one parsed verb; an error that names no file is located in the sweep file."""
-    spec = load_sweep(args.sweep)
+    """Open the sweep once and run one parsed verb on it; an error that names no file is located in the sweep
+    file."""
+    sweep = Sweep.open(args.sweep)
     try:
         if getattr(args, "executor", None):
             try:
-                spec = spec.with_executor(args.executor)
+                sweep = Sweep(sweep.spec.with_executor(args.executor))
             except ConfigError as err:
                 raise err.at(key="--executor") from None
-        if args.command == "mlflow-server":
-            return server_command(spec, args)
-        if args.command == "cancel":
-            return cancel_command(spec)
-        if args.command == "migrate":
-            from harness.sweep.migrate import migrate_command
-            return migrate_command(spec, dry_run=args.dry_run)
-        if args.command == "submit":
-            return submit_command(spec, plan_sweep(spec), args)
-        if args.command == "eval":
-            from harness.sweep.evaluation import check_arguments
-            check_arguments(spec, args.label, args.num, args.shards)
-        manifest = read_manifest(spec)
-        open_store(spec, manifest)            # nothing submitted, or a store gone: one line, no file created
-        if args.command in ("table", "report", "ui"):
-            return analysis_command(spec, args)
-        if args.command == "eval":
-            from harness.sweep.evaluation import eval_command
-            return eval_command(spec, args)
-        return {"status": status_command, "logs": logs_command}[args.command](spec, load_plan(spec), args)
+        return VERBS[args.command](sweep, args)
     except ConfigError as err:
-        raise err if err.source else err.at(source=str(spec.path)) from None
+        raise err if err.source else err.at(source=str(sweep.path)) from None
 
 
 # ---- submit --------------------------------------------------------------------------------------
 
-def submit_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
-    manifest = read_manifest(spec)
+def submit_command(sweep: Sweep, args) -> int:
+    spec, runs = sweep.spec, sweep.plan_fresh()
     if args.show:
-        return show_command(spec, runs, args)
+        return show_command(sweep, runs, args)
     if args.dry_run:
-        states = None
-        if manifest is not None:
-            states = sweep_states(spec, runs, open_store(spec, manifest), manifest, reuse=not args.no_reuse)
+        states = sweep.states(reuse=not args.no_reuse) if sweep.manifest is not None else None
         print_plan(spec, runs, states)
         paths = data_paths(runs)
         if paths:
             print(f"note: data paths are checked at submission, not in a dry run: {', '.join(paths)}")
         return 0
     check_data_paths(spec, runs)
-    manifest = manifest or new_manifest(spec)
-    experiment_id = prepare_store(spec, manifest)
-    write_plan_cache(spec, runs)
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(store_uri(spec))
-    states = sweep_states(spec, runs, client, manifest, reuse=not args.no_reuse)
+    experiment_id = sweep.prepare_store()
+    sweep.write_plan_cache()
+    client = sweep.client
+    states = sweep.states(reuse=not args.no_reuse)
     wanted = {"new", "failed"} if args.retry else {"new"}
     todo = [s.run for s in states if s.state in wanted]
     print_plan(spec, runs, states)
@@ -88,9 +69,10 @@ def submit_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
     server_was_up = server_url is not None
     if todo:
         kinds = {run.executor.kind for run in todo}
-        tracking_uri = spec.tracking.uri or (store_uri(spec) if kinds == {"debug"} else
+        tracking_uri = spec.tracking.uri or (sweep.store_uri if kinds == {"debug"} else
                                              server_url or start_server(spec))
-        parent = client.create_run(experiment_id, run_name=f"{spec.name} #{len(manifest['submissions']) + 1}",
+        number = len(sweep.manifest["submissions"]) + 1
+        parent = client.create_run(experiment_id, run_name=f"{spec.name} #{number}",
                                    tags={"sweep": spec.name, "sweep_role": "parent",
                                          "executor": ",".join(sorted(kinds)), "sweep_file": str(spec.path.resolve()),
                                          **description_tags(spec)})
@@ -103,7 +85,7 @@ def submit_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
                          for run in todo if run.executor.kind == kind]
                 submitted = executor_class(kind)(spec.folder, spec.name).submit(tasks)
                 jobs += submitted
-                record_submission(spec, manifest, todo, submitted, parent_id, kind)
+                sweep.record_submission(todo, submitted, parent_id, kind)
         except Exception as err:
             client.set_tag(parent_id, "failure_reason", f"{type(err).__name__}: {err}")
             client.set_terminated(parent_id, "FAILED")
@@ -111,15 +93,15 @@ def submit_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
         client.set_tag(parent_id, "job_ids", ",".join(sorted({j.job_id for j in jobs}))[:5000])
         client.set_terminated(parent_id, "FINISHED")
         print(f"submitted {len(jobs)} runs as {len({j.job_id.split('_')[0] for j in jobs})} job(s) "
-              f"({', '.join(sorted(kinds))}); parent MLflow run {parent_id}; manifest {spec.folder / 'manifest.json'}")
+              f"({', '.join(sorted(kinds))}); parent MLflow run {parent_id}; manifest {sweep.manifest_path}")
     else:
-        record_submission(spec, manifest, todo, [], None, spec.executor.kind)
+        sweep.record_submission(todo, [], None, spec.executor.kind)
     if args.wait:
-        code = wait_command(spec, runs)
+        code = wait_command(sweep)
         if args.report:
-            analysis_command(spec, argparse.Namespace(command="table", metric=None, at=None, format="markdown",
-                                                      baseline=None, columns=None))
-            analysis_command(spec, argparse.Namespace(command="report", metric=None))
+            table_command(sweep, argparse.Namespace(metric=None, at=None, format="markdown", baseline=None,
+                                                    columns=None))
+            report_command(sweep, argparse.Namespace(metric=None))
         if not server_was_up and stop_server(spec):     # every run has ended: no server left behind
             print(f"stopped the sweep's MLflow server (`run_sweep.py mlflow-server {spec.path}` starts it again)")
         return code
@@ -135,13 +117,14 @@ def description_tags(spec: SweepSpec) -> dict[str, str]:
     return tags
 
 
-def show_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
+def show_command(sweep: Sweep, runs: list[PlannedRun], args) -> int:
     """`--dry-run --show LABEL [--seed S]`: one run's config as its job will resolve it, and what it changes
     from the baseline row at the same seed and grid point (bookkeeping and switches without effect left out)."""
     from harness.configure import affects_result, config_differences, flatten, resolve
+    spec = sweep.spec
     run = pick_run(spec, runs, args.show, args.seed, "--show", first_seed=True)
     base = next(r for r in runs if r.label == spec.baseline_label and r.seed == run.seed and r.grid == run.grid)
-    resolved = resolve(run.overrides(spec, store_uri(spec)), source=str(spec.path), check_paths=False)
+    resolved = resolve(run.overrides(spec, sweep.store_uri), source=str(spec.path), check_paths=False)
     print(f"# {run.title}: run {run.run_name}, signature {run.signature}, {run.params / 1e6:.2f}M params, "
           f"{run.gflops:.2f} GFLOPs; resolved as its job resolves it (tracking.uri: the store; a local or slurm "
           f"job logs through the sweep's server)")
@@ -179,29 +162,24 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState] |
 
 # ---- status, wait, cancel, logs ----------------------------------------------------------------
 
-def current_states(spec: SweepSpec, runs: list[PlannedRun]) -> list[RunState]:
-    manifest = read_manifest(spec)
-    return sweep_states(spec, runs, open_store(spec, manifest), manifest)
-
-
-def status_command(spec: SweepSpec, runs: list[PlannedRun], args=None) -> int:
+def status_command(sweep: Sweep, args) -> int:
     """One line per run (harness/sweep/progress.py); with --watch, refreshed until every run has ended."""
-    if args is not None and args.watch:
-        return wait_command(spec, runs)
-    progress.show(current_states(spec, runs), Console())
+    if args.watch:
+        return wait_command(sweep)
+    progress.show(sweep.states(), Console())
     return 0
 
 
-def wait_command(spec: SweepSpec, runs: list[PlannedRun], poll_s: float = 10.0, console: Console | None = None) -> int:
+def wait_command(sweep: Sweep, poll_s: float = 10.0, console: Console | None = None) -> int:
     """Follow the runs until none is running or pending; 1 when one failed."""
-    states = progress.follow(lambda: current_states(spec, runs), console or Console(), poll_s)
+    states = progress.follow(sweep.states, console or Console(), poll_s)
     return 1 if any(s.state == "failed" for s in states) else 0
 
 
-def cancel_command(spec: SweepSpec) -> int:
+def cancel_command(sweep: Sweep, args=None) -> int:
     """Stop the sweep's live jobs, using the same live states as `status`; without a manifest, the jobs are
     found in the sweep's submitit folders."""
-    manifest = read_manifest(spec)
+    spec, manifest = sweep.spec, sweep.manifest
     records = list(manifest["runs"].values()) if manifest else []
     known = {(r["executor"], r["job_id"]) for r in records}
     for kind, cls in EXECUTORS.items():          # jobs the manifest does not list (or no manifest at all)
@@ -236,44 +214,72 @@ def pick_run(spec: SweepSpec, runs: list[PlannedRun], name: str, seed: int | Non
     return chosen[0]
 
 
-def logs_command(spec: SweepSpec, runs: list[PlannedRun], args) -> int:
+def logs_command(sweep: Sweep, args) -> int:
     """One run's output: `<run folder>/job.log`, every attempt (jobs.run_log)."""
-    run = pick_run(spec, runs, args.label, args.seed, "label")
-    path = spec.folder / run.run_name / RUN_LOG_FILE
+    sweep.check_store()
+    run = pick_run(sweep.spec, sweep.plan, args.label, args.seed, "label")
+    path = sweep.folder / run.run_name / RUN_LOG_FILE
     print(f"==> {run.title} ({run.run_name}): {path}")
     if path.exists():
         sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
         return 0
-    record = read_manifest(spec)["runs"].get(run.run_name)
+    record = sweep.manifest["runs"].get(run.run_name)
     print("not submitted" if record is None else f"no log yet: its job {record['job_id']} has not started this "
           f"run (the job's own log: {record['stderr']})")
     return 0
 
 
-def server_command(spec: SweepSpec, args) -> int:
+def server_command(sweep: Sweep, args) -> int:
     from harness.sweep.server import start_server, stop_server
     if args.stop:
-        print("stopped" if stop_server(spec) else "no server was running")
+        print("stopped" if stop_server(sweep.spec) else "no server was running")
         return 0
-    manifest = read_manifest(spec) or new_manifest(spec)
-    prepare_store(spec, manifest)
-    url = start_server(spec, backend_uri=args.backend_uri, host=args.host, port=args.port)
-    print(f"MLflow tracking server for {spec.name}: {url}  (set `tracking: {{uri: {url}}}` to share it)")
+    sweep.prepare_store()
+    url = start_server(sweep.spec, backend_uri=args.backend_uri, host=args.host, port=args.port)
+    print(f"MLflow tracking server for {sweep.name}: {url}  (set `tracking: {{uri: {url}}}` to share it)")
     return 0
 
 
-def analysis_command(spec: SweepSpec, args) -> int:
-    """table / report / ui: everything is read back from MLflow (analysis/)."""
-    if args.command == "ui":
-        from analysis.ui import ui_command
-        return ui_command(spec, port=args.port)
+def migrate_command(sweep: Sweep, args) -> int:
+    from harness.sweep.migrate import migrate_store
+    return migrate_store(sweep, dry_run=args.dry_run)
+
+
+def eval_command(sweep: Sweep, args) -> int:
+    """`run_sweep.py eval`: sample and score every finished run (harness/sweep/evaluation.py)."""
+    from harness.adm_metrics import parse_metrics
+    from harness.sweep.evaluation import check_arguments, evaluate_sweep
+    check_arguments(sweep.spec, args.label, args.num, args.shards)
+    sweep.check_store()
+    return evaluate_sweep(sweep, label=args.label, num=args.num, shards=args.shards, reference=args.reference,
+                          sets=args.set, seed=args.seed, metrics=parse_metrics(args.metrics) if args.metrics else None,
+                          inception=args.inception, wait=not args.no_wait, batch_size=args.batch_size,
+                          cache_dir=args.cache_dir)
+
+
+# ---- table, report, ui: everything read back from MLflow (analysis/) ---------------------------------
+
+def table_command(sweep: Sweep, args) -> int:
     from analysis.runs import load_sweep_runs
-    if args.command == "report":
-        from analysis.report import write_report
-        notebook, html = write_report(spec.path, metric=args.metric)
-        print(f"report: {html}\nnotebook: {notebook} (re-runs on its own: it reads MLflow)")
-        return 0
     from analysis.table import build_table
-    table = build_table(load_sweep_runs(spec.path), metric=args.metric, at=args.at, baseline=args.baseline)
+    table = build_table(load_sweep_runs(sweep), metric=args.metric, at=args.at, baseline=args.baseline)
     print(table.render(args.format, args.columns))
     return 0
+
+
+def report_command(sweep: Sweep, args) -> int:
+    from analysis.report import write_report
+    notebook, html = write_report(sweep, metric=args.metric)
+    print(f"report: {html}\nnotebook: {notebook} (re-runs on its own: it reads MLflow)")
+    return 0
+
+
+def ui_command(sweep: Sweep, args) -> int:
+    from analysis.ui import serve_ui
+    sweep.check_store()
+    return serve_ui(sweep, port=args.port)
+
+
+VERBS = {"submit": submit_command, "status": status_command, "cancel": cancel_command, "logs": logs_command,
+         "mlflow-server": server_command, "migrate": migrate_command, "table": table_command,
+         "report": report_command, "ui": ui_command, "eval": eval_command}

@@ -39,11 +39,12 @@ import torch
 from toolkit.errors import ConfigError
 from toolkit.files import atomic_write, default_cache_dir
 
+from . import metric_registry
 from .inception import LOGITS_FILES, FIDInceptionV3, cached_fid_inception, inception_digest, resolve_inception
 
-METRICS = ("fid", "sfid", "is", "precision", "recall")
-JSON_KEYS = {"fid": "fid", "sfid": "sfid", "is": "inception_score", "precision": "precision", "recall": "recall"}
-LABELS = {"fid": "FID", "sfid": "sFID", "is": "Inception Score", "precision": "Precision", "recall": "Recall"}
+METRICS = tuple(m.name for m in metric_registry.scored_by("adm"))    # fid, sfid, is, precision, recall
+LABELS = {m.name: m.label for m in metric_registry.scored_by("adm")}
+JSON_KEYS = {"is": "inception_score"}          # `--json` names where they differ from ours
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 PROTOCOL = "adm-v1"            # bump when feature extraction changes: it keys the reference cache
 IS_SPLITS = 10
@@ -423,7 +424,7 @@ class Evaluator:
 # Command line
 # =============================================================================================
 def parse_metrics(text: str) -> list[str]:
-    aliases = {"inception_score": "is", "isc": "is"}
+    aliases = {alias: m.name for m in metric_registry.scored_by("adm") for alias in m.aliases}
     names = [aliases.get(m.strip().lower(), m.strip().lower()) for m in text.split(",") if m.strip()]
     return list(dict.fromkeys(names))
 
@@ -467,7 +468,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({JSON_KEYS[m]: v for m, v in result.items()}))
+        print(json.dumps({JSON_KEYS.get(m, m): v for m, v in result.items()}))
     else:
         for metric, value in result.items():
             print(f"{LABELS[metric]}: {value:.6g}")

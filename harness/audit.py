@@ -17,109 +17,26 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from models.papers import cite
 from toolkit.cli import ArgumentParser, run
 from toolkit.errors import ConfigError, unknown
+from toolkit.fields import meta_at
 
 from .config import TrainConfig
 
-_PAPER = "PixelDiT (arXiv 2511.20645)"
-_DIFFIT = "DiffiT (arXiv 2312.02139)"
-_JIT = "JiT (Li & He, 'Back to Basics')"
-_DIT = "DiT (Peebles & Xie)"
-# Where each value of a paper recipe comes from. Keys not listed cite the experiment file itself.
-SOURCES: dict[str, dict[str, str]] = {
-    "pixeldit_xl_paper": {
-        "model.adaln": f"{_PAPER} sec. 3.2, Fig. 2(C): pixel-wise AdaLN (seeds 000 #1)",
-        "model.s_cond_timestep": f"{_PAPER} sec. 3.1: s_cond := s_N + t (seeds 000 #2)",
-        "model.compaction": f"{_PAPER} sec. 3.2: PTC compacts all p^2 pixels of a patch (seeds 000 #3)",
-        "model.pixel_attn_dim": f"{_PAPER} sec. 3.2: attention over L tokens at width D (seeds 000 #3)",
-        "model.pixel_heads": f"{_PAPER} official code: pixel attention with the patch heads",
-        "model.repa": f"{_PAPER} sec. 3.4: REPA with a frozen DINOv2 (seeds 000 #4)",
-        "model.repa_block": f"{_PAPER} sec. 3.4: aligned at the 8th patch block (seeds 000 #4)",
-        "model.repa_projector": f"{_PAPER} official code: MLP D -> D -> D -> 768 with SiLU",
-        "model.repa_hidden": f"{_PAPER} official code: projector width D",
-        "repa.weight": f"{_PAPER} sec. 3.4: lambda_repa = 0.5 (seeds 000 #4)",
-        "repa.encoder": f"{_PAPER} sec. 3.4: DINOv2 ViT-B/14",
-        "optim.betas": f"{_PAPER} training details: AdamW beta = (0.9, 0.999) (seeds 000 #5)",
-        "optim.grad_clip": f"{_PAPER} training details: clipping 1.0 (seeds 000 #6)",
-        "optim.grad_clip_after_step": f"{_PAPER} training details: clipping 0.5 after the step-down (seeds 000 #6)",
-        "model.prediction": f"{_PAPER} sec. 3.4: f_theta predicts v_t directly (seeds 000 #7)",
-        "objective.loss_space": f"{_PAPER} sec. 3.4: L = E||f_theta - v_t||^2, uniform weight (seeds 000 #7)",
-        "optim.lr": f"{_PAPER} training details: lr 1e-4 at batch 256 (seeds 000 #8)",
-        "optim.blr": f"{_PAPER} training details: an absolute lr, no batch scaling (seeds 000 #8)",
-        "objective.p_mean": f"{_PAPER}: logit-normal [SD3] with loc 0 (seeds 000 #9)",
-        "objective.p_std": f"{_PAPER}: logit-normal [SD3] with scale 1 (seeds 000 #9)",
-        "model.in_context_tokens": f"{_PAPER}: no in-context class tokens, a JiT technique (seeds 000 #10)",
-        "model.in_context_start": f"{_PAPER}: no in-context class tokens (seeds 000 #10)",
-        "model.hint_fraction": f"{_PAPER}: no GT pixel hints (seeds 000 #11)",
-        "model.hint_loss_weight": f"{_PAPER}: no GT pixel hints (seeds 000 #11)",
-        "model.hint_path": f"{_PAPER}: no GT pixel hints (seeds 000 #11)",
-        "optim.schedule": f"{_PAPER} v1 training details: 1e-4 for 160 epochs, then 1e-5 (seeds 001 #1)",
-        "optim.step_epoch": f"{_PAPER} v1 training details: step-down after 160 epochs (seeds 001 #1)",
-        "optim.step_lr": f"{_PAPER} v1 training details: 1e-5 after the step-down (seeds 001 #1)",
-        "model.depth": f"{_PAPER} Table 6: N = 26 patch blocks for XL (seeds 001 #2)",
-        "model.pixel_depth": f"{_PAPER} Table 6: M = 4 pixel blocks for XL (seeds 001 #2)",
-        "model.hidden_size": f"{_PAPER} Table 6: D = 1152 for XL",
-        "model.num_heads": f"{_PAPER} Table 6: 16 heads for XL",
-        "model.pixel_dim": f"{_PAPER} Table 6: D_pix = 16",
-        "model.ffn": f"{_PAPER} official code: SwiGLU (the text describes DiT's blocks; seeds 001 #3)",
-        "model.ffn_bias": f"{_PAPER} official code: SwiGLU without biases",
-        "model.patch_embed": f"{_PAPER} sec. 3.1: s_0 = W_patch x_patch, one linear (seeds 001 #4)",
-        "ema.decays": f"{_PAPER} training details: one EMA, 0.9999 (seeds 001 #5)",
-        "ema.eval_decay": f"{_PAPER} training details: EMA 0.9999",
-        "model.pos_embed": f"{_PAPER} Table 4 '+RoPE'; official code: RoPE only on patch tokens",
-        "model.norm": f"{_PAPER} Table 4 '+RMSNorm'",
-        "model.qk_norm": f"{_PAPER} official code: RMSNorm q/k-norm",
-        "model.qkv_bias": f"{_PAPER} official code: no qkv bias",
-        "model.norm_affine": f"{_PAPER} official code: RMSNorm with a learnable weight (modules.RMSNorm)",
-        "model.rope_positions": f"{_PAPER} official code: RoPE positions linspace(0, 16, grid) in the patch blocks "
-                                f"and the PiT attention (modules.precompute_freqs_cis_2d)",
-        "model.gelu": f"{_PAPER} official code: exact GELU in the PiT MLP (modules.MLP, nn.GELU())",
-        "model.flow_time": f"{_PAPER} official code: t = 1 is data, x_t = t x + (1 - t) eps, v = x - eps",
-        "model.dropout": f"{_PAPER} official code: no dropout",
-        "model.time_max_period": f"{_PAPER} official code: t in [0, 1], sinusoid max period 10",
-        "train.global_batch": f"{_PAPER} training details: batch 256",
-        "train.precision": f"{_PAPER} training details: bfloat16",
-        "train.label_dropout": f"{_PAPER} training details: class drop probability 0.1",
-        "optim.weight_decay": f"{_PAPER} training details: weight decay 0",
-        "optim.warmup_epochs": f"{_PAPER} training details: constant LR, no warm-up",
-        "eval.sampler.kind": f"{_PAPER} sec. 4: 2nd-order multistep flow solver",
-        "eval.sampler.steps": f"{_PAPER} sec. 4: 100 sampling steps",
-        "eval.sampler.cfg_scale": f"{_PAPER} sec. 4: CFG 3.25 for the 80/160-epoch models",
-        "eval.sampler.cfg_interval": f"{_PAPER} sec. 4: guidance on t in [0.1, 1.0]",
-    },
-    "diffit_cifar10_paper": {
-        "model.tmsa_time": f"{_DIFFIT} eq. 3-5: q, k, v each take a projection of the time token (Table 6)",
-        "model.rel_pos_bias": f"{_DIFFIT} eq. 6: relative position bias B",
-        "model.window_size": f"{_DIFFIT} I.1 and 5.10: local windows of 4 for CIFAR-10",
-        "model.unet_channels": f"{_DIFFIT} Tables S.2-S.3 and I.1: 128, then 256 kept constant",
-        "model.unet_blocks": f"{_DIFFIT} H.1: L1 = L2 = L3 = 4 (I.1 says 2 per stage)",
-        "model.time_embed_dim": f"{_DIFFIT} Table 3: time dimension 512",
-        "model.norm_affine": f"{_DIFFIT} official code (diffit/diffit.py): LayerNorm without affine",
-        "model.gelu": f"{_DIFFIT} official code (diffit/diffit.py): GELU with the tanh approximation",
-        "model.num_classes": f"{_DIFFIT} I.1: image-space experiments are unconditional",
-        "objective.kind": f"{_DIFFIT} I.1: EDM's training configuration",
-        "objective.p_mean": f"{_DIFFIT} I.1 via EDM: ln sigma ~ N(-1.2, 1.2)",
-        "objective.p_std": f"{_DIFFIT} I.1 via EDM: ln sigma ~ N(-1.2, 1.2)",
-        "optim.lr": f"{_DIFFIT} I.1: learning rate 1e-3 for CIFAR-10",
-        "train.global_batch": f"{_DIFFIT} I.1: batch 512 for CIFAR-10",
-        "train.steps": f"{_DIFFIT} I.1: 200000 iterations",
-        "eval.sampler.kind": f"{_DIFFIT} I.1: EDM's deterministic sampler",
-        "eval.sampler.steps": f"{_DIFFIT} I.1: 18 steps for CIFAR-10",
-    },
-    "jit_l16_paper": {
-        "model.rope_positions": f"{_JIT} code (util/model_util.py VisionRotaryEmbeddingFast): integer positions",
-        "model.norm_affine": f"{_JIT} code (util/model_util.py RMSNorm): a learnable weight",
-        "model.dropout": f"{_JIT} code: dropout after the attention projection and on the SwiGLU hidden, in the "
-                         f"middle half of the blocks (0 for B and L, 0.2 for H)",
-        "model.prediction": f"{_JIT}: the network predicts the clean image",
-    },
-    "dit_xl2_paper": {
-        "model.norm_affine": f"{_DIT} code (models.py): LayerNorm without affine",
-        "model.gelu": f"{_DIT} code (models.py): GELU with the tanh approximation",
-        "model.pos_embed": f"{_DIT} code (models.py): fixed 2D sin-cos table, column first (MAE)",
-    },
-}
+# The paper each paper recipe follows: a differing key cites its field's `cite=` for that paper
+# (harness/config.py, models/config.py; paper keys of models/papers.py), else the experiment file.
+PAPER_OF = {"pixeldit_xl_paper": "PixelDiT", "jit_l16_paper": "JiT", "dit_xl2_paper": "DiT",
+            "diffit_cifar10_paper": "DiffiT", "sit_xl2_repa_paper": "REPA", "pixelgen_xl_paper": "PixelGen"}
+
+
+def source(key: str, experiment: str) -> str:
+    """Where the value of `key` in an experiment's recipe comes from."""
+    paper = PAPER_OF.get(experiment)
+    meta = meta_at(TrainConfig(), key)
+    if paper is not None and meta is not None and paper in meta.cite:
+        return cite(paper, meta.cite[paper])
+    return f"harness/conf/experiment/{experiment}.yaml"
 
 
 def load_flat(spec: str, overrides: list[str]) -> tuple[str, dict]:
@@ -143,13 +60,12 @@ def load_flat(spec: str, overrides: list[str]) -> tuple[str, dict]:
 
 def differences(ours: dict, paper: dict, paper_name: str) -> list[dict]:
     from .configure import affects_result
-    sources = SOURCES.get(paper_name, {})
     rows = []
     for key in paper:
         if key == "experiment" or not affects_result(key) or ours.get(key) == paper[key]:
             continue
         rows.append({"key": key, "this": ours.get(key), paper_name: paper[key],
-                     "source": sources.get(key, f"harness/conf/experiment/{paper_name}.yaml")})
+                     "source": source(key, paper_name)})
     return rows
 
 

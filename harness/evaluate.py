@@ -1,43 +1,28 @@
-"""Evaluation during training: sample with the evaluated EMA, then score with FID or the offline metric.
+"""Evaluation during training: sample with the evaluated EMA, then score with the scorer of `eval.metric`.
 
 Samples are split over data-parallel ranks and gathered on rank 0; labels cycle over the classes so
 every class is equally represented (an unconditional model, num_classes = 0, samples the null label).
 """
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
 
 import torch
 import torch.distributed as dist
 
+from . import metric_registry
 from .config import TrainConfig
-from .data import build_dataset
 from .distributed import DistEnv
-from .metrics import InceptionFID, OfflineMetric, default_cache_dir
 from .sampling import sample
-
-OFFLINE_ACCURACY_IMAGES = 5000     # training images the offline classifier's accuracy is measured on
-
-
-def cache_dir(cfg: TrainConfig) -> Path:
-    return Path(cfg.eval.cache_dir).expanduser() if cfg.eval.cache_dir else default_cache_dir()
 
 
 def build_metric(cfg: TrainConfig, dataset, device: torch.device):
-    """The scorer for `eval.metric`; resolves weights and reference data before any run is created. Both
-    fit to the dataset's held-out split (imagefolder has none: FID takes the training folder, as ADM)."""
-    key = f"{cfg.data.name}-{cfg.data.resolution}-c{dataset.channels}-held_out"
-    if cfg.eval.metric == "offline":
-        held_out = build_dataset(cfg.data, dataset.channels, split="held_out").all_images()
-        unseen = dataset.all_images(limit=OFFLINE_ACCURACY_IMAGES)
-        return OfflineMetric(key, held_out, unseen, dataset.num_classes, cache_dir(cfg), device, hflip=cfg.data.hflip)
-    if cfg.eval.metric == "fid":
-        if cfg.data.name == "imagefolder":
-            return InceptionFID(cfg.eval.inception, f"imagefolder-{cfg.data.resolution}",
-                                reference_folder=cfg.data.path, cache_dir=cache_dir(cfg), device=device)
-        real, _ = build_dataset(cfg.data, dataset.channels, split="held_out").all_images(limit=cfg.eval.num_samples)
-        return InceptionFID(cfg.eval.inception, key, reference_images=real, cache_dir=cache_dir(cfg), device=device)
-    return None
+    """The scorer `eval.metric` names (harness/metric_registry.py SCORERS: its class's `from_config`), None for
+    `none`; it resolves weights and reference data before any run is created."""
+    if cfg.eval.metric == "none":
+        return None
+    module, _, name = metric_registry.scorer(cfg.eval.metric).builds.partition(":")
+    return getattr(importlib.import_module(module), name).from_config(cfg, dataset, device)
 
 
 @torch.no_grad()

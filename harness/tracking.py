@@ -21,6 +21,12 @@ from .config import TrackingConfig
 MAX_BATCH = 100   # MLflow's limit of params (and tags) per log_batch call
 
 
+def mlflow_client(uri: str) -> MlflowClient:
+    """A client of the tracking store at `uri` (sqlite file, PostgreSQL, or a tracking server): every MLflow
+    client of the harness is made here."""
+    return MlflowClient(uri)
+
+
 def tracking_uri(cfg: TrackingConfig, run_dir: Path) -> str:
     return cfg.uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
 
@@ -49,7 +55,7 @@ class Tracker:
 
     def __init__(self, cfg: TrackingConfig, run_dir: Path, run_name: str, run_id: str | None,
                  tags: dict[str, str], params: dict[str, Any]):
-        self.client = MlflowClient(tracking_uri(cfg, run_dir))
+        self.client = mlflow_client(tracking_uri(cfg, run_dir))
         self.run_id = run_id
         self.logged_through: dict[str, int] = {}      # metric -> last step already in the store
         try:
@@ -106,7 +112,7 @@ class Tracker:
 
 def migrated_signatures(cfg: TrackingConfig, run_dir: Path, run_id: str) -> tuple[str | None, list[str]]:
     """(current signature, earlier signatures) of an MLflow run that `run_sweep.py migrate` may have re-signed."""
-    tags = MlflowClient(tracking_uri(cfg, run_dir)).get_run(run_id).data.tags
+    tags = mlflow_client(tracking_uri(cfg, run_dir)).get_run(run_id).data.tags
     return tags.get("signature"), [s for s in tags.get("signature_previous", "").split(",") if s]
 
 

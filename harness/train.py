@@ -4,11 +4,13 @@
     python -m harness.train --help [GROUP]        experiments, presets, every field with its default and doc
     python -m harness.train +experiment=tiny_digits --cfg job    the resolved config (YAML); nothing runs
     python -m harness.train +experiment=tiny_digits --info       where it comes from: defaults, signature, delta
+    python -m harness.train --switch-table [--readme README.md]   the loss and optimizer switches as Markdown
 
 As hydra's own flags do (`--help`, `--cfg job`, `--info`), for a config composed with hydra's compose API.
 The field docs are the comments beside the fields in harness/config.py and models/config.py
-(`toolkit.docs.field_docs`). Nothing heavy is imported to answer `--help`; hydra to resolve; torch and
-mlflow only to train.
+(`toolkit.docs.field_docs`); the sources and the settings without effect are the fields' metadata
+(`toolkit.fields`: `cite=`, `family=`, `inert_when=`). Nothing heavy is imported to answer `--help`; hydra to
+resolve; torch and mlflow only to train.
 """
 from __future__ import annotations
 
@@ -18,15 +20,20 @@ import shutil
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any, NamedTuple
 
+from models.papers import cite
 from toolkit.cli import COMMAND_LINE, ArgumentParser, add_verbose, quiet, run
+from toolkit.docs import field_docs, switch_table, value_text, write_readme_span
 from toolkit.errors import unknown
+from toolkit.fields import field_meta, no_effect
 
 from .config import TrainConfig
 
 CONF_DIR = Path(__file__).parent / "conf"
 USAGE = ("python -m harness.train [+experiment=NAME] [model=PRESET] [KEY=VALUE ...] [--cfg job] [--info] [-v]\n"
-         "       python -m harness.train --help [GROUP]")
+         "       python -m harness.train --help [GROUP]\n"
+         "       python -m harness.train --switch-table [--readme README.md]")
 EXIT_INTERRUPTED = 3          # SIGTERM/SIGUSR2: a checkpoint was written; the job is requeued
 
 
@@ -41,6 +48,11 @@ def parser() -> ArgumentParser:
     p.add_argument("--info", action="store_true",
                    help="print where the config comes from (defaults, preset, overrides), its signature and its "
                         "difference from the schema defaults, and exit")
+    p.add_argument("--switch-table", action="store_true",
+                   help="print the table of the recipe's loss and optimizer switches (Markdown), generated from "
+                        "harness/config.py")
+    p.add_argument("--readme", type=Path, metavar="FILE",
+                   help="with --switch-table: write it into FILE between its recipe-switch-table markers")
     add_verbose(p)
     return p
 
@@ -54,6 +66,12 @@ def _main(argv: list[str]) -> int:
     args = parser().parse_intermixed_args(argv)
     if args.help is not None:
         print(help_text(args.help))
+        return 0
+    if args.switch_table:
+        if args.readme:
+            write_readme_span(args.readme, RECIPE_TABLE_BEGIN, RECIPE_TABLE_END, recipe_switch_table())
+        else:
+            print(recipe_switch_table(), end="")
         return 0
     quiet(args.verbose)
     from .configure import resolve
@@ -70,6 +88,22 @@ def _main(argv: list[str]) -> int:
     print(f"done: {result.step} steps, run {result.run_id} in {result.run_dir}"
           + "".join(f", {k}={v:.4g}" for k, v in result.metrics.items()))
     return 0
+
+
+# ---- --switch-table: the README's table of the recipe's loss and optimizer switches ---------------------------
+
+RECIPE_TABLE_COMMAND = "python -m harness.train --switch-table --readme README.md"
+RECIPE_TABLE_BEGIN = f"<!-- recipe switch table, generated (do not edit): {RECIPE_TABLE_COMMAND} -->"
+RECIPE_TABLE_END = "<!-- end recipe switch table -->"
+RECIPE_GROUPS = ("objective", "repa", "perceptual", "optim")   # the loss and optimizer groups (the rest: --help)
+
+
+def recipe_switch_table() -> str:
+    """The fields of the loss and optimizer groups as Markdown, as `python -m models.inspect --switch-table`
+    gives the model's: values, doc, citations, when each has no effect."""
+    defaults = TrainConfig()
+    return "\n".join(switch_table(type(getattr(defaults, group)), prefix=f"{group}.", untitled=group)
+                     for group in RECIPE_GROUPS)
 
 
 # ---- --help ------------------------------------------------------------------------------------------
@@ -95,24 +129,27 @@ def groups() -> list[str]:
     return [f.name for f in dataclasses.fields(defaults) if dataclasses.is_dataclass(getattr(defaults, f.name))]
 
 
+class FieldHelp(NamedTuple):
+    key: str                   # dotted
+    default: Any
+    choices: tuple | None      # the allowed values, None: any of its type
+    doc: str                   # its comment
+    cite: dict                 # paper key -> where that paper sets it
+    no_effect: str             # when it has no effect ("" when it always acts)
+
+
 def fields(node, prefix: str = ""):
-    """(dotted key, default, allowed values or None, doc) of every leaf field, in declaration order."""
-    from toolkit.docs import field_docs
-    docs = field_docs(type(node))
+    """Every leaf field's `FieldHelp`, in declaration order."""
+    cls = type(node)
+    docs, metas = field_docs(cls), field_meta(cls)
     for f in dataclasses.fields(node):
         value = getattr(node, f.name)
         if dataclasses.is_dataclass(value):
             yield from fields(value, f"{prefix}{f.name}.")
         else:
-            yield f"{prefix}{f.name}", value, f.metadata.get("choices"), docs.get(f.name, "")
-
-
-def _show(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(list(value) if isinstance(value, tuple) else value)
+            meta = metas[f.name]
+            yield FieldHelp(f"{prefix}{f.name}", value, meta.choices, docs.get(f.name, ""), meta.cite,
+                            no_effect(cls, f.name))
 
 
 def help_text(group: str = "all") -> str:
@@ -139,15 +176,21 @@ def help_text(group: str = "all") -> str:
             out.append(line if len(line) <= width else line[:width - 4].rsplit(" ", 1)[0] + " ...")
         out += ["", "model presets (model=PRESET, models/presets.py; default pixeldit_xl):",
                 wrap(", ".join(preset_names()), "  "), "",
-                "config groups: KEY=VALUE overrides any field below (its default; {its allowed values}; its doc).",
+                "config groups: KEY=VALUE overrides any field below (its default; {its allowed values}; its doc;",
+                "where each paper sets it, [KEY] of models/papers.py; the settings under which it has no effect).",
                 "An experiment or preset changes some defaults: --cfg job shows the resolved values."]
     for name in names if group == "all" else [group]:
         out += ["", f"{name}:"]
-        for key, default, choices, doc in fields(getattr(TrainConfig(), name), f"{name}."):
-            head = f"  {key}={_show(default)}" + (" {" + ", ".join(choices) + "}" if choices else "")
-            out.append(head)
-            if doc:
-                out.append(wrap(doc, "      "))
+        for item in fields(getattr(TrainConfig(), name), f"{name}."):
+            out.append(f"  {item.key}={value_text(item.default)}" + (" {" + ", ".join(item.choices) + "}"
+                                                                  if item.choices else ""))
+            if item.doc:
+                out.append(wrap(item.doc, "      "))
+            if item.cite:
+                out.append(wrap("sources: " + "; ".join(cite(paper, where, short=True)
+                                                        for paper, where in item.cite.items()), "      "))
+            if item.no_effect:
+                out.append(wrap(f"no effect when {item.no_effect}", "      "))
     return "\n".join(out)
 
 
@@ -167,7 +210,7 @@ def info_text(resolved) -> str:
              f"tracking: {tracking_uri(cfg.tracking, run_dir)}, experiment {cfg.tracking.experiment!r}",
              f"signature: {resolved.signature} (version {SIGNATURE_VERSION})",
              f"differences from the schema defaults that change the result ({len(delta)}; they make the signature):"]
-    lines += [f"  {key}={_show(value)}" for key, value in delta.items()]
+    lines += [f"  {key}={value_text(value)}" for key, value in delta.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,8 @@ that build it, the checks only it needs, and its miniature (the same switches at
 
 Nothing else branches on `cfg.architecture`: `ModelConfig.validate` runs the common checks and then the
 family's, `build_model` builds the family's class, `miniature` shrinks a config the family's way. The
-classes are imported when first built, so validating a config imports no model code.
+classes are imported when first built, so validating a config imports no model code. Which switches act in
+which family is declared on the fields (`family=`, `inert_when=` in models/config.py).
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ class Family:
     model: str                                                   # its name there; built as model(cfg)
     validate: Callable[[ModelConfig], None]                      # checks only this family needs
     miniature: Callable[[ModelConfig, int, int, int], ModelConfig]   # (cfg, hidden_size, depth, pixel_depth)
-    inert: Callable[[ModelConfig], list[tuple[str, list[str]]]]  # switches without effect, by the reason
 
     def model_class(self) -> type[nn.Module]:
         return getattr(importlib.import_module(self.module), self.model)
@@ -82,27 +82,6 @@ def validate_transformer(cfg: ModelConfig) -> None:
             check_heads("pixel_attn_dim", cfg.attn_dim, "pixel_heads", cfg.attn_heads, cfg.uses_rope)
 
 
-def inert_transformer(cfg: ModelConfig) -> list[tuple[str, list[str]]]:
-    """The flat model's switches that do nothing under `cfg`, grouped by the setting that disables them."""
-    rules = [("architecture=transformer", True, ["unet_channels", "unet_blocks", "unet_head_dim", "gn_groups"]),
-             ("time_conditioning=adaln", cfg.time_conditioning == "adaln",
-              ["tmsa_time", "rel_pos_bias", "window_size", "window_shift", "time_embed_dim"]),
-             ("pixel_pathway=false", not cfg.pixel_pathway,
-              ["pixel_depth", "pixel_dim", "pixel_mlp_ratio", "adaln", "pixel_modulation", "s_cond_timestep",
-               "pixel_attention", "compaction", "pixel_attn_dim", "pixel_heads", "hint_fraction",
-               "hint_loss_weight", "hint_path"]),
-             ("pixel_attention=false", not cfg.pixel_attention, ["compaction", "pixel_attn_dim", "pixel_heads"]),
-             ("hint_fraction=0", cfg.hint_fraction == 0, ["hint_loss_weight", "hint_path"]),
-             ("repa=false", not cfg.repa, ["repa_block", "repa_projector", "repa_hidden", "repa_dim"]),
-             ("patch_embed=linear", cfg.patch_embed == "linear", ["bottleneck_dim"]),
-             ("ffn=swiglu, pixel_pathway=false", cfg.ffn == "swiglu" and not cfg.pixel_pathway, ["gelu"]),
-             ("pos_embed=abs_sincos", not cfg.uses_rope, ["rope_theta", "rope_positions"]),
-             ("in_context_tokens=0", cfg.in_context_tokens == 0, ["in_context_start"]),
-             ("dropout=0", cfg.dropout == 0, ["dropout_band"]),
-             ("window_size=null", cfg.window_size is None, ["window_shift"])]
-    return [(reason, names) for reason, applies, names in rules if applies]
-
-
 def miniature_transformer(cfg: ModelConfig, hidden_size: int, depth: int, pixel_depth: int) -> ModelConfig:
     """16 patches (patch at most 8), `depth` blocks of width `hidden_size`, 4 heads, at most 4 in-context tokens."""
     patch = min(cfg.patch_size, 8)
@@ -143,21 +122,6 @@ def validate_unet(cfg: ModelConfig) -> None:
         check_window(cfg, size, f"a {size}x{size} U-Net level")
 
 
-def inert_unet(cfg: ModelConfig) -> list[tuple[str, list[str]]]:
-    """The U-Net's unused switches: the flat model's pathway, pixel pathway and REPA fields."""
-    rules = [("architecture=unet", True, ["patch_size", "depth", "num_heads", "patch_embed", "bottleneck_dim",
-                                          "pos_embed", "rope_theta", "rope_positions", "in_context_tokens",
-                                          "in_context_start", "dropout", "dropout_band", "time_conditioning",
-                                          "pixel_pathway", "pixel_depth", "pixel_dim", "pixel_mlp_ratio", "adaln",
-                                          "pixel_modulation", "s_cond_timestep", "pixel_attention", "compaction",
-                                          "pixel_attn_dim", "pixel_heads", "hint_fraction", "hint_loss_weight",
-                                          "hint_path", "repa", "repa_block", "repa_projector", "repa_hidden",
-                                          "repa_dim"]),
-             ("ffn=swiglu", cfg.ffn == "swiglu", ["gelu"]),
-             ("window_size=null", cfg.window_size is None, ["window_shift"])]
-    return [(reason, names) for reason, applies, names in rules if applies]
-
-
 def miniature_unet(cfg: ModelConfig, hidden_size: int, depth: int, pixel_depth: int) -> ModelConfig:
     """16x16 pixels, the same number of levels at widths hidden_size/4 .. hidden_size/2, one ResBlock each."""
     levels = len(cfg.unet_channels)
@@ -173,9 +137,8 @@ def miniature_unet(cfg: ModelConfig, hidden_size: int, depth: int, pixel_depth: 
 
 # Its keys are the allowed values of `ModelConfig.architecture` (tests/test_model_behaviour.py checks both agree).
 FAMILIES: dict[str, Family] = {
-    "transformer": Family("models.transformer", "DiffusionTransformer", validate_transformer, miniature_transformer,
-                          inert_transformer),
-    "unet": Family("models.diffit", "DiffiTUNet", validate_unet, miniature_unet, inert_unet),
+    "transformer": Family("models.transformer", "DiffusionTransformer", validate_transformer, miniature_transformer),
+    "unet": Family("models.diffit", "DiffiTUNet", validate_unet, miniature_unet),
 }
 
 

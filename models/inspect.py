@@ -5,12 +5,15 @@
     python -m models.inspect pixeldit_xl --resolution 1024 --json
     python -m models.inspect pixeldit_b pixeldit_l pixeldit_xl  # several: a comparison table
     python -m models.inspect --all                              # every preset against its paper and official code
+    python -m models.inspect --switch-table                     # the README's table of every model switch
+    python -m models.inspect --switch-table --readme README.md  # ... written into README.md between its markers
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from toolkit.cli import ArgumentParser, run
 
@@ -59,6 +62,33 @@ def default_resolution(preset: str) -> int:
     return model_config(preset).image_size
 
 
+# ---- the README's switch table -------------------------------------------------------------------------
+
+TABLE_COMMAND = "python -m models.inspect --switch-table --readme README.md"
+TABLE_BEGIN = f"<!-- switch table, generated (do not edit): {TABLE_COMMAND} -->"
+TABLE_END = "<!-- end switch table -->"
+
+
+def switch_table() -> str:
+    """Every `ModelConfig` switch as Markdown, one table per section of the class: its values (the default
+    first), its doc, the papers that set it (`cite=`) and when it has no effect (`family=`, `inert_when=`)."""
+    from toolkit.docs import switch_table as table
+
+    from .config import ModelConfig
+    return table(ModelConfig)
+
+
+def readme_table(text: str, source: str = "README.md") -> tuple[int, int]:
+    """The character span of the switch table between the README's markers."""
+    from toolkit.docs import readme_span
+    return readme_span(text, TABLE_BEGIN, TABLE_END, source)
+
+
+def write_readme_table(path: Path) -> None:
+    from toolkit.docs import write_readme_span
+    write_readme_span(path, TABLE_BEGIN, TABLE_END, switch_table())
+
+
 def main(argv: list[str] | None = None) -> int:
     return run(lambda: _main(sys.argv[1:] if argv is None else argv))
 
@@ -71,7 +101,17 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--resolution", type=int, help="image resolution in pixels (default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print JSON (one object, or a list for several)")
     parser.add_argument("--all", action="store_true", help="every preset")
+    parser.add_argument("--switch-table", action="store_true",
+                        help="print the table of every model switch (Markdown), generated from models/config.py")
+    parser.add_argument("--readme", type=Path, metavar="FILE",
+                        help="with --switch-table: write it into FILE between its switch-table markers")
     args = parser.parse_args(argv)
+    if args.switch_table:
+        if args.readme:
+            write_readme_table(args.readme)
+        else:
+            print(switch_table(), end="")
+        return 0
     presets = [item for item in args.items if "=" not in item] + (preset_names() if args.all else [])
     overrides = [item for item in args.items if "=" in item]
     if not presets:

@@ -9,11 +9,11 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from commands.verbs import current_states
-from harness.sweep.plan import plan_sweep
+from harness import metric_registry
 from harness.sweep.server import stop_server
 from harness.sweep.spec import SweepError, load_sweep
 from harness.sweep.store import store_uri
+from harness.sweep.sweep import Sweep
 from models.config import ModelConfig
 from toolkit.errors import ConfigError
 
@@ -156,8 +156,7 @@ def release_when_requeued(job_id: str) -> None:
 
 
 def states(path: Path) -> dict:
-    spec = load_sweep(path)
-    return {(s.run.label, s.run.seed): s for s in current_states(spec, plan_sweep(spec))}
+    return {(s.run.label, s.run.seed): s for s in Sweep.open(path).states()}
 
 
 def all_ended(path: Path) -> bool:
@@ -174,7 +173,7 @@ def sweep_dir(tmp_path):
         except SweepError:                          # a deliberately malformed file started none
             continue
         try:
-            cancel_command(spec)
+            cancel_command(Sweep(spec))
         except ConfigError:                         # nothing was submitted
             pass
         stop_server(spec)
@@ -214,3 +213,15 @@ def children(path: Path):
     return client, parents, kids
 
 
+
+
+# ---- a metric added by its registry entry alone ----
+
+@pytest.fixture
+def registered_metric(monkeypatch):
+    """A new metric declared only by one entry of harness/metric_registry.py (as a scorer's `evaluate()` would log
+    it): higher is better, sample-based, shown before any other. Tests log its values themselves."""
+    metric = metric_registry.Metric("sharpness", "sharpness", ("offline",), "sharpness (edge energy of samples)",
+                                    higher_is_better=True, sample_based=True, priority=0)
+    monkeypatch.setattr(metric_registry, "METRICS", (*metric_registry.METRICS, metric))
+    return metric

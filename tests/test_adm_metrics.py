@@ -280,6 +280,13 @@ def test_cli_scores_and_caches_the_reference_by_content(batches, tmp_path, capsy
     assert json.loads(out) == {k: pytest.approx(first[k], rel=1e-9) for k in ("sfid", "fid", "recall")}
 
 
+def test_cli_text_names_each_metric_by_its_registry_label(batches, tmp_path, capsys):
+    code, out, err = run_cli([batches / "b.npz", batches / "a.npz", "--metrics", "recall,fid",
+                              "--cache-dir", tmp_path], capsys)
+    assert code == 0, err
+    assert [line.split(": ")[0] for line in out.splitlines()] == ["Recall", "FID"]     # metric_registry's labels
+
+
 def test_cli_image_folder_equals_npz(batches, tmp_path, capsys):
     from PIL import Image
     folder = tmp_path / "pngs"

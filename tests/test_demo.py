@@ -7,6 +7,7 @@ from conftest import ROOT
 from harness.configure import result_delta
 from harness.sweep.plan import plan_sweep
 from harness.sweep.spec import load_sweep
+from harness.sweep.sweep import Sweep
 
 DEMO = ROOT / "sweeps" / "tiny_table4.yaml"
 TABLE4_PRESETS = ["table4_vanilla_dit16", "table4_rope_rmsnorm", "table4_ptc", "table4_pixelwise"]
@@ -42,10 +43,10 @@ def test_the_demo_learns_real_digits_in_every_row(tmp_path):
     path = tmp_path / "tiny_table4.yaml"
     path.write_text(yaml.safe_dump({**sweep, "output": str(tmp_path / "runs")}, sort_keys=False))
     assert main([str(path), "--wait"]) == 0
-    frame = load_sweep_runs(path).frame
+    frame = load_sweep_runs(Sweep.open(path)).frame
     assert (frame["state"] == "done").all() and len(frame) == 12
     accuracy = frame.groupby("label")["metric.class_acc"].mean()
     assert accuracy.min() >= 0.5 and accuracy.max() >= 0.9, accuracy.to_dict()
     assert (frame["metric.classifier_acc"] > 0.93).all()          # the judge itself reads real digits (0.949)
-    table = build_table(load_sweep_runs(path), "fd").to_markdown()
+    table = build_table(load_sweep_runs(Sweep.open(path)), "fd").to_markdown()
     assert "paper: gFID-50K, ImageNet 256x256" in table and "95%" in table and "paired t" in table

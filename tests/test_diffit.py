@@ -338,6 +338,7 @@ def test_embedded_diffit_sweep_trains_and_evaluates_on_the_cpu(tmp_path):
     from analysis.runs import load_sweep_runs
     from analysis.table import build_table
     from commands.cli import main
+    from harness.sweep.sweep import Sweep
     spec = yaml.safe_load(open("sweeps/tiny_diffit.yaml"))
     spec["overrides"].update({"train.steps": 4, "train.global_batch": 8, "train.log_every": 2,
                               "eval.num_samples": 10, "eval.batch_size": 10, "eval.sampler.steps": 2,
@@ -346,7 +347,7 @@ def test_embedded_diffit_sweep_trains_and_evaluates_on_the_cpu(tmp_path):
     path = tmp_path / "tiny_diffit.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     assert main([str(path)]) == 0
-    sweep = load_sweep_runs(path)
+    sweep = load_sweep_runs(Sweep.open(path))
     table = build_table(sweep, metric="fd").frame.set_index("label")
     assert list(table.index) == [row["label"] for row in spec["rows"]]
     for run in sweep.frame.itertuples():

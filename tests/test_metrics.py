@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import harness.metrics as metrics
+from harness import metric_registry
 from harness.config import DataConfig
 from harness.data import build_dataset
 from harness.metrics import InceptionFID, OfflineMetric
@@ -142,3 +143,21 @@ def test_tensor_pipeline_equals_folder_pipeline(tmp_path):
     from_folder = InceptionFID("auto", "f", reference_folder=str(folder), cache_dir=tmp_path / "b")
     assert from_folder.num_reference == 5
     np.testing.assert_array_equal(from_tensors.mu_ref, from_folder.mu_ref)
+
+
+# =============================================================================================
+# What the scorers log is what the registry describes
+# =============================================================================================
+def test_every_number_a_scorer_logs_has_its_registry_entry(digits_metric, tmp_path):
+    """Each name a scorer returns (and logs about itself) is an entry of harness/metric_registry.py computed by
+    that scorer: the tables, status and UI know its direction and label words."""
+    test_x, test_y = digits_metric["test"]
+    offline = digits_metric["metric"]
+    ref = tiny_images()
+    fid = InceptionFID("auto", "tiny", reference_images=ref, cache_dir=tmp_path)
+    for scorer, logged in (("offline", offline.evaluate(test_x, test_y) | offline.own_metrics()),
+                           ("fid", fid.evaluate(ref) | fid.own_metrics())):
+        described = {m.name for m in metric_registry.scored_by(scorer)}
+        assert set(logged) <= described, f"{scorer} logs {set(logged) - described} without a registry entry"
+    assert set(offline.evaluate(test_x, test_y)) == {"fd", "class_acc"} and offline.own_metrics().keys() == {
+        "classifier_acc"}

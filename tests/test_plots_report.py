@@ -2,7 +2,6 @@
 three rows that finish (with an evaluation at step 2 and at the end; one without a pixel pathway, its
 label starting with "+") and one whose learning rate makes every run diverge, so the figures and the
 report have a failed row to show."""
-import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from conftest import inputs, randomize, run_evaluated_sweep, tiny
+from conftest import run_evaluated_sweep
 from matplotlib.colors import to_rgb
 
 import harness.sampling
@@ -18,10 +17,7 @@ from analysis.plots import build_figures, log_plots, make_plots, progress_notes,
 from analysis.report import config_differences, failed_runs, write_report
 from analysis.runs import load_sweep_runs, metric_history
 from analysis.samples import GRID_SEED, sample_grids
-from models.config import ModelConfig
-from models.transformer import build_model
-from toolkit.errors import ConfigError
-from toolkit.fields import choices_of
+from harness.sweep.sweep import Sweep
 
 LABELS = ["patch-wise", "pixel-wise", "diverges", "+ no pixel pathway"]
 FINISHED = ["patch-wise", "pixel-wise", "+ no pixel pathway"]
@@ -35,7 +31,7 @@ def sweep_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep(sweep_path):
-    runs = load_sweep_runs(sweep_path)
+    runs = load_sweep_runs(Sweep.open(sweep_path))
     states = dict(zip(zip(runs.frame["label"], runs.frame["seed"]), runs.frame["state"]))
     assert states == {(label, seed): "failed" if label == "diverges" else "done" for label in LABELS
                       for seed in (0, 1)}, states
@@ -44,7 +40,7 @@ def sweep(sweep_path):
 
 @pytest.fixture(scope="module")
 def report(sweep_path, sweep):
-    return write_report(sweep_path)
+    return write_report(Sweep.open(sweep_path))
 
 
 def outputs_text(notebook) -> str:
@@ -77,7 +73,7 @@ def test_every_plot_is_written_as_png_and_pdf(sweep, tmp_path):
 def test_each_row_has_one_colour_in_every_figure(sweep):
     colours = row_colours(sweep)
     assert list(colours) == LABELS and len(set(colours.values())) == len(LABELS)
-    assert colours == row_colours(load_sweep_runs(sweep.spec.path))            # fixed, not random
+    assert colours == row_colours(load_sweep_runs(Sweep.open(sweep.spec.path)))            # fixed, not random
     figures = build_figures(sweep, "fd")
     for name, fig in figures.items():
         seen = set()
@@ -117,7 +113,7 @@ def test_progress_plots_need_two_evaluation_points(sweep_path, sweep):
     """The runs evaluated fd at steps 2 and 4: a progress plot. With the history cut to its last point
     (as a sweep evaluated only at the end logs it), the figure is left out and one sentence says why."""
     assert progress_notes(sweep, "fd") == []
-    once = load_sweep_runs(sweep_path)
+    once = load_sweep_runs(Sweep.open(sweep_path))
     history = metric_history(once, "fd")
     assert sorted(set(history["step"])) == [2, 4]
     once.histories["fd"] = history[history["step"] == 4]
@@ -133,55 +129,6 @@ def test_log_plots_to_the_parent_run(sweep, tmp_path):
     assert log_plots(sweep, paths) == len(paths)
     logged = {Path(a.path).name for a in sweep.client.list_artifacts(sweep.parent_run_id, "plots")}
     assert {p.name for p in paths} <= logged
-
-
-def other_value(cfg: ModelConfig, name: str):
-    """A different valid-looking value for a field (None where there is none to try)."""
-    value = getattr(cfg, name)
-    field = next(f for f in dataclasses.fields(cfg) if f.name == name)
-    if "choices" in field.metadata:
-        return next(c for c in choices_of(ModelConfig, name) if c != value)
-    if isinstance(value, bool):
-        return not value
-    if value is None:
-        return {"time_embed_dim": cfg.hidden_size}.get(name, 2)
-    if isinstance(value, int):
-        return value * 2
-    if isinstance(value, float):
-        return value / 2 + 0.1
-    if isinstance(value, list):
-        return [v / 2 if isinstance(v, float) else max(1, v // 2) for v in value]
-    return None
-
-
-@pytest.mark.parametrize("cfg", [tiny(pixel_pathway=False), tiny(), tiny(pixel_attention=False),
-                                 ModelConfig(architecture="unet", input_size=8, num_classes=10, pixel_pathway=False,
-                                             unet_channels=[32, 32], unet_blocks=[1, 1], unet_head_dim=16,
-                                             gn_groups=8, window_size=4, hidden_size=32, num_heads=2, patch_size=4)],
-                         ids=["no-pixel-pathway", "pixeldit", "no-pixel-attention", "unet"])
-def test_inert_fields_change_nothing(cfg):
-    """What the report leaves out of a row's config differences really does nothing to that model: the
-    same weights and the same output for any other value of the switch."""
-    x, t, y = inputs(cfg)
-
-    def output(config):
-        torch.manual_seed(1)
-        model = randomize(build_model(config)).eval()
-        return {k: v.shape for k, v in model.state_dict().items()}, model(x, t, y).prediction
-
-    shapes, reference = output(cfg)
-    tried = 0
-    for name in cfg.inert_fields():
-        changed = other_value(cfg, name)
-        try:
-            other = cfg.replace(**{name: changed}).validate()
-        except ConfigError:                     # e.g. GT pixel hints without a pixel pathway: refused anyway
-            continue
-        other_shapes, out = output(other)
-        assert other_shapes == shapes and torch.equal(out, reference), (name, changed)
-        tried += 1
-    assert tried >= 5
-    assert "adaln" in tiny(pixel_pathway=False).inert_fields() and "adaln" not in tiny().inert_fields()
 
 
 # ---- report --------------------------------------------------------------------------------------
@@ -283,8 +230,9 @@ def test_report_html_hides_code_and_shows_plus_labels_as_text(report):
     nb = nbformat.read(notebook_path, as_version=4)
     html = html_path.read_text()
     code = [c.source for c in nb.cells if c.cell_type == "code"]
-    assert any("load_sweep_runs(sweep_path)" in source for source in code)           # the notebook keeps it
-    assert "load_sweep_runs(sweep_path)" not in html and "hl-ipython3" not in html   # the HTML does not show it
+    loading = "load_sweep_runs(Sweep.open(sweep_path))"
+    assert any(loading in source for source in code)                   # the notebook keeps it
+    assert loading not in html and "hl-ipython3" not in html           # the HTML does not show it
     # "+ no pixel pathway" is a label, not a bullet list: as text in the rows list and in bold captions
     assert "<ul" not in html
     assert "<li>+ no pixel pathway</li>" in html

@@ -11,11 +11,11 @@ from harness.sweep.plan import PlannedRun
 from harness.sweep.state import RunState
 
 
-def run_state(label: str, seed: int, state: str, step=None, loss=None, fd=None, job="4242", reason=None):
-    """A run's state as `sweep_states` builds it from MLflow: tags, params and latest metrics."""
+def run_state(label: str, seed: int, state: str, step=None, loss=None, fd=None, job="4242", reason=None, more=None):
+    """A run's state as `sweep_states` builds it from MLflow: tags, params and latest metrics (`more`: others)."""
     planned = PlannedRun(index=0, label=label, row=0, seed=seed, grid={}, config_overrides=[],
                          run_name=f"{label}-s{seed}", signature="0" * 16, executor=None, cfg=None)
-    metrics = {"loss": loss, "images_per_s": 32.0, **({"fd": fd} if fd is not None else {})}
+    metrics = {"loss": loss, "images_per_s": 32.0, **({"fd": fd} if fd is not None else {}), **(more or {})}
     mlflow_run = SimpleNamespace(data=SimpleNamespace(tags={"total_steps": "400"},
                                                       params={"train.global_batch": "64"}, metrics=metrics))
     return RunState(planned, state, "id", step, loss, metrics if step is not None else {}, 3.0, job, reason,
@@ -38,6 +38,17 @@ def test_a_line_has_state_step_of_total_loss_metric_eta_and_job():
     # 250 steps left at 32 images/s with 64 images a step: 500 s
     assert line.cells()[:8] == ["patch-wise", "0", "running", "150/400", "0.5123", "fd 12.5", "8m", "4242"]
     assert progress.Line.of(ENDED[1]).cells()[-1] == "NonFiniteLoss: nan at step 20"
+
+
+def test_the_metric_shown_is_the_logged_one_of_highest_display_priority(registered_metric):
+    """fid before fd (harness/metric_registry.py); a metric added by its registry entry alone (tests/conftest.py)
+    takes its place by its priority; the loss, which has its own column, is never shown as the metric."""
+    def shown(**metrics):
+        return progress.Line.of(run_state("a", 0, "running", step=1, loss=0.5, more=metrics)).cells()[5]
+
+    assert shown(fd=12.5, fid=30.25) == "fid 30.25"
+    assert shown(fd=12.5, sharpness=0.75) == "sharpness 0.75"
+    assert shown(images_per_s=32.0) == "-"
 
 
 def test_status_is_a_table_on_a_terminal_and_plain_lines_otherwise():

@@ -1,11 +1,14 @@
 """The sweep layer against real executors: a real single-node SLURM (started by .ci/run through
 scripts/local_slurm.sh) and local subprocesses. SLURM tests are skipped, saying why, where no cluster
 answers; the same scenarios then still run with the local executor."""
+import dataclasses
+import functools
 import json
 import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from conftest import (
 from commands.cli import main
 from harness.checkpoint import load_checkpoint
 from harness.configure import resolve
+from harness.sweep.executors import Task, executor_class, parse_spec
 from harness.sweep.plan import plan_sweep
 from harness.sweep.spec import load_sweep
 from harness.trainer import train
@@ -242,3 +246,33 @@ def test_cancel_stops_slurm_jobs_in_every_live_state_status_knows(sweep_dir, cap
     assert main(["cancel", str(path)]) == 0
     assert "cancelled 0 local, 1 slurm jobs" in capsys.readouterr().out
     wait_until(lambda: "JobState=CANCELLED" in state(), what="the cancellation")
+
+
+# ---- stages: a task waits for the jobs it depends on --------------------------------------------------
+
+def shell_task(name: str, script: str, after: tuple[str, ...] = ()) -> Task:
+    """A task running a shell line (`functools.partial` of a library function: it unpickles in any job)."""
+    return Task(name, parse_spec({"kind": "slurm" if "slurm" in name else "local"}, "executor"),
+                functools.partial(subprocess.run, ["bash", "-c", script], check=True), after)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_task_starts_only_once_the_jobs_it_waits_for_ended(sweep_dir, executor):
+    log = sweep_dir / "order.log"
+    runner = executor_class(executor)(sweep_dir, "stages")
+    first = runner.submit([shell_task(f"{executor}-first", f"sleep 4; echo first >> {log}")])
+    runner.submit([shell_task(f"{executor}-second", f"echo second >> {log}", after=(first[0].job_id,))])
+    wait_until(lambda: log.exists() and len(log.read_text().split()) == 2, timeout=240, what="both tasks")
+    assert log.read_text().split() == ["first", "second"]
+
+
+@pytest.mark.skipif(SLURM_SKIP is not None, reason=str(SLURM_SKIP))
+def test_slurm_drops_a_task_whose_dependency_failed(sweep_dir):
+    log = sweep_dir / "order.log"
+    runner = executor_class("slurm")(sweep_dir, "stages")
+    first = runner.submit([shell_task("slurm-first", "exit 1")])
+    second = runner.submit([shell_task("slurm-second", f"echo second >> {log}", after=(first[0].job_id,))])
+    records = [dataclasses.asdict(r) | {"submitted": time.time()} for r in first + second]
+    wait_until(lambda: not any(s in runner.LIVE for s in runner.states(records).values()), timeout=240,
+               what="both jobs to end")
+    assert runner.states(records)[second[0].job_id] == "CANCELLED" and not log.exists()

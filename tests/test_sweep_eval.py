@@ -10,9 +10,9 @@ from conftest import SLURM_SKIP, TINY, write_sweep
 from commands.cli import main
 from harness.sweep import evaluation
 from harness.sweep.evaluation import Shard, ShardJob, count_tag, plan_evaluation
-from harness.sweep.plan import load_plan
 from harness.sweep.server import store_uri
 from harness.sweep.spec import load_sweep
+from harness.sweep.sweep import Sweep
 
 
 def tiny_sweep(folder, reference):
@@ -36,7 +36,7 @@ def test_eval_fills_missing_shards_logs_metrics_and_the_table_shows_them(tmp_pat
     client = MlflowClient(store_uri(spec))
 
     # a killed evaluation: shard 0 done, shard 1 half-written (a temporary file), shard 2 never started
-    targets, skipped = plan_evaluation(spec, load_plan(spec), client, "pixel-wise", 12, 3, None, [], 0)
+    targets, skipped = plan_evaluation(Sweep(spec), "pixel-wise", 12, 3, None, [], 0)
     assert skipped == [] and len(targets) == 1
     target = targets[0]
     assert [(s.start, s.count) for s in target.shards] == [(0, 4), (4, 4), (8, 4)]
@@ -83,7 +83,7 @@ def test_eval_fills_missing_shards_logs_metrics_and_the_table_shows_them(tmp_pat
 
     from analysis.runs import load_sweep_runs
     from analysis.table import build_table
-    table = build_table(load_sweep_runs(path), metric="fid12").frame.set_index("label")
+    table = build_table(load_sweep_runs(Sweep.open(path)), metric="fid12").frame.set_index("label")
     assert table.loc["pixel-wise", "fid12 mean"] == pytest.approx(values["fid12"])
     assert table.loc["pixel-wise", "fid12 n"] == 1 and table.loc["patch-wise", "fid12 n"] == 0
 
@@ -131,7 +131,7 @@ def test_eval_shards_as_a_slurm_array(tmp_path, capsys):
     spec = load_sweep(path)
     from mlflow.tracking import MlflowClient
     client = MlflowClient(store_uri(spec))
-    target = plan_evaluation(spec, load_plan(spec), client, "patch-wise", 8, 2, None, [], 0)[0][0]
+    target = plan_evaluation(Sweep(spec), "patch-wise", 8, 2, None, [], 0)[0][0]
     assert not target.missing()
     run = client.get_run(target.mlflow_run_id)
     assert {"fid8", "recall8"} <= set(run.data.metrics)

@@ -23,6 +23,7 @@ from analysis.stats import paired_t, t_interval
 from analysis.table import build_table, latex_escape
 from commands.cli import main
 from harness.sweep.spec import load_sweep
+from harness.sweep.sweep import Sweep
 from models.complexity import measure
 from models.presets import model_config
 
@@ -45,7 +46,7 @@ def sweep_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sweep(sweep_path):
-    return load_sweep_runs(sweep_path)
+    return load_sweep_runs(Sweep.open(sweep_path))
 
 
 def final_metrics(sweep, label):
@@ -150,16 +151,16 @@ def test_metric_at_an_evaluation_point(sweep):
 
 # ---- the bold rule, on 3-seed tables --------------------------------------------------------------
 
-def synthetic_sweep(tmp_path, values: dict) -> SweepRuns:
-    """A real sweep spec whose runs' final `fd` are `values` (label -> [seed 0, 1, 2], None: failed):
+def synthetic_sweep(tmp_path, values: dict, metric: str = "fd") -> SweepRuns:
+    """A real sweep spec whose runs' final `metric` are `values` (label -> [seed 0, 1, 2], None: failed):
     the statistics of the table on chosen numbers."""
     path = tmp_path / "syn.yaml"
     path.write_text(yaml.safe_dump({"name": "syn", "experiment": "tiny_digits", "seeds": [0, 1, 2],
                                     "rows": [{"label": label} for label in values]}))
     records = [{"label": label, "row": i, "seed": s, "grid": "{}", "state": "done" if v is not None else "failed",
-                "params": 1, "gflops": 1.0, "metric.fd": v, "metric.loss": 1.0}
+                "params": 1, "gflops": 1.0, f"metric.{metric}": v, "metric.loss": 1.0}
                for i, (label, seeds) in enumerate(values.items()) for s, v in enumerate(seeds)]
-    return SweepRuns(load_sweep(path), [], pd.DataFrame(records), None, None)
+    return SweepRuns(Sweep.open(path), pd.DataFrame(records))
 
 
 def bold_rows(markdown: str) -> list[str]:
@@ -187,6 +188,24 @@ def test_bold_only_when_the_best_beats_the_runner_up(tmp_path):
     table = build_table(failed_seed, metric="fd")      # the runner-up has n = 2: no win can be claimed
     assert bold_rows(table.to_markdown()) == []
     assert "(n=2) †" in table.to_markdown() and "only 2 seed pair(s)" in table.bold["fd"].reason
+
+
+def test_a_metric_added_by_its_registry_entry_is_labelled_directed_and_bolded(tmp_path, registered_metric):
+    """The registry entry alone (tests/conftest.py) makes the table choose the metric by default, label it with its
+    words, point it up and bold the highest mean; the same numbers under a name the registry does not know read
+    as lower-is-better and are labelled by the name."""
+    values = {"A": [0.50, 0.51, 0.52], "B": [0.80, 0.82, 0.81], "C": [0.10, 0.12, 0.11]}
+    table = build_table(synthetic_sweep(tmp_path, values, metric="sharpness"))         # no --metric
+    assert table.metric == "sharpness"
+    shown = table.display().set_index("row")
+    assert "ours: sharpness (edge energy of samples) ↑" in shown.columns
+    assert bold_rows(table.to_markdown()) == ["B"] and "(higher is better)" in table.to_markdown()
+    assert shown.loc["B", "Δ vs A (paired t)"].endswith(": better")
+    assert shown.loc["C", "Δ vs A (paired t)"].endswith(": worse")
+
+    unknown = build_table(synthetic_sweep(tmp_path, values, metric="unlisted"), metric="unlisted")
+    assert "ours: unlisted ↓" in unknown.display().columns
+    assert bold_rows(unknown.to_markdown()) == ["C"] and "(lower is better)" in unknown.to_markdown()
 
 
 # ---- what the numbers are -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from analysis.ui import start_ui, stop_ui
 from commands.cli import main
 from harness.sweep.server import pid_alive, store_uri
-from harness.sweep.spec import load_sweep
+from harness.sweep.sweep import Sweep
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -49,7 +49,7 @@ def finished_sweep(tmp_path_factory):
                        overrides={**TINY, **TINY_OFFLINE_EVAL, "eval.at_steps": [2],
                                   "eval.cache_dir": str(folder / "cache")})
     assert main([str(path)]) == 0
-    return load_sweep(path)
+    return Sweep.open(path)
 
 
 def run_names(spec) -> list[str]:
@@ -179,7 +179,7 @@ def test_first_screen_shows_each_row_its_metric_and_switched_parameter(finished_
     """The URL `ui` prints opens the sweep's view: its runs under their row labels (`LABEL · seed S`, grouped by
     row), the metric and the switched parameter as columns, the parent run and the sweep's description — all on
     the first screen of a fresh browser, without a click."""
-    names = run_names(finished_sweep)
+    names = run_names(finished_sweep.spec)
     assert ui.startswith("http://127.0.0.1:") and "/#/experiments/" in ui and "viewStateShareKey=" in ui
     wanted = [*names, "Group: patch-wise", "Group: pixel-wise", "fd", "model.adaln", "ui_sweep #1", DESCRIPTION]
     page.goto(ui)
@@ -212,8 +212,8 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def test_ui_command_serves_until_sigterm_and_leaves_no_process(finished_sweep):
-    code = ("import sys; from analysis.ui import ui_command; from harness.sweep.spec import load_sweep; "
-            "sys.exit(ui_command(load_sweep(sys.argv[1])))")
+    code = ("import sys; from analysis.ui import serve_ui; from harness.sweep.sweep import Sweep; "
+            "sys.exit(serve_ui(Sweep.open(sys.argv[1])))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(finished_sweep.path)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parents[1],
                             start_new_session=True)
@@ -230,7 +230,7 @@ def test_ui_command_serves_until_sigterm_and_leaves_no_process(finished_sweep):
         assert servers
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        assert not [pid for pid in servers if pid_alive(pid)], "the UI server outlived ui_command"
+        assert not [pid for pid in servers if pid_alive(pid)], "the UI server outlived serve_ui"
         with pytest.raises(OSError):
             urllib.request.urlopen(f"{base}/health", timeout=2)
     finally:

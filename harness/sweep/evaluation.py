@@ -35,18 +35,13 @@ from toolkit.errors import ConfigError, closest
 from toolkit.files import atomic_write, atomic_write_text
 
 from ..config import SamplerConfig
+from ..metric_registry import count_tag
 from .executors import Task, executor_class
-from .plan import PlannedRun, load_plan
+from .plan import PlannedRun
 from .spec import SweepSpec
-from .state import read_manifest, sweep_states
-from .store import store_uri
+from .sweep import Sweep
 
 SHARD_FORMAT = "shard_{:05d}.npz"
-
-
-def count_tag(num: int) -> str:
-    """50000 -> "50k", 40 -> "40": the suffix of the metric names and of the params' prefix."""
-    return f"{num // 1000}k" if num % 1000 == 0 else str(num)
 
 
 @dataclass(frozen=True)
@@ -214,17 +209,17 @@ def check_arguments(spec: SweepSpec, label: Optional[str], num: int, shards: int
                           suggestion=closest(label, labels))
 
 
-def plan_evaluation(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient, label: Optional[str], num: int,
-                    shards: int, reference: Optional[str], sets: list[str], seed: int, batch_size: int = 250
-                    ) -> tuple[list[EvalTarget], list[str]]:
+def plan_evaluation(sweep: Sweep, label: Optional[str], num: int, shards: int, reference: Optional[str],
+                    sets: list[str], seed: int, batch_size: int = 250) -> tuple[list[EvalTarget], list[str]]:
     """(the finished runs to evaluate, lines about the runs skipped); every refusal comes before any work."""
     from omegaconf import OmegaConf
 
     from ..adm_metrics import open_input
     from ..sampling import validate_sampler
+    spec = sweep.spec
     check_arguments(spec, label, num, shards)
     targets, skipped = [], []
-    for state in sweep_states(spec, runs, client, read_manifest(spec)):
+    for state in sweep.states():
         run = state.run
         if label is not None and run.label != label:
             continue
@@ -304,16 +299,17 @@ def log_results(client: MlflowClient, target: EvalTarget, values: dict[str, floa
                      tags=[RunTag(f"eval{tag}.samples", str(target.folder))])
 
 
-def evaluate_sweep(spec: SweepSpec, runs: list[PlannedRun], label: Optional[str] = None,
+def evaluate_sweep(sweep: Sweep, label: Optional[str] = None,
                    num: int = 50000, shards: int = 32, reference: Optional[str] = None, metrics=None,
                    sets: tuple = (), seed: int = 0, inception: str = "auto", wait: bool = True,
                    batch_size: Optional[int] = None, cache_dir: Optional[str] = None, echo=print) -> int:
     """The whole verb: plan, fill the missing shards, score, log. Returns the exit code."""
     from ..adm_metrics import METRICS, Evaluator
+    spec = sweep.spec
     check_arguments(spec, label, num, shards)          # before the store is opened (direct callers too)
-    client = MlflowClient(store_uri(spec))
+    client = sweep.client
     batch = batch_size or 250
-    targets, skipped = plan_evaluation(spec, runs, client, label, num, shards, reference, list(sets), seed, batch)
+    targets, skipped = plan_evaluation(sweep, label, num, shards, reference, list(sets), seed, batch)
     for line in skipped:
         echo(f"  skipped {line}")
     if not targets:
@@ -357,15 +353,3 @@ def evaluate_sweep(spec: SweepSpec, runs: list[PlannedRun], label: Optional[str]
         echo(f"  {target.run.label} seed {target.run.seed}: "
              + " ".join(f"{m}{tag}={v:.4g}" for m, v in values.items()))
     return 0
-
-
-# =============================================================================================
-# The command (parsed by cli.py)
-# =============================================================================================
-def eval_command(spec: SweepSpec, args) -> int:
-    """`run_sweep.py eval`: its parsed arguments (commands/cli.py) -> `evaluate_sweep`."""
-    from ..adm_metrics import parse_metrics
-    return evaluate_sweep(spec, load_plan(spec), label=args.label, num=args.num,
-                          shards=args.shards, reference=args.reference, sets=args.set, seed=args.seed,
-                          metrics=parse_metrics(args.metrics) if args.metrics else None, inception=args.inception,
-                          wait=not args.no_wait, batch_size=args.batch_size, cache_dir=args.cache_dir)

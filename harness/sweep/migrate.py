@@ -9,7 +9,6 @@ run is resumed (harness/train.py), and updates the manifest's records.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import yaml
@@ -17,13 +16,10 @@ from mlflow.entities import RunTag
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from toolkit.files import atomic_write_text
-
 from ..config import TrainConfig
 from ..configure import SIGNATURE_VERSION, affects_result, config_signature, schema_keys
-from .spec import SweepSpec
-from .state import manifest_path, read_manifest
-from .store import all_runs, open_store
+from .store import all_runs
+from .sweep import Sweep
 
 
 @dataclass
@@ -66,10 +62,10 @@ def resign_runs(client, experiment_id: str) -> list[Resigned]:
     return changes
 
 
-def migrate_command(spec: SweepSpec, dry_run: bool = False) -> int:
-    manifest = read_manifest(spec)
-    client = open_store(spec, manifest)
-    experiment = client.get_experiment_by_name(spec.experiment_name)
+def migrate_store(sweep: Sweep, dry_run: bool = False) -> int:
+    """Re-sign the runs of the sweep's store whose signature changed, and the manifest's records of them."""
+    client = sweep.client
+    experiment = client.get_experiment_by_name(sweep.spec.experiment_name)
     changes = resign_runs(client, experiment.experiment_id)
     for change in changes:
         print(f"  {change.name}: {change.old} -> {change.new}")
@@ -84,9 +80,9 @@ def migrate_command(spec: SweepSpec, dry_run: bool = False) -> int:
                                                RunTag("signature_version", str(SIGNATURE_VERSION)),
                                                RunTag("signature_previous", ",".join(previous))])
     renamed = {c.old: c.new for c in changes}
-    for record in manifest["runs"].values():
+    for record in sweep.manifest["runs"].values():
         record["signature"] = renamed.get(record["signature"], record["signature"])
-    atomic_write_text(manifest_path(spec), json.dumps(manifest, indent=1))
+    sweep.save_manifest()
     print(f"{len(changes)} runs re-signed (signature version {SIGNATURE_VERSION}); old signatures kept in the "
           f"tag signature_previous")
     return 0

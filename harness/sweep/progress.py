@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ..metric_registry import preferred
 from .state import RunState
 
 STATES = ("done", "running", "pending", "failed", "new")
-METRICS = ("fid", "fd")              # the metric shown: the first of these a run logged
 STYLE = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "bold red", "new": "dim"}
 
 
@@ -64,8 +64,9 @@ class Line:
             note = s.reason or ""
         elif s.state == "running" and s.heartbeat_age_s is not None:
             note = f"heartbeat {age(s.heartbeat_age_s)} ago"
+        shown = preferred(key for key in metrics if key != "loss")      # the loss has a column of its own
         return cls(s.run.label + grid, s.run.seed, s.shown, s.step, total, s.loss,
-                   next(((k, metrics[k]) for k in METRICS if k in metrics), None), eta, s.job_id or "-", note)
+                   (shown, metrics[shown]) if shown else None, eta, s.job_id or "-", note)
 
     def cells(self) -> list[str]:
         step = "-" if self.step is None else f"{self.step}" + (f"/{self.total}" if self.total else "")

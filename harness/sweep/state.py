@@ -14,23 +14,16 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from toolkit.files import atomic_write_text
-
 from .executors import JobRecord, executor_class
 from .jobs import JOB_FAILURE_FILE
 from .plan import PlannedRun
 from .spec import SweepSpec
 from .store import all_runs, finished_runs, reuse_stores, store_uri
 
-# ---- the manifest: what was submitted, as which job ---------------------------------------------
+# ---- the manifest: what was submitted, as which job (`Sweep.manifest` reads and writes it) ---------
 
-def manifest_path(spec: SweepSpec) -> Path:
-    return spec.folder / "manifest.json"
-
-
-def read_manifest(spec: SweepSpec) -> dict | None:
+def read_manifest(path: Path) -> dict | None:
     """The manifest, or None for a sweep never submitted from its folder."""
-    path = manifest_path(spec)
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -38,8 +31,8 @@ def new_manifest(spec: SweepSpec) -> dict:
     return {"sweep": spec.name, "file": str(spec.path.resolve()), "submissions": [], "runs": {}}
 
 
-def record_submission(spec: SweepSpec, manifest: dict, runs: list[PlannedRun], jobs: list[JobRecord],
-                      parent_run_id: str | None, kind: str) -> None:
+def record_submission(manifest: dict, runs: list[PlannedRun], jobs: list[JobRecord], parent_run_id: str | None,
+                      kind: str) -> None:
     by_name = {run.run_name: run for run in runs}
     now = time.time()
     manifest["submissions"].append({"time": now, "parent_run_id": parent_run_id, "executor": kind,
@@ -48,13 +41,6 @@ def record_submission(spec: SweepSpec, manifest: dict, runs: list[PlannedRun], j
         run = by_name[job.run_name]
         manifest["runs"][job.run_name] = {"label": run.label, "seed": run.seed, "grid": run.grid,
                                           "signature": run.signature, "submitted": now, **asdict(job)}
-    atomic_write_text(manifest_path(spec), json.dumps(manifest, indent=1))
-
-
-def latest_parent_run_id(manifest: dict) -> str | None:
-    """The MLflow parent run of the sweep's latest submission (the one its table, plots and report go to)."""
-    parents = [s["parent_run_id"] for s in manifest["submissions"] if s.get("parent_run_id")]
-    return parents[-1] if parents else None
 
 
 # ---- states --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from toolkit.errors import ConfigError
 
-from ..tracking import ensure_experiment
+from ..tracking import ensure_experiment, mlflow_client
 from .spec import SweepSpec
 
 STORE_ID_TAG = "ditlab.store_id"
@@ -49,7 +49,7 @@ def prepare_store(spec: SweepSpec, manifest: dict) -> str:
         experiment_id = client.get_experiment_by_name(spec.experiment_name).experiment_id
     else:
         spec.folder.mkdir(parents=True, exist_ok=True)
-        client = MlflowClient(store_uri(spec))
+        client = mlflow_client(store_uri(spec))
         experiment_id = ensure_experiment(client, spec.experiment_name, spec.folder / "mlartifacts")
     store_id = client.get_experiment(experiment_id).tags.get(STORE_ID_TAG)
     if store_id is None:                          # a new store, or one written before store ids
@@ -81,7 +81,7 @@ def open_store(spec: SweepSpec, manifest: dict | None) -> MlflowClient:
     if recorded.get("uri") not in (None, uri):
         raise StoreProblem(None, reason=f"the sweep was submitted to {recorded['uri']} but now points at {uri} "
                                         f"(tracking.uri changed)", source=str(spec.path))
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     experiment = client.get_experiment_by_name(spec.experiment_name)
     found = experiment.tags.get(STORE_ID_TAG) if experiment is not None else None
     if recorded.get("store_id") and found != recorded["store_id"]:
@@ -128,7 +128,7 @@ def finished_runs(stores: list[str], signatures: set[str]) -> dict[str, Finished
     """The newest FINISHED run of each signature in any experiment of the given stores."""
     found: dict[str, Finished] = {}
     for uri in stores:
-        client = MlflowClient(uri)
+        client = mlflow_client(uri)
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
         if not experiment_ids:
             continue

@@ -52,6 +52,10 @@ class Task:
     name: str                             # the run (or shard) it computes: its row in the manifest
     spec: ExecutorSpec                    # the executor settings of its row
     fn: Callable[[], Any]                 # picklable, idempotent: a requeued or retried task resumes
+    after: tuple[str, ...] = ()           # ids of jobs of the same executor this task waits for (a stage's: the
+                                          # training runs an evaluation scores); SLURM starts it only when they all
+                                          # succeeded (afterok) and drops it when one failed; a local lane starts
+                                          # when they ended, and the task checks what it needs
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""In-process, one task after another, blocking (tests, a debugger). A failing task is recorded, not pdb'd."""
+"""In-process, one task after another, blocking (tests, a debugger). A failing task is recorded, not pdb'd.
+A task's `after` jobs ran before it was submitted (every submission blocks), so it needs no waiting."""
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..processes import process_alive, stop_groups
 from . import Executor, ExecutorSpec, JobRecord, Task, count, register
 
 CANCEL_GRACE_S = 30.0           # a trainer checkpoints at its next step after SIGTERM; then SIGKILL
+WAIT_POLL_S = 2.0               # how often a lane waiting for other jobs looks whether they ended
 
 
 @dataclass
@@ -31,15 +33,18 @@ class LocalSpec(ExecutorSpec):
 
 class Lane:
     """Several tasks one after another in one job; a failing task is recorded and the next one runs.
-    `detached`: the job runs under a controller process whose death must end it."""
+    `detached`: the job runs under a controller process whose death must end it. `after`: local jobs (their
+    controllers' pids) that must have ended before the first task starts."""
 
-    def __init__(self, fns: list, threads: int, detached: bool = True):
-        self.fns, self.threads, self.detached = fns, threads, detached
+    def __init__(self, fns: list, threads: int, detached: bool = True, after: tuple[int, ...] = ()):
+        self.fns, self.threads, self.detached, self.after = fns, threads, detached, after
 
     def __call__(self) -> list:
         import torch
         if self.detached:
             die_with_parent()
+        while any(process_alive(pid, "submitit") for pid in self.after):
+            time.sleep(WAIT_POLL_S)
         torch.set_num_threads(self.threads)       # lanes share the cores instead of oversubscribing them
         results = []
         for fn in self.fns:
@@ -97,8 +102,9 @@ class LocalExecutor(Executor):
         records = []
         for lane in range(lanes):
             members = tasks[lane::lanes]
+            after = tuple(sorted({int(job) for task in members for job in task.after}))
             ex.update_parameters(timeout_min=spec.timeout_min * len(members))
-            job = ex.submit(Lane([task.fn for task in members], threads))
+            job = ex.submit(Lane([task.fn for task in members], threads, after=after))
             records += [self._record(task, job, self.kind) for task in members]
         return records
 

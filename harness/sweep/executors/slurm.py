@@ -65,12 +65,15 @@ class SlurmExecutor(Executor):
     LIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED",
                       "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "PREEMPTED", "STOPPED"})
 
-    def _submitit(self, spec: SlurmSpec) -> submitit.AutoExecutor:
+    def _submitit(self, spec: SlurmSpec, after: tuple[str, ...] = ()) -> submitit.AutoExecutor:
         ex = submitit.AutoExecutor(folder=self.jobs_folder / "%j", cluster="slurm",
                                    slurm_max_num_timeout=spec.max_num_timeout)
+        sbatch = dict(spec.additional_parameters)
+        if after:                                 # start when every job waited for succeeded; never, if one failed
+            sbatch.update(dependency="afterok:" + ":".join(sorted(after)), kill_on_invalid_dep="yes")
         params = dict(name=self.name, timeout_min=spec.timeout_min, nodes=spec.nodes,
                       tasks_per_node=spec.ranks_per_node, slurm_array_parallelism=spec.array_parallelism,
-                      slurm_setup=list(spec.setup), slurm_additional_parameters=dict(spec.additional_parameters))
+                      slurm_setup=list(spec.setup), slurm_additional_parameters=sbatch)
         if spec.gpus_per_node:
             params["gpus_per_node"] = spec.gpus_per_node
         optional = dict(slurm_partition=spec.partition, cpus_per_task=spec.cpus_per_task, mem_gb=spec.mem_gb,
@@ -81,11 +84,11 @@ class SlurmExecutor(Executor):
 
     def submit(self, tasks: list[Task]) -> list[JobRecord]:
         groups: dict[str, list[Task]] = {}
-        for task in tasks:
-            groups.setdefault(repr(asdict(task.spec)), []).append(task)
+        for task in tasks:                        # one array per executor setting and set of jobs waited for
+            groups.setdefault(repr((asdict(task.spec), sorted(task.after))), []).append(task)
         records = []
         for members in groups.values():
-            ex = self._submitit(members[0].spec)
+            ex = self._submitit(members[0].spec, members[0].after)
             with ex.batch():
                 jobs = [ex.submit(task.fn) for task in members]
             records += [self._record(task, job, self.kind) for task, job in zip(members, jobs)]
