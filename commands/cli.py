@@ -8,8 +8,8 @@
     python run_sweep.py logs SWEEP.yaml LABEL [--seed S]
     python run_sweep.py mlflow-server SWEEP.yaml [--backend-uri URI] [--host H] [--port P] [--stop]
     python run_sweep.py migrate SWEEP.yaml [--dry-run]   (re-sign the store's runs after a signature change)
-    python run_sweep.py table SWEEP.yaml [--metric NAME] [--at STEP_OR_EPOCH ...] [--format markdown|latex|html|csv]
-                                         [--baseline LABEL] [--columns ID ...]
+    python run_sweep.py table SWEEP.yaml [--metric NAME] [--at STEP_OR_EPOCH ...] [--wide] [--baseline LABEL]
+                                         [--format text|markdown|latex|html|csv] [--fit page|column] [--columns ID ...]
     python run_sweep.py report SWEEP.yaml [--metric NAME]
     python run_sweep.py ui SWEEP.yaml [--port P]
     python run_sweep.py eval SWEEP.yaml [--label L] [--num 50000] [--shards K] [--reference REF] [--metrics ...]
@@ -84,7 +84,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("sweep")
     p.add_argument("--metric", help="default: fid, else fd, else loss")
     p.add_argument("--at", nargs="*", help="points of training: epoch_80, step_300, or a number (epochs first)")
-    p.add_argument("--format", default="markdown", choices=("markdown", "latex", "html", "csv"))
+    p.add_argument("--format", default="text", choices=("text", "markdown", "latex", "html", "csv"),
+                   help="text (default): fits 120 columns, short headers and a legend under them")
+    p.add_argument("--wide", action="store_true", help="every header and cell in full (the verdict of each test, "
+                   "the paper's direction, n): wider than a terminal")
+    p.add_argument("--fit", default="page", choices=("page", "column"),
+                   help="with --format latex: as wide as the page (table*) or as one column of a two-column paper")
     p.add_argument("--baseline", help="the row label differences are taken against (default: the file's)")
     p.add_argument("--columns", nargs="+", help="the columns to show, by id (e.g. row fd class_acc delta paper); "
                    "an unknown id lists them all")

@@ -99,8 +99,8 @@ def submit_command(sweep: Sweep, args) -> int:
     if args.wait:
         code = wait_command(sweep)
         if args.report:
-            table_command(sweep, argparse.Namespace(metric=None, at=None, format="markdown", baseline=None,
-                                                    columns=None))
+            table_command(sweep, argparse.Namespace(metric=None, at=None, format="text", baseline=None,
+                                                    columns=None, wide=False, fit="page"))
             report_command(sweep, argparse.Namespace(metric=None))
         if not server_was_up and stop_server(spec):     # every run has ended: no server left behind
             print(f"stopped the sweep's MLflow server (`run_sweep.py mlflow-server {spec.path}` starts it again)")
@@ -260,10 +260,11 @@ def eval_command(sweep: Sweep, args) -> int:
 # ---- table, report, ui: everything read back from MLflow (analysis/) ---------------------------------
 
 def table_command(sweep: Sweep, args) -> int:
+    from analysis.glance import render
     from analysis.runs import load_sweep_runs
     from analysis.table import build_table
     table = build_table(load_sweep_runs(sweep), metric=args.metric, at=args.at, baseline=args.baseline)
-    print(table.render(args.format, args.columns))
+    print(render(table, args.format, args.columns, wide=args.wide, fit=args.fit).rstrip("\n"))
     return 0
 
 
