@@ -52,7 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("sweep")
     p.add_argument("--dry-run", action="store_true", help="print the plan only (creates nothing)")
     p.add_argument("--show", metavar="LABEL", help="with --dry-run: one run's resolved config and its difference "
-                   "from the baseline row (a row label, or a run name)")
+                   "from the baseline row (a row label, a piece of it, the row index, a signature prefix, or a "
+                   "run name)")
     p.add_argument("--seed", type=int, help="with --show: the seed (default: the sweep's first)")
     p.add_argument("--retry", action="store_true", help="also resubmit failed runs")
     p.add_argument("--wait", action="store_true", help="follow progress until every run has ended")
@@ -68,7 +69,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("sweep")
     p = verb("logs", "one run's log")
     p.add_argument("sweep")
-    p.add_argument("label", help="the run's row label (or its run name)")
+    p.add_argument("label", help="the run: its row's label, a piece of it, the row index, a signature prefix, or "
+                   "its run name")
     p.add_argument("--seed", type=int, help="the run's seed (needed when the row has several)")
     p = verb("mlflow-server", "start (or stop) the sweep's MLflow tracking server")
     p.add_argument("sweep")
@@ -102,7 +104,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = verb("eval", "sample N images per finished run in shards; log FID, sFID, IS, precision, recall "
              "(harness/sweep/evaluation.py)")
     p.add_argument("sweep")
-    p.add_argument("--label", help="only this row")
+    p.add_argument("--label", help="only this row (its label, a piece of it, or its index)")
     p.add_argument("--num", type=int, default=50000, help="samples per run (default 50000)")
     p.add_argument("--shards", type=int, default=32, help="shards per run: SLURM array tasks (default 32)")
     p.add_argument("--reference", help="ADM reference batch (.npz) or image folder (default: the runs' eval.reference)")
