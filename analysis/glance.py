@@ -83,7 +83,7 @@ class Glance:
         cut with '…' where needed, named in full in the legend)."""
         shown = self._fitted(width)
         cells = shown._cells(Dialect(str, str), best_mark=BEST)
-        widths = [max(len(h), *(len(r[j]) for r in cells)) for j, h in enumerate(shown.headers)]
+        widths = [max([len(h), *(len(r[j]) for r in cells)]) for j, h in enumerate(shown.headers)]
 
         def line(values):
             return GAP.join(v.rjust(w) if right else v.ljust(w)
@@ -97,7 +97,7 @@ class Glance:
         return "\n".join(self.text_lines(width)) + "\n"
 
     def _width(self) -> int:
-        widths = [max(len(h), *(len(r[k]) for r in self.rows)) for k, h in enumerate(self.headers)]
+        widths = [max([len(h), *(len(r[k]) for r in self.rows)]) for k, h in enumerate(self.headers)]
         return sum(widths) + len(GAP) * (len(widths) - 1)
 
     def _fitted(self, width: int) -> Glance:
@@ -110,8 +110,9 @@ class Glance:
                 dropped.append(shown.headers[k])
                 shown = shown._without(k)
         shown = shown._cut(width, MIN_LABEL)
-        cut = [f"{i} {label}" for i, (label, row) in enumerate(zip(self.labels, shown.rows))
-               if shown.label_column is not None and row[shown.label_column].endswith("…")]
+        j = shown.label_column                      # its cells read "<row index> <label>"
+        cut = list(dict.fromkeys(f"{row[j].split(' ', 1)[0]} {label}" for label, row in zip(self.labels, shown.rows)
+                                 if j is not None and row[j].endswith("…")))
         legend = shown.legend + (["Rows in full: " + "; ".join(cut) + "."] if cut else [])
         if dropped:
             legend.append(f"Left out to fit {width} columns: {', '.join(dropped)} (`--wide` or `--columns` "
@@ -122,7 +123,7 @@ class Glance:
         j, excess = self.label_column, self._width() - width
         if excess <= 0 or j is None:
             return self
-        keep = max(shortest, max(len(r[j]) for r in self.rows) - excess, len(self.headers[j]))
+        keep = max(shortest, max([len(r[j]) for r in self.rows], default=0) - excess, len(self.headers[j]))
         rows = [[*row[:j], row[j] if len(row[j]) <= keep else row[j][:keep - 1].rstrip() + "…", *row[j + 1:]]
                 for row in self.rows]
         return replace(self, rows=rows)
