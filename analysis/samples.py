@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
+from harness.evaluate import to_images
 from harness.sampling import sample
-from harness.sweep.evaluation import load_ema_model
+from harness.sweep.evaluation import load_decoder, load_ema_model
 
 from .runs import SweepRuns
 
@@ -49,7 +50,8 @@ def grid_labels(num_classes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_row(checkpoint: str | Path, device: torch.device | None = None, seed: int = GRID_SEED):
-    """(images in [-1, 1] (B, C, H, W), labels, config, step) of one run, from the fixed noise."""
+    """(images in [-1, 1] (B, C, H, W), labels, config, step) of one run, from the fixed noise (a latent run's
+    decoded by its VAE)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, objective, cfg, step = load_ema_model(checkpoint, device)
     labels = grid_labels(cfg.model.num_classes).to(device)
@@ -57,7 +59,7 @@ def sample_row(checkpoint: str | Path, device: torch.device | None = None, seed:
     generator = torch.Generator(device).manual_seed(seed)
     out = sample(lambda x, t, y: model(x, t, y).prediction.float(), objective, cfg.eval.sampler, labels, shape,
                  generator, cfg.model.num_classes)
-    return out[:, :cfg.model.in_channels].clamp(-1, 1).cpu(), labels.cpu(), cfg, step
+    return to_images(out, cfg.model, load_decoder(cfg, device)).cpu(), labels.cpu(), cfg, step
 
 
 def sample_grids(sweep: SweepRuns, out_dir: str | Path, device: torch.device | None = None) -> list[RowGrid]:

@@ -44,20 +44,27 @@ def submit_command(sweep: Sweep, args) -> int:
     spec, runs = sweep.spec, sweep.plan_fresh()
     if args.show:
         return show_command(sweep, runs, args)
+    from harness.sweep.stages import cache_needs, check_stage, describe, submit_stage
     if args.dry_run:
         states = sweep.states(reuse=not args.no_reuse) if sweep.manifest is not None else None
         print_plan(spec, runs, states)
+        for line in describe(cache_needs(spec, runs), spec):
+            print(line)
         paths = data_paths(runs)
         if paths:
             print(f"note: data paths are checked at submission, not in a dry run: {', '.join(paths)}")
         return 0
     check_data_paths(spec, runs)
+    if sweep.manifest is None:                    # a first submission (every run to submit): refuse before the store
+        check_stage(spec, cache_needs(spec, runs))
     experiment_id = sweep.prepare_store()
     sweep.write_plan_cache()
     client = sweep.client
     states = sweep.states(reuse=not args.no_reuse)
     wanted = {"new", "failed"} if args.retry else {"new"}
     todo = [s.run for s in states if s.state in wanted]
+    needs = cache_needs(spec, todo)               # the latent caches the runs to submit read
+    check_stage(spec, needs)
     print_plan(spec, runs, states)
     counts = {state: sum(s.state == state for s in states) for state in ("done", "running", "pending", "failed")}
     reused = sum(s.source is not None for s in states)
@@ -82,8 +89,10 @@ def submit_command(sweep: Sweep, args) -> int:
         client.log_text(parent_id, spec.text, "sweep.yaml")           # the file as written, comments included
         client.log_dict(parent_id, plan_records(runs, states), "plan.json")
         try:
+            after = submit_stage(spec, needs, sweep.manifest)     # training waits for the caches it reads
             for kind in sorted(kinds):
-                tasks = [Task(run.run_name, run.executor, TrainJob(run.overrides(spec, tracking_uri, parent_id)))
+                tasks = [Task(run.run_name, run.executor, TrainJob(run.overrides(spec, tracking_uri, parent_id)),
+                              after.get(run.run_name, ()))
                          for run in todo if run.executor.kind == kind]
                 submitted = executor_class(kind)(spec.folder, spec.name).submit(tasks)
                 jobs += submitted

@@ -119,6 +119,9 @@ class DataConfig:
                                        # random horizontal flip
     num_workers: int = 2               # imagefolder loader processes (does not change results)
     shapes_size: int = 5000            # number of procedural shape images
+    latents: Optional[str] = None      # a latent model's latent cache (`python -m harness.latents prepare`): its
+                                       # folder; None: <eval.cache_dir or $DITLAB_CACHE>/latents/<name>-r<res>-<key>.
+                                       # Where it lies does not count in a run's identity; its content key does
 
 
 @dataclass
@@ -184,6 +187,29 @@ class EMAConfig:
                                        # JiT keeps two: 0.9999 and 0.9996
     eval_decay: float = switch(0.9999, cite={"PixelDiT": "training details: EMA 0.9999"})
                                        # the EMA that is sampled and evaluated
+
+
+@dataclass
+class VAEConfig:
+    """The autoencoder of a latent model (`model.latent_downsample` > 1): diffusers' `AutoencoderKL` (harness/vae.py).
+    Training reads its latents from the cache (`data.latents`); it decodes samples for every metric and grid."""
+    source: str = switch("stabilityai/sd-vae-ft-ema", cite={"DiT": "code: train.py --vae ema, sd-vae-ft-ema",
+                                                            "REPA": "code: train.py, sd-vae-ft-mse"})
+                                       # a hub repo id, read from the local hub cache only (never downloaded) | a
+                                       # local folder (diffusers layout: config.json and weights) | a local
+                                       # .safetensors/.bin file of vae.architecture's weights | random (tests) |
+                                       # train: vae.architecture trained by the project on the run's training images
+                                       # (seeded, cached by content hash; harness/autoencoder.py)
+    architecture: str = choice("sd", "tiny")
+                                       # the network of a weights file, `random` and `train`: sd = the SD VAE (8x
+                                       # down, 4 latent channels, 83.7M) | tiny = its blocks at toy width (4x down, 4
+                                       # channels, 0.2M; the CPU demo)
+    scaling_factor: Optional[float] = switch(None, cite={"DiT": "code: latents x 0.18215",
+                                                         "REPA": "code: latents_scale 0.18215"})
+                                       # the model's latent = (z - latents_mean) / latents_std * scaling_factor, z
+                                       # the VAE's; None: the VAE's own config (0.18215 for the SD VAE)
+    latents_mean: Optional[List[float]] = None   # per latent channel; None: the VAE's own config (SD VAE: none, 0)
+    latents_std: Optional[List[float]] = None    # per latent channel; None: the VAE's own config (SD VAE: none, 1)
 
 
 @dataclass
@@ -300,6 +326,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
     repa: RepaConfig = field(default_factory=RepaConfig)
     perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)

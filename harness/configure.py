@@ -35,8 +35,8 @@ SEED_RANGE = (0, 2 ** 32)       # seeds every generator of the harness accepts (
 # Keys that do not change what a run computes: where files go, how often things are printed or saved,
 # worker counts, how the model is spread over ranks (like the number of ranks, which is not in the config:
 # the same run up to the order of float reductions, tested), and how results are tracked. Prefixes end with a dot.
-NON_RESULT_KEYS = ("run.name", "run.out_dir", "run.resume", "run.device", "data.num_workers", "train.log_every",
-                   "train.parallel", "train.activation_checkpointing",
+NON_RESULT_KEYS = ("run.name", "run.out_dir", "run.resume", "run.device", "data.num_workers", "data.latents",
+                   "train.log_every", "train.parallel", "train.activation_checkpointing",
                    "checkpoint.", "tracking.", "eval.cache_dir", "eval.batch_size", "eval.reference", "experiment")
 
 @lru_cache(maxsize=1)
@@ -138,10 +138,10 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     if channels is not None and channels > cfg.model.in_channels:
         raise ConfigError("eval.sampler.cfg_channels", channels, f"more than the guided quantity's "
                           f"model.in_channels={cfg.model.in_channels} channels")
-    if cfg.model.latent_downsample != 1:
-        raise ConfigError("model.latent_downsample", cfg.model.latent_downsample, "training on VAE latents is not "
-                          "supported (no VAE encoder here); use a pixel-space model such as model=dit_xl16")
-    validate_data(cfg.data, cfg.model.image_size, cfg.model.in_channels, check_paths)
+    from .vae import image_channels, is_latent, validate_vae
+    if is_latent(cfg):
+        validate_vae(cfg, check_paths)
+    validate_data(cfg.data, cfg.model.image_size, image_channels(cfg), check_paths)
     if cfg.eval.metric == "offline" and cfg.data.name not in HELD_OUT_DATASETS:
         raise ConfigError("eval.metric", "offline", f"needs a dataset with a held-out split to fit its classifier "
                           f"(data.name one of {list(HELD_OUT_DATASETS)}); use eval.metric=fid")
@@ -255,12 +255,18 @@ def schema_defaults() -> dict[str, Any]:
 
 def result_delta(cfg: TrainConfig) -> dict[str, Any]:
     """The result-affecting keys whose value differs from the schema defaults (`TrainConfig()`). Initial
-    weights count by their contents (a file's sha256), not by where the file lies."""
+    weights count by their contents (a file's sha256), not by where the file lies; so does a latent model's latent
+    cache (its content key, harness/latents.py), while a pixel model's `vae.*` settings count for nothing."""
+    from .vae import is_latent, latent_key
     defaults = schema_defaults()
     delta = {k: v for k, v in flatten(cfg).items() if affects_result(k) and (k not in defaults or defaults[k] != v)}
     if delta.get("model.init_from") and Path(delta["model.init_from"]).is_file():
         from models.convert import sha256
         delta["model.init_from"] = "sha256:" + sha256(delta["model.init_from"])
+    if is_latent(cfg):
+        delta["data.latents"] = "key:" + latent_key(cfg)
+    else:
+        delta = {k: v for k, v in delta.items() if not k.startswith("vae.")}
     return delta
 
 

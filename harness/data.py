@@ -375,7 +375,8 @@ class ImageFolderDataset(ImageDataset):
 
 
 class _PairDataset(torch.utils.data.Dataset):
-    """Map-style view of a lazy dataset keyed by (index, flip) pairs, for DataLoader workers."""
+    """Map-style view of a lazy dataset keyed by (index, flip) pairs, for DataLoader workers; a sample is (image,
+    label), or (latent moments, label, image) for a latent cache with its images (harness/latents.py)."""
 
     def __init__(self, dataset: ImageDataset):
         self.dataset = dataset
@@ -385,8 +386,8 @@ class _PairDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, pair):
         index, flip = pair
-        image, label = self.dataset.load(index, flip)
-        return image, torch.tensor(label, dtype=torch.long)
+        image, label, *more = self.dataset.load(index, flip)
+        return (image, torch.tensor(label, dtype=torch.long), *more)
 
 
 # ---------------------------------------------------------------------------------------------

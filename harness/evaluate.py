@@ -25,10 +25,17 @@ def build_metric(cfg: TrainConfig, dataset, device: torch.device):
     return getattr(importlib.import_module(module), name).from_config(cfg, dataset, device)
 
 
+def to_images(out: torch.Tensor, model_cfg, vae=None) -> torch.Tensor:
+    """A sampler's output as images in [-1, 1]: its data channels (a learned variance dropped), decoded by the VAE
+    of a latent model (harness/vae.py), clamped."""
+    out = out[:, :model_cfg.in_channels]
+    return vae.decode(out) if vae is not None else out.clamp(-1, 1)
+
+
 @torch.no_grad()
-def generate(model, objective, cfg: TrainConfig, num: int, seed: int, env: DistEnv, device: torch.device):
-    """`num` class-balanced samples in [-1, 1] and their labels (None when unconditional), gathered on
-    rank 0 (other ranks get None)."""
+def generate(model, objective, cfg: TrainConfig, num: int, seed: int, env: DistEnv, device: torch.device, vae=None):
+    """`num` class-balanced samples in [-1, 1] (a latent model's decoded by `vae`) and their labels (None when
+    unconditional), gathered on rank 0 (other ranks get None)."""
     model_cfg = cfg.model
     per_rank = -(-num // env.world_size)
     labels = rank_labels(env.rank, per_rank, model_cfg.num_classes)
@@ -44,7 +51,7 @@ def generate(model, objective, cfg: TrainConfig, num: int, seed: int, env: DistE
         batch_labels = labels[start:start + cfg.eval.batch_size].to(device)
         shape = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)
         out = sample(net, objective, cfg.eval.sampler, batch_labels, shape, generator, model_cfg.num_classes)
-        chunks.append(out[:, :model_cfg.in_channels].clamp(-1, 1).cpu())
+        chunks.append(to_images(out, model_cfg, vae).cpu())
     images = torch.cat(chunks)
     if env.world_size > 1:
         gathered = [torch.empty_like(images) for _ in range(env.world_size)]

@@ -1,7 +1,7 @@
 """The loss terms of one training step: labels dropped, x corrupted, the network, the objective's loss,
-REPA's alignment term and PixelGen's perceptual terms. The trainer calls this on every micro-batch;
-`harness.parity` calls it on the official codes' inputs, so what is compared with the official losses is what
-trains.
+REPA's alignment term, PixelGen's perceptual terms and ProMoE's routing loss. The trainer calls this on every
+micro-batch; `harness.parity` calls it on the official codes' inputs, so what is compared with the official losses
+is what trains.
 """
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ from .repa import repa_loss
 
 def training_losses(net: Callable, objective: Objective, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
                     draws: dict[str, torch.Tensor], encoder: Optional[Callable] = None,
-                    perceptual: Optional[Callable] = None) -> dict[str, torch.Tensor]:
-    """{"loss", "diffusion"[, "vlb"][, "repa"][, "perceptual", ...]}: batch means. `draws` holds the step's random
-    draws of these samples (`drop` labels, `t`, `eps`, the hint `mask` when model.hint_fraction > 0); `encoder(x)`
-    gives REPA's target tokens (None: no REPA term); `perceptual` is PixelGen's LPIPS and P-DINO
-    (`harness.perceptual.PerceptualLoss`; None: no perceptual terms)."""
+                    perceptual: Optional[Callable] = None, images: Optional[torch.Tensor] = None
+                    ) -> dict[str, torch.Tensor]:
+    """{"loss", "diffusion"[, "vlb"][, "repa"][, "perceptual", ...][, "moe_routing"]}: batch means. `draws` holds
+    the step's random draws of these samples (`drop` labels, `t`, `eps`, the hint `mask` when
+    model.hint_fraction > 0); `encoder(x)` gives REPA's target tokens (None: no REPA term), of `images` where
+    given (a latent run's clean images beside its latents [REPA train.py]); `perceptual` is PixelGen's LPIPS and
+    P-DINO (`harness.perceptual.PerceptualLoss`; None: no perceptual terms); the model's routing loss (ProMoE) is
+    added at model.moe_loss_weight."""
     drop = draws["drop"]
     if cfg.model.num_classes == 0:            # unconditional: the null label (index 0) for every sample
         drop = torch.ones_like(drop)
@@ -38,7 +41,7 @@ def training_losses(net: Callable, objective: Objective, cfg: TrainConfig, x: to
     terms = objective.loss(out.prediction.float(), x, eps, x_t, t, weight)
     target = None
     if encoder is not None:
-        target = encoder(x)
+        target = encoder(x if images is None else images)
         terms["repa"] = repa_loss(out.repa.float(), target)
         terms["loss"] = terms["loss"] + cfg.repa.weight * terms["repa"]
     if perceptual is not None:               # on the clean-image estimate, in the model's precision [PixelGen]
@@ -47,4 +50,7 @@ def training_losses(net: Callable, objective: Objective, cfg: TrainConfig, x: to
             parts = perceptual(objective.clean_image(out.prediction, x_t, t), x, t, shared)
         terms.update({key: value.float() for key, value in parts.items()})
         terms["loss"] = terms["loss"] + terms["perceptual"]
+    if out.routing_loss is not None:         # ProMoE's routing contrastive loss, summed over its MoE blocks
+        terms["moe_routing"] = out.routing_loss.float()
+        terms["loss"] = terms["loss"] + cfg.model.moe_loss_weight * terms["moe_routing"]
     return terms

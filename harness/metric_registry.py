@@ -67,6 +67,8 @@ METRICS = (    # in display order: the ADM suite's metrics are computed and prin
     Metric("precision", "Precision", ("adm",), higher_is_better=True, sample_based=True),
     Metric("recall", "Recall", ("adm",), higher_is_better=True, sample_based=True),
     Metric("loss", "training loss", ("training",), priority=90),
+    Metric("moe_routing", "MoE routing loss", ("training",),
+           "ProMoE's routing contrastive loss (summed over the MoE blocks, unweighted)"),
     Metric("images_per_s", "training images/s", ("training",), higher_is_better=True),
     Metric("peak_memory_gb", "peak GPU memory (GB)", ("training",)),
     Metric("classifier_acc", "held-out-split classifier's accuracy on training images", ("offline",),

@@ -38,9 +38,10 @@ from .data import StepBatches, build_dataset
 from .ema import EMA
 from .evaluate import build_metric, generate
 from .losses import training_losses
-from .objectives import make_objective
+from .objectives import draw_normal, make_objective
 from .optim import base_lr, build_optimizer, clip_at, lr_at
 from .tracking import NullTracker, Tracker, migrated_signatures, write_json
+from .vae import image_channels, is_latent
 
 
 class NonFiniteLoss(RuntimeError):
@@ -147,13 +148,20 @@ class Trainer:
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
 
         # Everything that can refuse the config comes before any MLflow run or file is created.
-        self.dataset = build_dataset(cfg.data, cfg.model.in_channels)
+        self.images = self.dataset = build_dataset(cfg.data, image_channels(cfg))
+        self.vae = None
+        repa_on = cfg.model.repa and cfg.repa.weight > 0
+        if is_latent(cfg):      # batches of the latent cache (no VAE in the loop); the VAE decodes samples
+            from .latents import open_latents
+            from .vae import load_vae
+            self.vae = load_vae(cfg, self.device)
+            self.dataset = open_latents(cfg, self.images, with_images=repa_on, vae_digest=self.vae.weights_digest())
         if cfg.model.num_classes not in (0, self.dataset.num_classes):     # 0: unconditional, labels unused
             raise ConfigError("model.num_classes", cfg.model.num_classes, f"the dataset {cfg.data.name!r} has "
                               f"{self.dataset.num_classes} classes (or 0 for an unconditional model)")
         self.objective = make_objective(cfg.objective, cfg.model)
         self.encoder = None
-        if cfg.model.repa and cfg.repa.weight > 0:
+        if repa_on:
             from .repa import RepaEncoder
             self.encoder = RepaEncoder(cfg.repa.encoder, cfg.repa.encoder_weights, cfg.model.grid_size,
                                        device=self.device)
@@ -166,7 +174,7 @@ class Trainer:
             shared = self.encoder if shares_encoder(cfg) else None      # PixelGen: one DINOv2 for both, one target
             self.perceptual = PerceptualLoss(cfg.perceptual, cfg.model, device=self.device, dino=shared)
         self.env = distributed.init(self.device)
-        self.metric = build_metric(cfg, self.dataset, self.device) if self.env.is_main else None
+        self.metric = build_metric(cfg, self.images, self.device) if self.env.is_main else None
         if self.metric is not None and self.metric.note:
             print(self.metric.note, flush=True)
         self.batches = StepBatches(self.dataset, cfg.train.global_batch, cfg.run.seed, self.env.rank,
@@ -284,7 +292,7 @@ class Trainer:
         draws whatever the number of ranks and accumulation micro-batches (tested)."""
         cfg, objective = self.cfg, self.objective
         first = self.env.rank * x.shape[0]
-        draws: dict[str, list] = {"drop": [], "t": [], "eps": [], "mask": []}
+        draws: dict[str, list] = {"drop": [], "t": [], "eps": [], "mask": [], "posterior": []}
         generator = torch.Generator(self.device)
         for i in range(x.shape[0]):
             generator.manual_seed(sample_seed(cfg.run.seed, self.step, first + i))
@@ -294,20 +302,29 @@ class Trainer:
             if cfg.model.hint_fraction > 0:
                 draws["mask"].append(torch.rand(1, 1, *x.shape[2:], generator=generator, device=self.device)
                                      < cfg.model.hint_fraction)
+            if self.vae is not None:             # the VAE posterior's sample [DiT train.py: latent_dist.sample()]
+                draws["posterior"].append(draw_normal(x[i:i + 1].shape, generator, self.device))
         return {key: torch.cat(values) for key, values in draws.items() if values}
 
-    def losses(self, x, y, draws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return training_losses(self.net, self.objective, self.cfg, x, y, draws, self.encoder, self.perceptual)
+    def losses(self, x, y, draws: dict[str, torch.Tensor], images=None) -> dict[str, torch.Tensor]:
+        return training_losses(self.net, self.objective, self.cfg, x, y, draws, self.encoder, self.perceptual, images)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimizer step on this rank's batch of the current step."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, images=None) -> dict[str, torch.Tensor]:
+        """One optimizer step on this rank's batch of the current step (a latent run's x: the posterior moments of
+        its cached latents, and with REPA the images beside them)."""
         cfg = self.cfg
         torch.manual_seed(step_seed(cfg.run.seed, self.env.rank, self.step))
         lr = lr_at(self.step, cfg.optim, self.lr0, self.steps_per_epoch, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if images is not None:
+            images = images.to(self.device, non_blocking=True)
+        if self.vae is not None:                  # draws take the latent's shape: the moments' mean half
+            moments, x = x, x[:, :self.vae.channels]
         draws = self.sample_draws(x)
+        if self.vae is not None:
+            x = self.vae.sample(moments, draws.pop("posterior"))
         accum = cfg.train.grad_accum
         totals: dict[str, torch.Tensor] = {}
         for i in range(accum):
@@ -316,7 +333,8 @@ class Trainer:
             if self.sharded:                      # reduce-scatter the gradients once, after the last micro-batch
                 self.model.set_requires_gradient_sync(last)
             with (self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()):
-                terms = self.losses(x[micro], y[micro], {k: v[micro] for k, v in draws.items()})
+                terms = self.losses(x[micro], y[micro], {k: v[micro] for k, v in draws.items()},
+                                    None if images is None else images[micro])
                 (terms["loss"] / accum).backward()
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0) + value.detach() / accum
@@ -337,7 +355,7 @@ class Trainer:
         ema_model = self.ema.model_copy(self.model, cfg.ema.eval_decay,      # an unsharded copy on every rank
                                         into=build_model(cfg.model).to(self.device) if self.sharded else None)
         images, labels = generate(ema_model, self.objective, cfg, cfg.eval.num_samples,
-                                  seed=cfg.run.seed + self.step, env=self.env, device=self.device)
+                                  seed=cfg.run.seed + self.step, env=self.env, device=self.device, vae=self.vae)
         metrics = self._report(images, labels, tracker) if self.env.is_main else {}
         if cfg.checkpoint.keep_at_eval:           # every rank: a sharded state is gathered, and all wait for it
             self.save()
@@ -391,6 +409,8 @@ class Trainer:
             tags["perceptual_random"] = ",".join(self.perceptual.random_weights)
         if self.init_sha256:
             tags["init_from_sha256"] = self.init_sha256
+        if self.vae is not None:
+            tags["latent_cache"] = str(self.dataset.folder)
         tags["world_size"] = str(self.env.world_size)
         if "SLURM_JOB_ID" in os.environ:
             array = os.environ.get("SLURM_ARRAY_JOB_ID")

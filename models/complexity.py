@@ -22,6 +22,7 @@ class Complexity:
     repa_params: int            # the REPA projector, trained alongside and then dropped
     flops: int                  # one forward of one image at the configured resolution
     components: dict[str, int] = field(default_factory=dict)
+    train_flops: int = 0        # the same forward in training mode: less where token routing drops tokens
 
     @property
     def gflops(self) -> float:
@@ -41,9 +42,10 @@ def component_params(model: torch.nn.Module) -> dict[str, int]:
     return dict(counts)
 
 
-def count_flops(cfg: ModelConfig, batch: int = 1) -> int:
-    """Forward FLOPs of the sampling-time network (REPA projector excluded) on meta tensors."""
-    model = build_model(cfg.replace(repa=False), device="meta")
+def count_flops(cfg: ModelConfig, batch: int = 1, training: bool = False) -> int:
+    """Forward FLOPs of the sampling-time network (REPA projector excluded) on meta tensors; `training`: of the
+    training forward (token routing [TREAD, SPRINT] runs fewer tokens through its route)."""
+    model = build_model(cfg.replace(repa=False), device="meta").train(training)
     x = torch.empty(batch, cfg.in_channels, cfg.input_size, cfg.input_size, device="meta")
     t = torch.empty(batch, device="meta")
     y = torch.zeros(batch, dtype=torch.long, device="meta")
@@ -58,7 +60,7 @@ def measure(cfg: ModelConfig) -> Complexity:
     components = component_params(model)
     repa = components.pop("repa_projector.net", 0)
     return Complexity(params=sum(components.values()), repa_params=repa, flops=count_flops(cfg),
-                      components=components)
+                      components=components, train_flops=count_flops(cfg, training=True))
 
 
 def with_resolution(cfg: ModelConfig, resolution: int) -> ModelConfig:

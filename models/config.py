@@ -23,6 +23,7 @@ from .families import check_heads, family
 
 NO_PIXELS = "pixel_pathway=false"                                     # the pixel pathway's switches do nothing
 ADALN_BLOCKS = "architecture=transformer, time_conditioning=adaln"   # the DiffiT blocks' switches do nothing
+PIXELS = "pixel_pathway=true"                                         # the pixel pathway decodes, not `decoder`
 
 
 @dataclass
@@ -150,7 +151,8 @@ class ModelConfig:
 
     # ---- pixel-level pathway [PixelDiT 3.2, Figure 2] ----------------------------------------
     pixel_pathway: bool = switch(True, family="transformer")
-                                   # off: a plain DiT/16-style model with a patch final layer
+                                   # off: the patch tokens are decoded by `decoder` (DiT's patch final layer by
+                                   # default: a plain DiT/16-style model)
     pixel_depth: int = switch(4, family="transformer", inert_when=NO_PIXELS,
                               cite={"PixelDiT": "Table 6: M = 4 pixel blocks for XL (seeds 001 #2)"})
                                    # M PiT blocks
@@ -208,6 +210,61 @@ class ModelConfig:
                                    # projector width: 2048 (REPA); D (PixelDiT)
     repa_dim: int = switch(768, family="transformer", inert_when="repa=false")
                                    # encoder feature width (DINOv2 ViT-B/14: 768)
+
+    # ---- pixel decoders, token routing, mixture of experts [DeCo; PixNerd; TREAD, SPRINT; ProMoE] -------
+    decoder: str = choice("linear", "deco", "nerf", family="transformer", inert_when=PIXELS, cite={
+        "DiT": "code (models.py): adaLN, linear to p*p*C, unpatchify",
+        "DeCo": "code (dit_c2i_DeCo.py): a light pixel decoder conditioned on the DiT's output",
+        "PixNerd": "code (pixnerd_c2i.py): a per-patch neural field whose weights the DiT predicts"})
+                                   # how patch tokens become pixels without the pixel pathway: linear: DiT's final
+                                   # layer (adaLN, linear to p*p*C_out, unpatchify) | deco: DeCo's pixel decoder
+                                   # (pixel value + DCT position in the patch, adaLN MLP blocks modulated pixel-wise
+                                   # by SiLU(s_N + t)) | nerf: PixNerd's neural field (MLP blocks whose weights are
+                                   # predicted per patch from SiLU(s_N + t))
+    decoder_dim: int = switch(32, family="transformer", inert_when=(PIXELS, "decoder=linear"), cite={
+        "DeCo": "code (DeCo_XL.yaml): hidden_size_x 32", "PixNerd": "code (pix256std1_repa_pixnerd_xl.yaml): "
+                                                                   "hidden_size_x 64"})
+                                   # width of the decoder's per-pixel features (DeCo: 32, PixNerd: 64)
+    decoder_depth: int = switch(3, family="transformer", inert_when=(PIXELS, "decoder=linear"), cite={
+        "DeCo": "code (DeCo_XL.yaml): num_blocks 31 - num_cond_blocks 28 = 3 decoder blocks",
+        "PixNerd": "code (pix256std1_repa_pixnerd_xl.yaml): 30 - 26 = 4 neural-field blocks"})
+                                   # decoder blocks (DeCo: 3, PixNerd: 4)
+    decoder_mlp_ratio: int = switch(2, family="transformer", inert_when=(PIXELS, "decoder=linear", "decoder=deco"),
+                                    cite={"PixNerd": "code: nerf_mlpratio 2"})
+                                   # hidden width / decoder_dim of PixNerd's neural-field MLPs
+    token_routing: str = choice("none", "tread", "sprint", family="transformer", cite={
+        "TREAD": ": a random part of the tokens skips a route of blocks in training; nothing at inference",
+        "SPRINT": ": the dense tokens fused with the sparse route's output, Linear([dense, deep])",
+        "PRX": "code (prx/algorithm/tread.py, sprint.py)"})
+                                   # in training, routing_fraction of the patch tokens skip blocks routing_start ..
+                                   # routing_end: tread: they come back unchanged (the same model at inference) |
+                                   # sprint: dense and routed streams fused by a linear, a [MASK] token where routed
+                                   # (the fusion also runs at inference) | none
+    routing_fraction: float = switch(0.5, family="transformer", inert_when="token_routing=none", cite={
+        "PRX": "configs (JIT-benchmark/TREAD.yaml): routing_probability 0.5; SPRINT.yaml: 0.75",
+        "SPRINT": ": up to 75% of the tokens dropped"})
+                                   # fraction of the patch tokens routed past the blocks (TREAD 0.5, SPRINT 0.75)
+    routing_start: int = switch(2, family="transformer", inert_when="token_routing=none",
+                                cite={"PRX": "configs (TREAD.yaml, SPRINT.yaml): route_start 2"})
+                                   # the first block the routed tokens skip (block index from 0)
+    routing_end: int = switch(12, family="transformer", inert_when="token_routing=none",
+                              cite={"PRX": "configs (TREAD.yaml, SPRINT.yaml): route_end 12, of 16 blocks"})
+                                   # the last block they skip; they rejoin after it
+    moe_experts: int = switch(0, family="transformer", cite={
+        "ProMoE": "code (pix256_promoe_*.yaml): 12 routed experts on the odd patch blocks"})
+                                   # routed experts of ProMoE's FFN on the odd patch blocks (1, 3, ...); 0: dense.
+                                   # Top-1 by cosine to learned prototypes (output times that cosine), the null
+                                   # label's tokens to an unconditional expert, a shared expert for every token; no
+                                   # capacity limit. Adds the routing contrastive loss (logged as moe_routing)
+    moe_expert_hidden: Optional[int] = switch(None, family="transformer", inert_when="moe_experts=0", cite={
+        "ProMoE": "code: expert_intermediate_size 2D (a routed and the shared expert cost one dense FFN)"})
+                                   # each expert's FFN width before SwiGLU's 2/3 (as mlp_ratio * D); None = 2 D
+    moe_temperature: float = switch(0.07, family="transformer", inert_when="moe_experts=0",
+                                    cite={"ProMoE": "code: rcl_temperature 0.07"})
+                                   # temperature of the routing contrastive loss
+    moe_loss_weight: float = switch(1.0, family="transformer", inert_when="moe_experts=0", cite={
+        "ProMoE": "code: rcl_weight 1.0; the loss summed over the MoE blocks, added to the flow loss"})
+                                   # weight of the routing contrastive loss in the training loss
 
     # ---- DiffiT [DiffiT 3.2, appendix H-I] -------------------------------------------------------
     architecture: str = choice("transformer", "unet")   # the model family (models/families.py): transformer: the
@@ -291,6 +348,19 @@ class ModelConfig:
     def unet_sizes(self) -> list[int]:
         """Feature-map side of each U-Net level: the input halved between levels."""
         return [self.input_size // 2 ** i for i in range(len(self.unet_channels))]
+
+    @property
+    def moe_hidden(self) -> int:
+        return 2 * self.hidden_size if self.moe_expert_hidden is None else self.moe_expert_hidden
+
+    def moe_blocks(self) -> range:
+        """Indices of the patch blocks with ProMoE's FFN: the odd ones [ProMoE code]."""
+        return range(1, self.depth, 2) if self.moe_experts else range(0)
+
+    @property
+    def random_in_training(self) -> bool:
+        """Whether a training forward draws random numbers (dropout, token routing)."""
+        return self.dropout > 0 or self.token_routing != "none"
 
     def dropout_blocks(self) -> range:
         """Indices of the blocks inside the dropout band (JiT: the middle half)."""

@@ -17,11 +17,18 @@ Sources and the official code whose state_dict layout each one reads and writes:
   dit            facebookresearch/DiT models.py `DiT`
   diffit_latent  NVlabs/DiffiT diffit/diffit.py `DiffiT` (the latent model)
   sit_repa       sihyun-yu/REPA models/sit.py `SiT`, with its projector `projectors.0.*`
+  deco           Zehong-Ma/DeCo src/models/transformer/dit_c2i_DeCo.py `PixNerDiT` (patch blocks + pixel decoder
+                 `dec_net`); its REPA projector as PixelDiT's, `diffusion_trainer.proj.0.*`
+  pixnerd        MCG-NJU/PixNerd src/models/transformer/pixnerd_c2i.py `PixNerDiT` (its `blocks` hold the patch
+                 blocks, then the neural-field blocks); projector as PixelDiT's
+  pixeldit_promoe  gcy-hub/PixelDiT-ProMoE pixdit_core/pixeldit_c2i.py `PixDiTProMoE` (PixelDiT with ProMoE's FFN
+                 on the odd patch blocks: its routed experts and unconditional expert stacked into one weight here)
 
 What differs between the layouts is names and three pure re-layouts (the functions are the same):
 the patch-embedding columns (the official codes flatten a patch channel-first, we pixel-first), the
 RoPE channel pairs (PixelDiT and JiT rotate adjacent channels, in their own orders; we rotate halves:
-q and k are permuted per head, which leaves q.k unchanged), and PixelDiT's SwiGLU (w1, w3 -> our w12).
+q and k are permuted per head, which leaves q.k unchanged), PixelDiT's SwiGLU (w1, w3 -> our w12), and
+ProMoE's experts (one SwiGLU per expert -> our stacked expert weights).
 Frozen tables the official models keep in their state dicts (the sin-cos `pos_embed`, DiffiT's
 `relative_position_index`) are checked against ours on the way in and written on the way out.
 
@@ -50,9 +57,10 @@ from .diffit import relative_position_index
 from .families import build_model
 from .layers import sincos_2d
 
-SOURCES = ("pixeldit", "jit", "dit", "diffit_latent", "sit_repa", "pixelgen")
+SOURCES = ("pixeldit", "jit", "dit", "diffit_latent", "sit_repa", "pixelgen", "deco", "pixnerd", "pixeldit_promoe")
 NAMES = {"pixeldit": "PixelDiT (PixDiT)", "jit": "JiT", "dit": "DiT", "diffit_latent": "latent DiffiT",
-         "sit_repa": "REPA's SiT", "pixelgen": "PixelGen (JiT)"}
+         "sit_repa": "REPA's SiT", "pixelgen": "PixelGen (JiT)", "deco": "DeCo (PixNerDiT)",
+         "pixnerd": "PixNerd (PixNerDiT)", "pixeldit_promoe": "PixelDiT-ProMoE (PixDiTProMoE)"}
 
 
 # ---- re-layouts: official tensors <-> ours --------------------------------------------------------
@@ -137,9 +145,23 @@ def qkv_rows(dim: int, heads: int, head_order: Tensor) -> Rows:
     return Rows(rows.flatten())
 
 
+@dataclass(frozen=True)
+class StackExperts:
+    """Official per-expert weights, `pieces` of them per expert (SwiGLU w1, w3: 2), stacked as one of ours
+    (E, ...): each expert's pieces concatenated along dim 0 [ProMoE's experts -> `moe.ExpertBank`]."""
+    pieces: int
+
+    def to_ours(self, *tensors: Tensor) -> Tensor:
+        n = self.pieces
+        return torch.stack([torch.cat(tensors[i:i + n]) for i in range(0, len(tensors), n)])
+
+    def to_official(self, t: Tensor) -> tuple[Tensor, ...]:
+        return tuple(piece.clone() for expert in t for piece in expert.chunk(self.pieces))
+
+
 # ---- layouts ------------------------------------------------------------------------------------
 
-Relayout = Same | PatchColumns | Conv1x1 | Rows | Concat
+Relayout = Same | PatchColumns | Conv1x1 | Rows | Concat | StackExperts
 
 
 @dataclass(frozen=True)
@@ -221,17 +243,24 @@ def _rules_pixelgen(cfg: ModelConfig) -> list[Rule]:
     ]
 
 
-def _rules_pixeldit(cfg: ModelConfig) -> list[Rule]:
-    patch_head = rope_channel_order(cfg.hidden_size // cfg.num_heads, "pixeldit")
-    pixel_head = rope_channel_order(cfg.attn_dim // cfg.attn_heads, "pixeldit")
+def _flatten_dit_blocks(cfg: ModelConfig, theirs: str) -> list[Rule]:
+    """The patch embedding, time and label embedders, the patch blocks (`theirs`.N) and the REPA projector of the
+    DDT-lineage codes: PixelDiT (`patch_blocks`), DeCo and PixNerd (`blocks`)."""
+    head = rope_channel_order(cfg.hidden_size // cfg.num_heads, "pixeldit")
     return _embedders(cfg, "s_embedder.proj", conv=False) + [
-        Rule(r"blocks\.(\d+)\.norm([12])\.weight", (r"patch_blocks.\1.norm\2.weight",)),
-        *_rope_attention(r"blocks\.(\d+)", r"patch_blocks.\1", cfg.hidden_size, cfg.num_heads, patch_head),
-        Rule(r"blocks\.(\d+)\.ffn\.w12\.weight", (r"patch_blocks.\1.mlp.w1.weight", r"patch_blocks.\1.mlp.w3.weight"),
+        Rule(r"blocks\.(\d+)\.norm([12])\.weight", (theirs + r".\1.norm\2.weight",)),
+        *_rope_attention(r"blocks\.(\d+)", theirs + r".\1", cfg.hidden_size, cfg.num_heads, head),
+        Rule(r"blocks\.(\d+)\.ffn\.w12\.weight", (theirs + r".\1.mlp.w1.weight", theirs + r".\1.mlp.w3.weight"),
              Concat()),
-        Rule(r"blocks\.(\d+)\.ffn\.w3\.weight", (r"patch_blocks.\1.mlp.w2.weight",)),
-        Rule(r"blocks\.(\d+)\.adaLN\.(.*)", (r"patch_blocks.\1.adaLN_modulation.0.\2",)),
+        Rule(r"blocks\.(\d+)\.ffn\.w3\.weight", (theirs + r".\1.mlp.w2.weight",)),
+        Rule(r"blocks\.(\d+)\.adaLN\.(.*)", (theirs + r".\1.adaLN_modulation.0.\2",)),
         Rule(r"repa_projector\.net\.(.*)", (r"diffusion_trainer.proj.0.\1",), optional=True),
+    ]
+
+
+def _rules_pixeldit(cfg: ModelConfig) -> list[Rule]:
+    pixel_head = rope_channel_order(cfg.attn_dim // cfg.attn_heads, "pixeldit")
+    return _flatten_dit_blocks(cfg, "patch_blocks") + [
         Rule(r"pixel_embed\.proj\.(.*)", (r"pixel_embedder.proj.\1",)),
         Rule(r"pixel_blocks\.(\d+)\.modulation\.proj\.(.*)", (r"pixel_blocks.\1.adaLN_modulation.0.\2",)),
         Rule(r"pixel_blocks\.(\d+)\.norm([12])\.weight", (r"pixel_blocks.\1.norm\2.weight",)),
@@ -241,6 +270,47 @@ def _rules_pixeldit(cfg: ModelConfig) -> list[Rule]:
         Rule(r"pixel_blocks\.(\d+)\.mlp\.(.*)", (r"pixel_blocks.\1.mlp.\2",)),
         Rule(r"pixel_out\.norm\.weight", ("final_layer.norm.weight",)),
         Rule(r"pixel_out\.linear\.(.*)", (r"final_layer.linear.\1",)),
+    ]
+
+
+def _rules_promoe(cfg: ModelConfig) -> list[Rule]:
+    """PixelDiT's rules, and ProMoE's FFN on the odd patch blocks: E routed experts then the unconditional one
+    stacked [ProMoE code `ProMoEFeedForward`], the shared expert as a SwiGLU."""
+    mlp = r"patch_blocks.\1.mlp."
+    experts = [f"routed_experts.{e}." for e in range(cfg.moe_experts)] + ["unconditional_expert."]
+    return [
+        Rule(r"blocks\.(\d+)\.ffn\.prototypes", (mlp + "prototypes",)),
+        Rule(r"blocks\.(\d+)\.ffn\.experts\.w12",
+             tuple(mlp + e + w for e in experts for w in ("w1.weight", "w3.weight")), StackExperts(2)),
+        Rule(r"blocks\.(\d+)\.ffn\.experts\.w3", tuple(mlp + e + "w2.weight" for e in experts), StackExperts(1)),
+        Rule(r"blocks\.(\d+)\.ffn\.shared\.w12\.weight",
+             (mlp + "shared_expert.w1.weight", mlp + "shared_expert.w3.weight"), Concat()),
+        Rule(r"blocks\.(\d+)\.ffn\.shared\.w3\.weight", (mlp + "shared_expert.w2.weight",)),
+    ] + _rules_pixeldit(cfg)
+
+
+def _rules_deco(cfg: ModelConfig) -> list[Rule]:
+    """DeCo's patch blocks and its pixel decoder `dec_net` (`SimpleMLPAdaLN`) with its embedder `x_embedder`."""
+    return _flatten_dit_blocks(cfg, "blocks") + [
+        Rule(r"decoder\.embed\.proj\.(.*)", (r"x_embedder.embedder.0.\1",)),
+        Rule(r"decoder\.cond\.(.*)", (r"dec_net.cond_embed.\1",)),
+        Rule(r"decoder\.input\.(.*)", (r"dec_net.input_proj.\1",)),
+        Rule(r"decoder\.blocks\.(\d+)\.norm\.(.*)", (r"dec_net.res_blocks.\1.in_ln.\2",)),
+        Rule(r"decoder\.blocks\.(\d+)\.mlp\.(.*)", (r"dec_net.res_blocks.\1.mlp.\2",)),
+        Rule(r"decoder\.blocks\.(\d+)\.adaLN\.(.*)", (r"dec_net.res_blocks.\1.adaLN_modulation.1.\2",)),
+        Rule(r"decoder\.linear\.(.*)", (r"dec_net.final_layer.linear.\1",)),
+    ]
+
+
+def _rules_pixnerd(cfg: ModelConfig) -> list[Rule]:
+    """PixNerd's patch blocks, and its neural-field blocks, which follow them in the same `blocks` list."""
+    field = [rule for k in range(cfg.decoder_depth) for rule in (
+        Rule(rf"decoder\.blocks\.{k}\.weights\.(.*)", (rf"blocks.{cfg.depth + k}.param_generator1.0.\1",)),
+        Rule(rf"decoder\.blocks\.{k}\.norm\.weight", (rf"blocks.{cfg.depth + k}.norm.weight",)))]
+    return _flatten_dit_blocks(cfg, "blocks") + field + [
+        Rule(r"decoder\.embed\.proj\.(.*)", (r"x_embedder.embedder.0.\1",)),
+        Rule(r"decoder\.norm\.weight", ("final_layer.norm.weight",)),
+        Rule(r"decoder\.linear\.(.*)", (r"final_layer.linear.\1",)),
     ]
 
 
@@ -277,12 +347,21 @@ _JIT_FUNCTION = dict(architecture="transformer", time_conditioning="adaln", pos_
                      flow_time="data_at_1")
 _DIT_FUNCTION = dict(architecture="transformer", time_conditioning="adaln", pos_embed="abs_sincos",
                      norm="layernorm", gelu="tanh", time_max_period=10000.0, cond_silu=True)
+# The patch blocks of the DDT lineage (PixelDiT, DeCo, PixNerd) and their flow convention
+_DDT_FUNCTION = dict(architecture="transformer", time_conditioning="adaln", pos_embed="rope", rope_positions="span16",
+                     rope_theta=10000.0, norm="rmsnorm", time_max_period=10.0, cond_silu=True, prediction="velocity",
+                     flow_time="data_at_1")
+_PIXELDIT_FUNCTION = dict(_DDT_FUNCTION, pixel_pathway=True, gelu="exact", adaln="C", s_cond_timestep=True,
+                          compaction=None, pixel_attn_dim=None, pixel_heads=None)
 LAYOUTS: dict[str, Source] = {
-    "pixeldit": Source(("pixeldit_b", "pixeldit_l", "pixeldit_xl"), _rules_pixeldit, lambda cfg: {}, dict(
-        architecture="transformer", time_conditioning="adaln", pos_embed="rope", rope_positions="span16",
-        rope_theta=10000.0, norm="rmsnorm", gelu="exact", time_max_period=10.0, cond_silu=True, adaln="C",
-        s_cond_timestep=True, compaction=None, pixel_attn_dim=None, pixel_heads=None, prediction="velocity",
-        flow_time="data_at_1"), projector="diffusion_trainer.proj.0."),
+    "pixeldit": Source(("pixeldit_b", "pixeldit_l", "pixeldit_xl"), _rules_pixeldit, lambda cfg: {},
+                       _PIXELDIT_FUNCTION, projector="diffusion_trainer.proj.0."),
+    "pixeldit_promoe": Source(("promoe_s", "promoe_b", "promoe_l", "promoe_xl"), _rules_promoe, lambda cfg: {},
+                              _PIXELDIT_FUNCTION, projector="diffusion_trainer.proj.0."),
+    "deco": Source(("deco_xl", "deco_l"), _rules_deco, lambda cfg: {},
+                   dict(_DDT_FUNCTION, pixel_pathway=False, decoder="deco"), projector="diffusion_trainer.proj.0."),
+    "pixnerd": Source(("pixnerd_xl", "pixnerd_l"), _rules_pixnerd, lambda cfg: {},
+                      dict(_DDT_FUNCTION, pixel_pathway=False, decoder="nerf"), projector="diffusion_trainer.proj.0."),
     "jit": Source(("jit_b16", "jit_l16", "jit_h16", "jit_b32", "jit_l32", "jit_h32"), _rules_jit, _pos_table,
                   _JIT_FUNCTION),
     "pixelgen": Source(("pixelgen_xl",), _rules_pixelgen, _pos_table, dict(_JIT_FUNCTION, patch_embed="linear"),

@@ -70,6 +70,7 @@ def validate_transformer(cfg: ModelConfig) -> None:
     if cfg.repa and not 1 <= cfg.repa_block <= cfg.depth:
         raise ConfigError("model.repa_block", cfg.repa_block, f"REPA block beyond depth={cfg.depth} "
                           f"(valid: 1..{cfg.depth})")
+    validate_decoder_routing_moe(cfg)
     if cfg.pixel_pathway:
         p = cfg.patch_size
         if cfg.pixel_depth <= 0:
@@ -82,8 +83,40 @@ def validate_transformer(cfg: ModelConfig) -> None:
             check_heads("pixel_attn_dim", cfg.attn_dim, "pixel_heads", cfg.attn_heads, cfg.uses_rope)
 
 
+def validate_decoder_routing_moe(cfg: ModelConfig) -> None:
+    """The pixel decoders [DeCo, PixNerd], token routing [TREAD, SPRINT] and ProMoE's FFN."""
+    if not cfg.pixel_pathway and cfg.decoder != "linear":
+        for key in ("decoder_dim", "decoder_depth", "decoder_mlp_ratio"):
+            if getattr(cfg, key) <= 0:
+                raise ConfigError(f"model.{key}", getattr(cfg, key), "must be positive")
+    if cfg.token_routing != "none":
+        if cfg.time_conditioning == "tmsa":
+            raise ConfigError("model.token_routing", cfg.token_routing, "DiffiT blocks (model.time_conditioning="
+                              "tmsa) see the whole token grid; routing drops tokens from it")
+        if not 0.0 < cfg.routing_fraction < 1.0:
+            raise ConfigError("model.routing_fraction", cfg.routing_fraction, "must be in (0, 1)")
+        if not 0 <= cfg.routing_start < cfg.routing_end < cfg.depth:
+            raise ConfigError("model.routing_end", cfg.routing_end, f"the route needs 0 <= model.routing_start="
+                              f"{cfg.routing_start} < routing_end < depth={cfg.depth}")
+        if cfg.repa and cfg.routing_start < cfg.repa_block <= cfg.routing_end:
+            raise ConfigError("model.repa_block", cfg.repa_block, f"REPA would align only the tokens left on the "
+                              f"route (blocks {cfg.routing_start}..{cfg.routing_end}); align before or after it")
+    if cfg.moe_experts:
+        if cfg.moe_experts < 0:
+            raise ConfigError("model.moe_experts", cfg.moe_experts, "must be >= 0 (0: dense FFNs)")
+        if cfg.time_conditioning == "tmsa" or cfg.ffn != "swiglu":
+            key, value = ("model.ffn", cfg.ffn) if cfg.ffn != "swiglu" else ("model.time_conditioning", "tmsa")
+            raise ConfigError(key, value, "ProMoE's experts are the SwiGLU FFNs of adaLN patch blocks "
+                              "(model.ffn=swiglu, model.time_conditioning=adaln)")
+        if cfg.moe_hidden <= 0:
+            raise ConfigError("model.moe_expert_hidden", cfg.moe_expert_hidden, "must be positive")
+        if cfg.moe_temperature <= 0:
+            raise ConfigError("model.moe_temperature", cfg.moe_temperature, "must be positive")
+
+
 def miniature_transformer(cfg: ModelConfig, hidden_size: int, depth: int, pixel_depth: int) -> ModelConfig:
-    """16 patches (patch at most 8), `depth` blocks of width `hidden_size`, 4 heads, at most 4 in-context tokens."""
+    """16 patches (patch at most 8), `depth` blocks of width `hidden_size`, 4 heads, at most 4 in-context tokens;
+    pixel decoders of width 8, at most 3 experts of SwiGLU width `hidden_size` (16-byte rows for grouped_mm)."""
     patch = min(cfg.patch_size, 8)
     compaction = cfg.compaction if cfg.compaction is None or (patch * patch) % cfg.compaction == 0 else None
     return cfg.replace(
@@ -92,6 +125,9 @@ def miniature_transformer(cfg: ModelConfig, hidden_size: int, depth: int, pixel_
         in_context_start=min(cfg.in_context_start, depth - 1), pixel_depth=min(cfg.pixel_depth, pixel_depth),
         compaction=compaction, pixel_attn_dim=None if cfg.pixel_attn_dim is None else 16,
         repa_block=min(cfg.repa_block, depth), repa_hidden=hidden_size, repa_dim=32,
+        routing_start=max(0, min(cfg.routing_start, depth - 3)), routing_end=min(cfg.routing_end, depth - 1),
+        decoder_dim=min(cfg.decoder_dim, 8), decoder_depth=min(cfg.decoder_depth, 2),
+        moe_experts=min(cfg.moe_experts, 3), moe_expert_hidden=3 * hidden_size // 2,   # SwiGLU width D, aligned
     ).validate()
 
 

@@ -29,7 +29,7 @@ def inspect_preset(preset: str, overrides: list[str], resolution: int | None) ->
     c = measure(cfg)
     return dict(preset=preset, overrides=overrides, resolution=cfg.image_size, params=c.params,
                 repa_projector_params=c.repa_params, gmacs=c.gmacs, gflops=c.gflops,
-                components=c.components)
+                train_gflops=c.train_flops / 1e9, components=c.components)
 
 
 def comparison_table(rows: list[dict]):
@@ -125,6 +125,9 @@ def _main(argv: list[str]) -> int:
         print(f"  params        {row['params'] / 1e6:10.2f} M   (+ REPA projector "
               f"{row['repa_projector_params'] / 1e6:.2f} M, training only)")
         print(f"  forward       {row['gmacs']:10.2f} GMACs = {row['gflops']:.2f} GFLOPs")
+        if abs(row["train_gflops"] - row["gflops"]) > 1e-9:
+            print(f"  training fwd  {row['train_gflops'] / 2:10.2f} GMACs = {row['train_gflops']:.2f} GFLOPs "
+                  f"(token routing)")
         print("  components (M params):")
         for name, count in row["components"].items():
             print(f"    {name:28s} {count / 1e6:10.3f}")

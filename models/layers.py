@@ -18,6 +18,7 @@ class ModelOutput(NamedTuple):
     """What every model of the zoo returns."""
     prediction: torch.Tensor               # (B, out_channels, H, W); its meaning is `cfg.prediction`
     repa: Optional[torch.Tensor] = None    # (B, L, repa_dim) projected patch tokens, when REPA is on
+    routing_loss: Optional[torch.Tensor] = None   # the MoE blocks' summed routing loss, when ProMoE's FFN is on
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -45,9 +45,21 @@ PAPERS: dict[str, Paper] = {
     "DeCo": Paper("DeCo (arXiv 2511.19365)",
                   'Ma et al., "DeCo: Frequency-Decoupled Pixel Diffusion for End-to-End Image Generation", arXiv '
                   '2511.19365, and its official code (Zehong-Ma/DeCo)'),
+    "PixNerd": Paper("PixNerd (arXiv 2507.23268)",
+                     'Wang et al., "PixNerd: Pixel Neural Field Diffusion", arXiv 2507.23268, and its official code '
+                     '(MCG-NJU/PixNerd)'),
+    "TREAD": Paper("TREAD (arXiv 2501.04765)",
+                   'Krause et al., "TREAD: Token Routing for Efficient Architecture-agnostic Diffusion Training", '
+                   'arXiv 2501.04765'),
+    "SPRINT": Paper("SPRINT (arXiv 2510.21986)",
+                    'Park et al., "Sprint: Sparse-Dense Residual Fusion for Efficient Diffusion Transformers", arXiv '
+                    '2510.21986'),
     "PRX": Paper("PRX (Photoroom)",
-                 "Photoroom's PRX training code and its optimizer configurations (Photoroom/PRX, "
-                 "configs/yamls/optimizer/)"),
+                 "Photoroom's open PRX training code (Photoroom/PRX): its token routing (prx/algorithm: TREAD, "
+                 "SPRINT) and its optimizer configurations (configs/yamls/optimizer/)"),
+    "ProMoE": Paper("ProMoE (arXiv 2510.24711)",
+                    'Wei et al., "Routing Matters in MoE: Scaling Diffusion Transformers with Explicit Routing '
+                    'Guidance" (ProMoE), arXiv 2510.24711, and its code on PixelDiT (gcy-hub/PixelDiT-ProMoE)'),
     "seeds": Paper("the seeds' audits",
                    "the code-vs-paper audits of the jitmask codebase this project started from (JiT-B/16 with "
                    "pixel blocks), cited by audit and item: \"seeds 000 #1\""),

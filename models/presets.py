@@ -7,6 +7,7 @@ Published sizes each preset reproduces (checked in tests/test_presets.py):
   latent DiffiT 561M                                             [DiffiT Table 9]
   SiT-XL/2 675M (REPA's SiT-XL/2: the same network)              [SiT Table; REPA]
   PixelGen-XL/16 676M                                            [PixelGen README]
+  DeCo-XL/16 682M, PixNerd-XL/16 700M                            [DeCo, PixNerd READMEs]
 and the exact trainable parameter counts of the official codes (`PUBLISHED[...]["official"]`).
 The image-space DiffiT models have no published parameter count; `python -m models.inspect` prints ours.
 REPA projectors are trained alongside and dropped for sampling; they are counted apart from these.
@@ -132,6 +133,37 @@ PRESETS["jitmask"] = {**PRESETS["jit_b16"], "pixel_pathway": True, "pixel_depth"
                       "hint_path": "blocks"}
 
 
+# ---- 2026 pixel-space switches, each paper's headline configuration --------------------------------------
+# DeCo [DeCo code, configs_c2i/DeCo_XL.yaml, DeCo_large.yaml; dit_c2i_DeCo.py `PixNerDiT`]: PixelDiT's patch
+# blocks (RoPE at linspace(0, 16, g), RMSNorm, bias-free SwiGLU, t in [0, 1] with max period 10) without the
+# pixel pathway, decoded by the light pixel decoder (width 32, 3 blocks); REPA on block 8, projector width D.
+DECO = dict(pixel_pathway=False, decoder="deco", decoder_dim=32, decoder_depth=3, repa=True)
+# PixNerd [PixNerd code, configs_c2i/pix256std1_repa_pixnerd_{xl,large}.yaml; pixnerd_c2i.py]: the same patch
+# blocks, decoded by the neural field (width 64, 4 blocks for XL and 2 for L, MLP ratio 2); REPA on block 8,
+# projector width D.
+PIXNERD = dict(pixel_pathway=False, decoder="nerf", decoder_dim=64, decoder_depth=4, decoder_mlp_ratio=2, repa=True)
+# ProMoE on PixelDiT [gcy-hub/PixelDiT-ProMoE c2i/configs/pix256_promoe_{s,b,l,xl}.yaml; `PixDiTProMoE`]: the
+# PixelDiT model with 12 routed experts of width 2D on the odd patch blocks; trained without REPA.
+PROMOE = dict(moe_experts=12, moe_expert_hidden=None, moe_temperature=0.07, moe_loss_weight=1.0, repa=False)
+# TREAD and SPRINT on DiT-XL/2 (the papers' headline model); the route and fractions are PRX's
+# (configs/yamls/JIT-benchmark/TREAD.yaml, SPRINT.yaml: blocks 2..12, 0.5 and 0.75), set there for a
+# 16-block model: the papers' own routes for DiT-XL/2 were not checked against them.
+PRESETS.update({
+    "deco_xl": {**PIXELDIT, **DECO, **_sizes(28, 1152, 16, repa_hidden=1152)},
+    "deco_l": {**PIXELDIT, **DECO, **_sizes(22, 1024, 16, repa_hidden=1024)},
+    "pixnerd_xl": {**PIXELDIT, **PIXNERD, **_sizes(26, 1152, 16, repa_hidden=1152)},
+    "pixnerd_l": {**PIXELDIT, **PIXNERD, **_sizes(22, 1024, 16, repa_hidden=1024), "decoder_depth": 2},
+    "promoe_s": {**PIXELDIT, **PROMOE, **_sizes(12, 384, 6, pixel_depth=2, repa_hidden=384)},
+    "promoe_b": {**PIXELDIT, **PROMOE, **_sizes(12, 768, 12, pixel_depth=2, repa_hidden=768)},
+    "promoe_l": {**PIXELDIT, **PROMOE, **_sizes(24, 1024, 16, pixel_depth=4, repa_hidden=1024)},
+    "promoe_xl": {**PIXELDIT, **PROMOE, **_sizes(28, 1152, 16, pixel_depth=4, repa_hidden=1152)},
+    "tread_dit_xl2": {**PRESETS["dit_xl2"], "token_routing": "tread", "routing_fraction": 0.5,
+                      "routing_start": 2, "routing_end": 12},
+    "sprint_dit_xl2": {**PRESETS["dit_xl2"], "token_routing": "sprint", "routing_fraction": 0.75,
+                       "routing_start": 2, "routing_end": 12},
+})
+
+
 # Published sizes: parameters, and forward cost in each paper's own unit (PixelDiT reports FLOPs,
 # DiT and JiT report multiply-accumulates) with the tolerance the tests hold us to; `official` is the
 # exact trainable parameter count of the official code's model (frozen position tables and the REPA
@@ -154,6 +186,18 @@ PUBLISHED: dict[str, dict] = {
     "table4_dual_patchwise_nocompact": dict(gflops=82247, flops_tol=0.01),
     "diffit_latent_xl2": dict(params=561e6, params_tol=0.005, official=561_035_232),
     "pixelgen_xl": dict(params=676e6, params_tol=0.005, official=676_699_200),
+    # DeCo README: DeCo-XL/16 682M; PixNerd README: PixNerd-XL/16 700M; ProMoE: no published count (its code's
+    # model_configuration() total); TREAD adds no parameter; SPRINT adds PRX's Linear(2D, D) and [MASK] token.
+    "deco_xl": dict(params=682e6, params_tol=0.005, official=682_282_851),
+    "deco_l": dict(official=426_938_019),
+    "pixnerd_xl": dict(params=700e6, params_tol=0.005, official=700_589_219),
+    "pixnerd_l": dict(official=452_113_795),
+    "promoe_s": dict(official=101_723_747),
+    "promoe_b": dict(official=354_673_763),
+    "promoe_l": dict(official=1_211_392_067),
+    "promoe_xl": dict(official=1_737_187_395),
+    "tread_dit_xl2": dict(params=675e6, params_tol=0.01, official=674_834_720),
+    "sprint_dit_xl2": dict(official=674_834_720 + 2 * 1152 * 1152 + 1152 + 1152),
 }
 
 

@@ -3,8 +3,12 @@
     image (B,C,H,W) --patchify--> patch tokens --N patch blocks (adaLN-Zero)--> s_N
                         time_conditioning=tmsa: N DiffiT blocks instead, t only through TMSA  [DiffiT]
         pixel pathway off:  s_N --final layer (adaLN + linear)--> per-patch output          [DiT, JiT]
+                            or a pixel decoder conditioned on SiLU(s_N + t_emb)          [DeCo, PixNerd]
         pixel pathway on:   pixel tokens --M PiT blocks conditioned on s_cond--> per-pixel output
                             s_cond = SiLU(s_N + t_emb)                                      [PixelDiT 3.1]
+
+In training a part of the patch tokens may skip a route of blocks (models/routing.py) [TREAD, SPRINT]; the
+odd patch blocks may carry ProMoE's mixture-of-experts FFN (models/moe.py), whose routing loss the model returns.
 
 Every switch is a field of `ModelConfig`; the docstrings below cite where each comes from.
 """
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .decoders import DECODERS
 from .diffit import DiffiTBlock, base_init
 from .families import build_model  # noqa: F401  (the zoo's entry point, importable from here as before)
 from .layers import (
@@ -34,6 +39,8 @@ from .layers import (
     sincos_2d,
     unpatchify,
 )
+from .moe import ProMoEFeedForward
+from .routing import TokenRouting
 
 # ---- patch-level pathway ----------------------------------------------------------------------
 
@@ -74,6 +81,21 @@ class PatchBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)[:, None].chunk(6, dim=-1)
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope)
         return x + gate2 * self.ffn(modulate(self.norm2(x), shift2, scale2))
+
+
+class MoEPatchBlock(PatchBlock):
+    """A patch block whose FFN is ProMoE's mixture of experts [ProMoE]: it takes the labels (the null label's
+    tokens have their own expert) and returns its routing contrastive loss beside the tokens."""
+
+    def __init__(self, cfg: ModelConfig, dropout: float):
+        super().__init__(cfg, dropout)
+        self.ffn = ProMoEFeedForward(cfg, dropout)
+
+    def forward(self, x, c, rope=None, labels=None):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)[:, None].chunk(6, dim=-1)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), rope)
+        h, loss = self.ffn(modulate(self.norm2(x), shift2, scale2), labels)
+        return x + gate2 * h, loss
 
 
 class FinalLayer(nn.Module):
@@ -303,13 +325,16 @@ class DiffusionTransformer(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         if n_ctx:
             self.in_context_pos = nn.Parameter(torch.zeros(1, n_ctx, D))
-        band = cfg.dropout_blocks()
+        band, self.moe_blocks = cfg.dropout_blocks(), cfg.moe_blocks()
         self.tmsa = cfg.time_conditioning == "tmsa"
         self.blocks = nn.ModuleList(
             GridBlock(cfg, i, cfg.dropout if i in band else 0.0) if self.tmsa
-            else PatchBlock(cfg, cfg.dropout if i in band else 0.0) for i in range(cfg.depth))
+            else (MoEPatchBlock if i in self.moe_blocks else PatchBlock)(cfg, cfg.dropout if i in band else 0.0)
+            for i in range(cfg.depth))
         if cfg.repa:
             self.repa_projector = RepaProjector(cfg)
+        if cfg.token_routing != "none":
+            self.routing = TokenRouting(cfg)
         if cfg.pixel_pathway:
             n_mod = 4 if cfg.pixel_modulation == "post" else 6
             self.pixel_embed = PixelEmbed(cfg)
@@ -317,6 +342,8 @@ class DiffusionTransformer(nn.Module):
             self.pixel_out = PixelOutput(cfg)
             if cfg.hint_fraction > 0:
                 self.hint_embed = HintEmbed(cfg, n_mod if cfg.hint_path == "blocks" else 2)
+        elif cfg.decoder != "linear":
+            self.decoder = DECODERS[cfg.decoder](cfg)
         else:
             self.final_layer = PlainFinalLayer(cfg) if self.tmsa else FinalLayer(cfg)
         self.initialize_weights()
@@ -331,6 +358,8 @@ class DiffusionTransformer(nn.Module):
             zero += [block.modulation.proj for block in self.pixel_blocks] + [self.pixel_out.linear]
             if hasattr(self, "hint_embed"):
                 zero.append(self.hint_embed.proj)
+        elif hasattr(self, "decoder"):
+            zero += self.decoder.zero_init()
         elif self.tmsa:
             zero.append(self.final_layer.linear)
         else:
@@ -339,11 +368,17 @@ class DiffusionTransformer(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def _rope(self, with_prefix: bool):
+    def _rope(self, prefix: int, visible: Optional[torch.Tensor] = None):
+        """RoPE tables of the sequence: `prefix` in-context tokens (identity rotation), then the grid tokens, all
+        of them or, on a token route, the `visible` ones of each sample ((B, 1, S, hd) tables)."""
         if not self.cfg.uses_rope:
             return None
-        start = 0 if with_prefix else self.cfg.in_context_tokens
-        return self.rope_cos[start:], self.rope_sin[start:]
+        start = self.cfg.in_context_tokens - prefix
+        if visible is None:
+            return self.rope_cos[start:], self.rope_sin[start:]
+        grid = visible + self.cfg.in_context_tokens
+        return tuple(torch.cat([table[start:start + prefix].expand(len(grid), -1, -1), table[grid]], dim=1)[:, None]
+                     for table in (self.rope_cos, self.rope_sin))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                 hint: Optional[torch.Tensor] = None, hint_mask: Optional[torch.Tensor] = None) -> ModelOutput:
@@ -351,16 +386,19 @@ class DiffusionTransformer(nn.Module):
         `num_classes` is the dropped label; hint/hint_mask: (B, C, H, W) values and (B, 1, H, W) mask."""
         cfg = self.cfg
         patches = patchify(x, cfg.patch_size)                       # (B, L, p*p, C)
-        tokens, t_emb, c, repa = self.patch_pathway(patches, t, y)
+        tokens, t_emb, c, repa, routing_loss = self.patch_pathway(patches, t, y)
         if cfg.pixel_pathway:
             hint_mod = self.hint_embed(hint, hint_mask) if hint is not None and hasattr(self, "hint_embed") else None
             out = self.pixel_pathway(patches, tokens, t_emb, hint_mod)
+        elif hasattr(self, "decoder"):                             # DeCo, PixNerd: s = SiLU(s_N + t)
+            out = self.decoder(patches, F.silu(tokens + t_emb[:, None]))
         else:
             out = self.final_layer(tokens, c).view(*patches.shape[:2], -1, cfg.out_channels)
-        return ModelOutput(unpatchify(out, cfg.patch_size, cfg.grid_size), repa)
+        return ModelOutput(unpatchify(out, cfg.patch_size, cfg.grid_size), repa, routing_loss)
 
     def patch_pathway(self, patches, t, y):
-        """N adaLN-Zero blocks on patch tokens; returns s_N, t_emb, the adaLN input c and REPA features."""
+        """N adaLN-Zero blocks on patch tokens; returns s_N, t_emb, the adaLN input c, REPA features and the
+        MoE blocks' summed routing loss (None without them)."""
         cfg = self.cfg
         tokens = self.patch_embed(patches)
         if hasattr(self, "pos_embed"):
@@ -368,15 +406,29 @@ class DiffusionTransformer(nn.Module):
         t_emb, y_emb = self.t_embedder(t), self.y_embedder(y)
         c = F.silu(t_emb + y_emb) if cfg.cond_silu else t_emb + y_emb     # adaLN input, or DiffiT's time token
 
-        n_ctx, prefix, repa = cfg.in_context_tokens, 0, None
+        n_ctx, prefix, repa, route, routing_losses = cfg.in_context_tokens, 0, None, None, []
+        rope = self._rope(prefix)
         for i, block in enumerate(self.blocks):
             if n_ctx and i == cfg.in_context_start:                # JiT: class tokens join the sequence
                 tokens = torch.cat([y_emb[:, None] + self.in_context_pos, tokens], dim=1)
                 prefix = n_ctx
-            tokens = block(tokens, c, self._rope(with_prefix=prefix > 0))
+                rope = self._rope(prefix, None if route is None else route.visible)
+            if hasattr(self, "routing") and i == cfg.routing_start:   # TREAD, SPRINT: part of the grid skips
+                grid, route = self.routing.start(tokens[:, prefix:])
+                tokens = torch.cat([tokens[:, :prefix], grid], dim=1)
+                rope = self._rope(prefix, route.visible)
+            if i in self.moe_blocks:
+                tokens, loss = block(tokens, c, rope, y)
+                routing_losses.append(loss)
+            else:
+                tokens = block(tokens, c, rope)
+            if route is not None and i == cfg.routing_end:
+                tokens = torch.cat([tokens[:, :prefix], self.routing.end(tokens[:, prefix:], route)], dim=1)
+                route, rope = None, self._rope(prefix)
             if cfg.repa and i + 1 == cfg.repa_block:
                 repa = self.repa_projector(tokens[:, prefix:])
-        return tokens[:, prefix:], t_emb, c, repa
+        routing_loss = torch.stack(routing_losses).sum() if routing_losses else None
+        return tokens[:, prefix:], t_emb, c, repa, routing_loss
 
     def pixel_pathway(self, patches, tokens, t_emb, hint_mod=None):
         """M PiT blocks on pixel tokens conditioned on s_cond; t reaches them only through s_cond."""

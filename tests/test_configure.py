@@ -13,7 +13,7 @@ from toolkit.errors import ConfigError
 def test_experiments_compose_with_their_model_preset():
     for experiment, preset in [("pixeldit_xl_paper", "pixeldit_xl"), ("jit_l16_paper", "jit_l16"),
                                ("dit_xl2_paper", "dit_xl2"), ("jitmask_code", "jitmask"),
-                               ("sit_xl2_repa_paper", "sit_xl2_repa")]:
+                               ("sit_xl2_repa_paper", "sit_xl2_repa"), ("diffit_latent_paper", "diffit_latent_xl2")]:
         composed, chosen = compose_config([f"+experiment={experiment}"])
         assert chosen == preset and composed.experiment == experiment
 
@@ -42,8 +42,12 @@ def test_group_and_field_overrides_apply():
       "eval.sampler.steps=2000"], "eval.sampler.steps=2000: more than the objective.ddpm_steps=1000"),
     (["+experiment=pixeldit_xl_paper"], "data.path: required for data.name=imagefolder"),
     (["+experiment=pixeldit_xl_paper", "data.path=/does/not/exist"], "data.path='/does/not/exist'"),
-    (["+experiment=dit_xl2_paper", "data.path=/tmp"], "model.latent_downsample=8: training on VAE latents"),
-    (["+experiment=sit_xl2_repa_paper", "data.path=/tmp"], "model.latent_downsample=8: training on VAE latents"),
+    (["+experiment=dit_xl2_paper", "data.path=/tmp", "vae.source=/no/such/vae"],
+     "vae.source='/no/such/vae': not a local file or folder, and not in the local hub cache"),
+    (["+experiment=dit_xl2_paper", "data.path=/tmp", "vae.source=random", "model.latent_downsample=4"],
+     "model.latent_downsample=4: the VAE (random) down-samples 8x"),
+    (["+experiment=dit_xl2_paper", "data.path=/tmp", "vae.source=random", "vae.latents_std=[1,1]"],
+     "vae.latents_std=[1.0, 1.0]: expected one value per latent channel"),
     (["+experiment=tiny_digits", "eval.sampler.cfg_channels=4"], "eval.sampler.cfg_channels=4: more than the "
      "guided quantity's model.in_channels=3"),
     (["+experiment=tiny_digits", "eval.sampler.kind=sde", "objective.noise_scale=2.0"],
@@ -84,6 +88,22 @@ def test_audit_of_a_recipe_against_itself_is_empty_and_overrides_show():
     rows = differences(changed, paper, "pixeldit_xl_paper")
     assert [(r["key"], r["this"], r["pixeldit_xl_paper"]) for r in rows] == [("model.adaln", "B", "C")]
     assert "Fig. 2(C)" in rows[0]["source"]
+
+
+@pytest.mark.parametrize("paper, field, words", [
+    ("deco_xl_paper", "model.decoder", "DeCo (arXiv 2511.19365) code (dit_c2i_DeCo.py)"),
+    ("deco_xl_paper", "objective.freq_weight", "DeCo (arXiv 2511.19365) code (flow_matching/training_repa_DeCo.py)"),
+    ("pixnerd_xl_paper", "model.decoder", "PixNerd (arXiv 2507.23268) code (pixnerd_c2i.py)"),
+    ("promoe_xl_paper", "model.moe_experts", "ProMoE (arXiv 2510.24711) code (pix256_promoe_*.yaml)"),
+])
+def test_audit_against_the_2026_papers_cites_their_switches(paper, field, words):
+    """PixelDiT's recipe audited against DeCo's, PixNerd's and ProMoE's: each paper's switch is a difference (DeCo's
+    decoder and its frequency loss), and its source is the field's citation of that paper."""
+    _, ours = load_flat("pixeldit_xl_paper", [])
+    _, theirs = load_flat(paper, [])
+    rows = {row["key"]: row for row in differences(ours, theirs, paper)}
+    assert rows[field]["source"].startswith(words)
+    assert not {k for k in rows if k.startswith("model.repa_hidden")}      # inert settings are not differences
 
 
 def test_audit_command_reads_a_saved_run_config(tmp_path):

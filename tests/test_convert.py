@@ -20,7 +20,8 @@ from models.presets import model_config
 from toolkit.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
-CASES = ["pixeldit_pre", "pixeldit_post", "jit", "dit", "diffit_latent", "sit_repa"]
+CASES = ["pixeldit_pre", "pixeldit_post", "jit", "dit", "diffit_latent", "sit_repa", "deco", "pixnerd",
+         "pixeldit_promoe"]
 
 
 def fixture_spec(name: str) -> tuple[str, str, list[str]]:
@@ -55,12 +56,16 @@ def test_official_outputs_through_the_converter(name):
     assert (ours.prediction - official["prediction"]).abs().max() <= 1e-5
     if "repa" in official:                      # the REPA projector on the tapped block's tokens
         assert (ours.repa - official["repa"]).abs().max() <= 1e-5
+    if "routing_loss" in official:              # ProMoE's routing contrastive loss, summed over its MoE blocks
+        assert official["routing_loss"] > 0 and (ours.routing_loss - official["routing_loss"]).abs() <= 1e-5
 
 
 @pytest.mark.parametrize("name, change", [
     ("pixeldit_pre", dict(rope_positions="index")), ("pixeldit_pre", dict(gelu="tanh")),
     ("pixeldit_post", dict(gelu="tanh")), ("jit", dict(rope_positions="span16")),
     ("dit", dict(gelu="exact")), ("sit_repa", dict(gelu="exact")), ("diffit_latent", dict(gelu="exact")),
+    ("deco", dict(rope_positions="index")), ("pixnerd", dict(time_max_period=10000.0)),
+    ("pixeldit_promoe", dict(rope_positions="index")),
 ])
 def test_each_official_choice_matters(name, change):
     """The fixtures discriminate: the same weights under another value of a new field miss the official
@@ -99,11 +104,47 @@ def test_import_then_export_gives_the_official_state_dict_back(name):
         assert torch.allclose(exported[key].to(value.dtype), value, atol=1e-6), key
 
 
+def test_the_routing_contrastive_loss_follows_the_temperature():
+    """The fixture's loss is ProMoE's at its temperature (0.07): another temperature gives another loss."""
+    _, cfg, *_ = fixture("pixeldit_promoe")
+    ours, official = converted("pixeldit_promoe", cfg.replace(moe_temperature=0.5))
+    assert torch.equal(ours.prediction, converted("pixeldit_promoe")[0].prediction)
+    assert (ours.routing_loss - official["routing_loss"]).abs() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["tread", "sprint"])
+def test_token_routing_is_prx_routing(name):
+    """PRX's TREAD and SPRINT hooks (prx/algorithm/tread.py, sprint.py) routed the fixture's model: ours, from the
+    same seed, routes the same tokens past the same blocks (train mode) and computes the same function at
+    inference (TREAD: the unrouted model; SPRINT: its fusion over all tokens). The fixture keeps the zoo's
+    weights (`ours/`) and PRX's fusion layer and [MASK] token (`official/sprint_*`)."""
+    with safe_open(FIXTURES / f"{name}.safetensors", "pt") as handle:
+        meta = handle.metadata()
+    cfg = model_config(meta["preset"], json.loads(meta["overrides"]))
+    tensors = load_file(FIXTURES / f"{name}.safetensors")
+    weights = {k[5:]: v for k, v in tensors.items() if k.startswith("ours/")}
+    fusion = {"routing.fuse.weight": "sprint_fuse.weight", "routing.fuse.bias": "sprint_fuse.bias",
+              "routing.mask_token": "sprint_mask_token"}
+    weights.update({ours: tensors[f"official/{theirs}"] for ours, theirs in fusion.items() if name == "sprint"})
+    model = build_model(cfg)
+    model.load_state_dict(weights, strict=True)
+    x, t, y = (tensors[f"input/{k}"] for k in "xty")
+    with torch.no_grad():
+        torch.manual_seed(int(meta["seed"]))
+        routed = model.train()(x, t, y).prediction
+        served = model.eval()(x, t, y).prediction
+    assert (routed - tensors["output/routed"]).abs().max() <= 1e-5
+    assert (served - tensors["output/prediction"]).abs().max() <= 1e-5
+    assert (tensors["output/routed"] - tensors["output/prediction"]).abs().max() > 1e-2    # the route mattered
+
+
 @pytest.mark.parametrize("name, override, field", [
     ("pixeldit_pre", "adaln=B", "model.adaln"),            # same shapes, another function
     ("jit", "rope_positions=span16", "model.rope_positions"),
     ("dit", "norm=rmsnorm", "model.norm"),
     ("sit_repa", "flow_time=data_at_1", "model.flow_time"),
+    ("deco", "pos_embed=both", "model.pos_embed"),
+    ("pixnerd", "decoder=deco", "model.decoder"),
 ])
 def test_refuses_a_config_the_official_code_does_not_compute(name, override, field):
     source, cfg, official, *_ = fixture(name)
@@ -141,7 +182,8 @@ def saved_as(layout: str, official: dict, raw: dict) -> dict:
 
 @pytest.mark.parametrize("name, layout, suffix", [
     ("dit", "raw", ".pt"), ("dit", "raw", ".safetensors"), ("sit_repa", "dit_train", ".pt"),
-    ("jit", "jit_train", ".pth"), ("pixeldit_pre", "lightning", ".ckpt"),
+    ("jit", "jit_train", ".pth"), ("pixeldit_pre", "lightning", ".ckpt"), ("deco", "lightning", ".ckpt"),
+    ("pixnerd", "lightning", ".ckpt"), ("pixeldit_promoe", "lightning", ".ckpt"),
 ])
 def test_cli_reads_the_ema_weights_of_official_files(tmp_path, name, layout, suffix):
     source, cfg, official, inputs, outputs = fixture(name)

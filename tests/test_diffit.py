@@ -306,8 +306,8 @@ def test_diffit_experiments_resolve_and_the_demo_keeps_the_papers_switches(tmp_p
         cfg = resolve([f"+experiment={name}", f"data.path={tmp_path}"]).cfg
         assert cfg.model.replace(num_classes=0) == model_config(preset, ["num_classes=0"])
         assert (cfg.objective.kind, cfg.eval.sampler.kind, cfg.model.num_classes) == ("edm", "edm_heun", 0)
-    with pytest.raises(ConfigError, match=r"^model\.latent_downsample=8: training on VAE latents"):
-        resolve(["+experiment=diffit_latent_paper", f"data.path={tmp_path}"])
+    latent = resolve(["+experiment=diffit_latent_paper", f"data.path={tmp_path}"], check_paths=False).cfg
+    assert latent.model == model_config("diffit_latent_xl2") and latent.vae.scaling_factor == 0.18215
     demo = resolve(["+experiment=tiny_diffit"]).cfg.model
     paper = model_config("diffit_cifar10")
     changed = {key for key in vars(paper) if getattr(paper, key) != getattr(demo, key)}

@@ -25,6 +25,7 @@ OUTSIDE_THE_NETWORK = {
     "hint_loss_weight": "the loss: the weight of the revealed pixels",
     "latent_downsample": "the data: image pixels per input cell (an SD-VAE outside the model)",
     "init_from": "the trainer: the starting weights",
+    "moe_loss_weight": "the loss: the weight of ProMoE's routing loss, which the model returns unweighted",
 }
 # Fields that may have no valid value building another model at miniature size, and why.
 NO_OTHER_MODEL = {
@@ -34,6 +35,9 @@ NO_OTHER_MODEL = {
     "in_context_tokens": "DiffiT blocks (tmsa) refuse in-context tokens",
     "architecture": "the U-Net refuses the pixel pathway and REPA",
     "pixel_pathway": "GT pixel hints (the seeds' code) need the pixel pathway",
+    "token_routing": "DiffiT blocks (tmsa) see the whole grid: routing is refused with them",
+    "moe_experts": "ProMoE's experts are SwiGLU FFNs of adaLN blocks: refused with GELU MLPs and DiffiT blocks",
+    "ffn": "ProMoE's experts are SwiGLU FFNs: the GELU MLP is refused with them",
 }
 
 
@@ -48,21 +52,24 @@ def one_thread():
 
 def miniatures() -> dict[str, ModelConfig]:
     """Each preset's miniature (width 32; U-Nets with two ResBlocks per level, so that alternate blocks exist
-    for `window_shift`), once (presets that differ only in size share one)."""
+    for `window_shift`; 4 blocks with token routing, so that its route can move), once (presets that differ
+    only in size share one)."""
     out: dict[str, ModelConfig] = {}
     for name in PRESETS:
-        cfg = miniature(model_config(name), hidden_size=32)
+        cfg = model_config(name)
+        cfg = miniature(cfg, hidden_size=32, depth=4 if cfg.token_routing != "none" else 2)
         if cfg.architecture == "unet":
             cfg = cfg.replace(unet_blocks=[2] * len(cfg.unet_blocks)).validate()
         if cfg not in out.values():
             out[name] = cfg
     for name, changes in VARIANTS.items():                # settings no preset has
-        out[name] = miniature(model_config(name.split("+")[0], [f"{k}={v}" for k, v in changes.items()]),
-                              hidden_size=32)
+        cfg = model_config(name.split("+")[0], [f"{k}={v}" for k, v in changes.items()])
+        out[name] = miniature(cfg, hidden_size=32, depth=4 if cfg.token_routing != "none" else 2)
     return out
 
 
 VARIANTS = {"pixeldit_xl+no_pixel_attention": {"pixel_attention": "false"},
+            "jit_b16+tread": {"token_routing": "tread", "routing_end": 10},    # routed and in-context tokens
             "diffit_latent_xl2+windows": {"window_size": 2, "window_shift": "true"},
             "dit_xl16+tmsa_windows": {"time_conditioning": "tmsa", "window_size": 2, "rel_pos_bias": "relative"}}
 
@@ -100,8 +107,8 @@ def valid_alternatives(cfg: ModelConfig, name: str):
 
 def behaviour(cfg: ModelConfig, train: bool):
     """(parameter names and shapes, outputs) of the model with random weights drawn from a fixed seed, on
-    a fixed input with GT pixel hints: the output and REPA features in eval mode, and with `train` in train
-    mode too (dropout; a fixed seed: the same dropout masks)."""
+    a fixed input with GT pixel hints: the output, REPA features and MoE routing loss in eval mode, and with
+    `train` in train mode too (dropout, token routing; a fixed seed: the same draws)."""
     torch.manual_seed(0)
     model = randomize(build_model(cfg), std=STD)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -115,7 +122,7 @@ def behaviour(cfg: ModelConfig, train: bool):
             model.train(mode)
             torch.manual_seed(2)
             out = model(x, t, y, x, hint_mask)
-            outputs += [out.prediction, out.repa]
+            outputs += [out.prediction, out.repa, out.routing_loss]
     return shapes, outputs
 
 
@@ -135,7 +142,7 @@ def test_every_switch_changes_the_model_exactly_when_it_is_not_declared_inert(pr
     assert all(torch.isfinite(out).all() for out in references[True][1] if out is not None)
 
     def changes(other: ModelConfig) -> bool:
-        train = cfg.dropout > 0 or other.dropout > 0
+        train = cfg.random_in_training or other.random_in_training
         return not same(behaviour(other, train), references[train])
 
     inert = cfg.inert_fields()

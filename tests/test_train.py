@@ -167,6 +167,20 @@ def test_repa_with_random_encoder_is_tagged_and_logged(tmp_path):
     assert run.data.metrics["repa"] > 0 and run.data.metrics["loss"] > run.data.metrics["diffusion"]
 
 
+def test_the_moe_routing_loss_reaches_the_training_loss(tmp_path):
+    """ProMoE's routing contrastive loss is logged under its own name and added to the loss with its weight;
+    a token-routed (TREAD) run trains beside it."""
+    weights = {}
+    for weight in (1.0, 0.0):
+        overrides = tiny_overrides(tmp_path, f"moe{weight}", steps=2, **{
+            "model.moe_experts": 3, "model.moe_expert_hidden": 48, "model.moe_loss_weight": weight,
+            "model.token_routing": "tread", "model.routing_start": 0, "model.routing_end": 1, "model.repa": False})
+        weights[weight] = mlflow_run(train(resolve(overrides)).run_dir)[1].data.metrics
+    on, off = weights[1.0], weights[0.0]
+    assert on["moe_routing"] > 0 and on["loss"] == pytest.approx(on["diffusion"] + on["moe_routing"], rel=1e-5)
+    assert off["moe_routing"] > 0 and off["loss"] == pytest.approx(off["diffusion"], rel=1e-6)
+
+
 def test_hints_and_in_context_tokens_train(tmp_path):
     overrides = tiny_overrides(tmp_path, steps=2, **{"model.hint_fraction": 0.25, "model.hint_loss_weight": 0.1,
                                                      "model.hint_path": "blocks", "model.in_context_tokens": 4,

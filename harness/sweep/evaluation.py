@@ -86,7 +86,7 @@ def shard_complete(shard: Shard) -> bool:
 # =============================================================================================
 def load_ema_model(checkpoint: str | Path, device):
     """(EMA model in eval mode, objective, train config, step) from a run's checkpoint: one model carrying the
-    average of `ema.eval_decay`, no copy per decay."""
+    average of `ema.eval_decay`, no copy per decay. A latent model's samples decode through `load_decoder`."""
     import torch
     from omegaconf import OmegaConf
 
@@ -108,12 +108,19 @@ def load_ema_model(checkpoint: str | Path, device):
     return model.to(device).eval(), make_objective(cfg.objective, cfg.model), cfg, int(state["step"])
 
 
+def load_decoder(cfg, device):
+    """The VAE that decodes a latent run's samples (harness/vae.py), None for a pixel-space run."""
+    from ..vae import is_latent, load_vae
+    return load_vae(cfg, device) if is_latent(cfg) else None
+
+
 class ShardJob:
     """Fill the given shards of one run, in order, skipping complete ones (idempotent)."""
 
     def __call__(self, checkpoint: str, sampler: dict, seed: int, shards: list[Shard], batch_size: int) -> list[str]:
         import torch
 
+        from ..evaluate import to_images
         from ..sampling import sample
 
         todo = [shard for shard in shards if not shard_complete(shard)]
@@ -121,6 +128,7 @@ class ShardJob:
             return []
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, objective, cfg, _ = load_ema_model(checkpoint, device)
+        vae = load_decoder(cfg, device)
         sampler_cfg = SamplerConfig(**sampler)
         mc = cfg.model
         bf16 = cfg.train.precision == "bf16" and device.type == "cuda"
@@ -138,7 +146,7 @@ class ShardJob:
             for chunk in labels.split(batch_size):
                 out = sample(net, objective, sampler_cfg, chunk.to(device), (mc.in_channels, mc.input_size,
                                                                            mc.input_size), generator, mc.num_classes)
-                out = ((out[:, :3].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                out = ((to_images(out, mc, vae)[:, :3] + 1) * 127.5).round().to(torch.uint8)
                 images.append(out.permute(0, 2, 3, 1).cpu().numpy())
             arrays = {"arr_0": np.concatenate(images), "arr_1": labels.numpy()}
 

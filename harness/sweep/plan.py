@@ -194,8 +194,9 @@ def _describe(spec: SweepSpec, run: PlannedRun) -> str:
 
 
 def check_data_paths(spec: SweepSpec, runs: list[PlannedRun]) -> None:
-    """The data paths (and initial weights) a dry run leaves unchecked, checked once per distinct config
+    """The data paths, initial weights and VAE weights a dry run leaves unchecked, checked once per distinct config
     before submission (`runs` freshly planned: their configs are resolved)."""
+    from ..vae import image_channels, is_latent, validate_vae
     seen = set()
     for run in runs:
         init = run.cfg.model.init_from
@@ -203,12 +204,14 @@ def check_data_paths(spec: SweepSpec, runs: list[PlannedRun]) -> None:
             raise SweepError(_where(spec, run.row, "model.init_from"), init, "file does not exist (checked at "
                              "submission; a dry run does not look at files)", source=str(spec.path))
         data = run.cfg.data
-        key = repr((data, run.cfg.model.in_channels))
+        key = repr((data, run.cfg.model.in_channels, is_latent(run.cfg) and run.cfg.vae))
         if key in seen:
             continue
         seen.add(key)
         try:
-            validate_data(data, data.resolution, run.cfg.model.in_channels)
+            if is_latent(run.cfg):
+                validate_vae(run.cfg, check_paths=True)
+            validate_data(data, data.resolution, image_channels(run.cfg))
         except ConfigError as err:
             reason = f"{err.reason} (checked at submission; a dry run does not look at data paths)"
             raise SweepError(_where(spec, run.row, err.key), err.value, reason, source=str(spec.path)) from None

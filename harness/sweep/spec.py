@@ -18,6 +18,9 @@ seeds: [0, 1, 2]                       # the sweep owns run.seed (and run.name, 
 executor: {kind: slurm, partition: gpu, gpus_per_node: 8, timeout_min: 240}   # fields of its kind only
 tracking: {uri: null}                  # null: the sweep's own store (a local server for slurm/local)
                                        # {host: 0.0.0.0}: that server reachable from a cluster's compute nodes
+latents: {shards: 8, executor: {gpus_per_node: 1, timeout_min: 120}}
+                                       # latent rows: their latent caches are a stage (harness.latents prepare) the
+                                       # training runs wait for; a cache already made is used as it is
 reuse_from: [other_sweep.yaml]         # finished runs of the same signature there count as done here
 max_runs: 1000                         # refuse a plan larger than this (a typo in a grid)
 ```
@@ -88,6 +91,14 @@ class PaperValue(float):
 
 
 @dataclass
+class LatentStageSpec:
+    """`latents:`: the latent caches of the sweep's latent runs are made by a stage of `shards` jobs (a SLURM array,
+    local processes) that their training jobs wait for (harness/sweep/stages.py)."""
+    shards: int = 1                       # jobs that encode each cache (its shards)
+    executor: Optional[ExecutorSpec] = None   # the sweep's executor with these changes (one device per job)
+
+
+@dataclass
 class RowSpec:
     label: str
     set: dict = field(default_factory=dict)
@@ -114,6 +125,7 @@ class SweepSpec:
     paper_metric: dict = field(default_factory=dict)   # `paper:` key -> PaperMetric
     description: str = ""                 # what the sweep asks, in a sentence or two: the parent run's description
     notes: str = ""                       # anything else worth keeping beside the results (Markdown)
+    latents: Optional[LatentStageSpec] = None   # the latent-cache stage, when declared
 
     @property
     def folder(self) -> Path:
@@ -142,7 +154,10 @@ class SweepSpec:
         executor = parse_spec({"kind": kind}, "executor", self.executor)
         rows = [dataclasses.replace(row, executor=None if row.executor is None else
                                     parse_spec({"kind": kind}, "executor", row.executor)) for row in self.rows]
-        return dataclasses.replace(self, executor=executor, rows=rows)
+        latents = self.latents
+        if latents is not None and latents.executor is not None:
+            latents = dataclasses.replace(latents, executor=parse_spec({"kind": kind}, "executor", latents.executor))
+        return dataclasses.replace(self, executor=executor, rows=rows, latents=latents)
 
 
 TOP_KEYS = {f.name for f in dataclasses.fields(SweepSpec)} - {"path", "text"}
@@ -215,7 +230,8 @@ def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
                      grid=grid, seeds=seeds, executor=executor, tracking=TrackingSpec(**tracking),
                      output=raw.get("output", SweepSpec.output), baseline=baseline, reuse_from=reuse_from,
                      max_runs=max_runs, paper_metric=_paper_metric(raw.get("paper_metric"), rows),
-                     description=raw.get("description", "").strip(), notes=raw.get("notes", "").strip())
+                     description=raw.get("description", "").strip(), notes=raw.get("notes", "").strip(),
+                     latents=_latents(raw.get("latents"), executor))
     if spec.num_runs > max_runs:                   # before planning: a 10^6-run grid must not take minutes
         raise ConfigError("grid" if grid else "rows", reason=f"{spec.num_runs} runs ({len(rows)} rows x "
                           f"{spec.num_runs // (len(rows) * len(seeds))} grid points x {len(seeds)} seeds) exceed "
@@ -248,6 +264,22 @@ def _rows(rows: Any, executor: ExecutorSpec, paper_texts: dict) -> list[RowSpec]
         parsed.append(RowSpec(label=label, set=row.get("set") or {}, executor=row_executor,
                               paper=_paper_values(row.get("paper") or {}, paper_texts, i)))
     return parsed
+
+
+def _latents(raw: Any, executor: ExecutorSpec) -> Optional[LatentStageSpec]:
+    """`latents: {shards: K, executor: {...}}` (both optional; `latents: {}` declares the stage with one shard)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("latents", raw, "expected a mapping such as {shards: 8, executor: {timeout_min: 120}}")
+    for key in raw:
+        if key not in ("shards", "executor"):
+            raise _unknown_key(f"latents.{key}", ["executor", "shards"])
+    shards = raw.get("shards", 1)
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ConfigError("latents.shards", shards, "expected a positive integer")
+    stage = raw.get("executor")
+    return LatentStageSpec(shards, parse_spec(stage, "latents.executor", executor) if stage else None)
 
 
 def _unknown_key(path: str, options: list[str]) -> ConfigError:
