@@ -38,6 +38,7 @@ from harness.sweep.sweep import Sweep
 from models.config import ModelConfig
 from toolkit.cli import kernel_arguments
 
+from .glance import render
 from .runs import SweepRuns
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -403,11 +404,12 @@ def build_notebook(sweep: Sweep, out_dir: str | Path, metric: str | None = None,
 
 
 def write_tables(table, out_dir: str | Path) -> list[Path]:
-    """The table as `table.md`, `table.tex` and `table.csv` in `out_dir`."""
+    """The table as `table.md` (in full, as the report shows it), `table.tex` (fitted to a page:
+    analysis/glance.py) and `table.csv` in `out_dir`."""
     paths = []
     for fmt, suffix in (("markdown", ".md"), ("latex", ".tex"), ("csv", ".csv")):
         path = Path(out_dir) / f"table{suffix}"
-        path.write_text(table.render(fmt), encoding="utf-8")
+        path.write_text(render(table, fmt, wide=fmt == "markdown"), encoding="utf-8")
         paths.append(path)
     return paths
 

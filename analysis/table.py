@@ -194,7 +194,8 @@ def paper_label(sweep: SweepRuns, key: str) -> str:
 
 LATEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "→": r"$\to$",
                  "†": r"$^\dagger$", "×": r"$\times$", "–": "--", "—": "---", "≥": r"$\geq$", "≤": r"$\leq$",
-                 "·": r"$\cdot$", "²": r"$^2$", "√": r"$\surd$", "…": r"\ldots{}", "α": r"$\alpha$"}
+                 "·": r"$\cdot$", "²": r"$^2$", "√": r"$\surd$", "…": r"\ldots{}", "α": r"$\alpha$",
+                 "✓": r"$\surd$", "✗": r"$\times$"}
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
                  ">": r"\textgreater{}"}
@@ -512,6 +513,7 @@ class AblationTable:
         return f[keep].to_csv(index=False)
 
     def render(self, fmt: str, columns: list[str] | None = None) -> str:
+        """In full (`--wide`); `analysis.glance.render` writes the default, compact forms."""
         return {"markdown": self.to_markdown, "latex": self.to_latex, "html": self.to_html,
                 "csv": self.to_csv}[fmt](columns)
 

@@ -8,8 +8,9 @@
     python run_sweep.py logs SWEEP.yaml LABEL [--seed S]
     python run_sweep.py mlflow-server SWEEP.yaml [--backend-uri URI] [--host H] [--port P] [--stop]
     python run_sweep.py migrate SWEEP.yaml [--dry-run]   (re-sign the store's runs after a signature change)
-    python run_sweep.py table SWEEP.yaml [--metric NAME] [--at STEP_OR_EPOCH ...] [--format markdown|latex|html|csv]
-                                         [--baseline LABEL] [--columns ID ...] [--protocol training|selected|NAME]
+    python run_sweep.py table SWEEP.yaml [--metric NAME] [--at STEP_OR_EPOCH ...] [--wide] [--baseline LABEL]
+                                         [--format text|markdown|latex|html|csv] [--fit page|column] [--columns ID ...]
+                                         [--protocol training|selected|NAME]
     python run_sweep.py report SWEEP.yaml [--metric NAME]
     python run_sweep.py ui SWEEP.yaml [--port P]
     python run_sweep.py eval SWEEP.yaml [--label L] [--num 50000] [--shards K] [--reference REF] [--metrics ...]
@@ -53,7 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("sweep")
     p.add_argument("--dry-run", action="store_true", help="print the plan only (creates nothing)")
     p.add_argument("--show", metavar="LABEL", help="with --dry-run: one run's resolved config and its difference "
-                   "from the baseline row (a row label, or a run name)")
+                   "from the baseline row (a row label, a piece of it, the row index, a signature prefix, or a "
+                   "run name)")
     p.add_argument("--seed", type=int, help="with --show: the seed (default: the sweep's first)")
     p.add_argument("--gpu", choices=keys(), default=DEFAULT_TARGET,
                    help=f"with --dry-run: the GPU of the GPU-hours and memory estimates (default {DEFAULT_TARGET})")
@@ -71,7 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("sweep")
     p = verb("logs", "one run's log")
     p.add_argument("sweep")
-    p.add_argument("label", help="the run's row label (or its run name)")
+    p.add_argument("label", help="the run: its row's label, a piece of it, the row index, a signature prefix, or "
+                   "its run name")
     p.add_argument("--seed", type=int, help="the run's seed (needed when the row has several)")
     p = verb("mlflow-server", "start (or stop) the sweep's MLflow tracking server")
     p.add_argument("sweep")
@@ -87,7 +90,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("sweep")
     p.add_argument("--metric", help="default: fid, else fd, else loss")
     p.add_argument("--at", nargs="*", help="points of training: epoch_80, step_300, or a number (epochs first)")
-    p.add_argument("--format", default="markdown", choices=("markdown", "latex", "html", "csv"))
+    p.add_argument("--format", default="text", choices=("text", "markdown", "latex", "html", "csv"),
+                   help="text (default): fits 120 columns, short headers and a legend under them")
+    p.add_argument("--wide", action="store_true", help="every header and cell in full (the verdict of each test, "
+                   "the paper's direction, n): wider than a terminal")
+    p.add_argument("--fit", default="page", choices=("page", "column"),
+                   help="with --format latex: as wide as the page (table*) or as one column of a two-column paper")
     p.add_argument("--baseline", help="the row label differences are taken against (default: the file's)")
     p.add_argument("--columns", nargs="+", help="the columns to show, by id (e.g. row fd class_acc delta paper); "
                    "an unknown id lists them all")
@@ -104,7 +112,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = verb("eval", "sample N images per finished run in shards; log FID, sFID, IS, precision, recall "
              "(harness/sweep/evaluation.py)")
     p.add_argument("sweep")
-    p.add_argument("--label", help="only this row")
+    p.add_argument("--label", help="only this row (its label, a piece of it, or its index)")
     p.add_argument("--num", type=int, default=50000, help="samples per run (default 50000)")
     p.add_argument("--shards", type=int, default=32, help="shards per run: SLURM array tasks (default 32)")
     p.add_argument("--reference", help="ADM reference batch (.npz) or image folder (default: the runs' eval.reference)")

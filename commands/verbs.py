@@ -22,7 +22,9 @@ from harness.sweep.spec import SweepSpec
 from harness.sweep.state import RunState
 from harness.sweep.store import NotSubmitted
 from harness.sweep.sweep import Sweep
-from toolkit.errors import ConfigError, closest
+from toolkit.errors import ConfigError
+
+from .address import pick_row, pick_run
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -128,8 +130,8 @@ def submit_command(sweep: Sweep, args) -> int:
     if args.wait:
         code = wait_command(sweep)
         if args.report:
-            table_command(sweep, argparse.Namespace(metric=None, at=None, format="markdown", baseline=None,
-                                                    columns=None, protocol=None))
+            table_command(sweep, argparse.Namespace(metric=None, at=None, format="text", baseline=None,
+                                                    columns=None, wide=False, fit="page", protocol=None))
             report_command(sweep, argparse.Namespace(metric=None))
         if not server_was_up and stop_server(spec):     # every run has ended: no server left behind
             print(f"stopped the sweep's MLflow server (`run_sweep.py mlflow-server {spec.path}` starts it again)")
@@ -330,27 +332,6 @@ def cancel_command(sweep: Sweep, args=None) -> int:
     return 0
 
 
-def pick_run(spec: SweepSpec, runs: list[PlannedRun], name: str, seed: int | None, key: str,
-             first_seed: bool = False) -> PlannedRun:
-    """The one run a row label (or run name) and seed name; without a seed, the row's only one (or, with
-    `first_seed`, its first). Refused in one line listing what exists, with the closest label."""
-    labels = [row.label for row in spec.rows]
-    matches = [r for r in runs if name in (r.label, r.run_name)]
-    if not matches:
-        raise ConfigError(key, name, f"no row has this label; rows are {labels}",
-                          suggestion=closest(name, labels + [r.run_name for r in runs]))
-    seeds = sorted({r.seed for r in matches})
-    if seed is None and len(seeds) > 1 and not first_seed:
-        raise ConfigError("--seed", reason=f"the row {matches[0].label!r} has runs for seeds {seeds}: pick one")
-    chosen = [r for r in matches if r.seed == (seeds[0] if seed is None else seed)]
-    if not chosen:
-        raise ConfigError("--seed", seed, f"not a seed of the sweep; seeds are {spec.seeds}")
-    if len(chosen) > 1:
-        raise ConfigError(key, name, f"{len(chosen)} runs at seed {chosen[0].seed} (grid points); name one by its "
-                          f"run name: {[r.run_name for r in chosen]}")
-    return chosen[0]
-
-
 def logs_command(sweep: Sweep, args) -> int:
     """One run's output: `<run folder>/job.log`, every attempt (jobs.run_log)."""
     sweep.check_store()
@@ -386,9 +367,10 @@ def eval_command(sweep: Sweep, args) -> int:
     """`run_sweep.py eval`: sample and score every finished run (harness/sweep/evaluation.py)."""
     from harness.adm_metrics import parse_metrics
     from harness.sweep.evaluation import check_arguments, evaluate_sweep
-    check_arguments(sweep.spec, args.label, args.num, args.shards)
+    label = pick_row(sweep.spec, sweep.plan, args.label, "--label") if args.label else None
+    check_arguments(sweep.spec, label, args.num, args.shards)
     sweep.check_store()
-    return evaluate_sweep(sweep, label=args.label, num=args.num, shards=args.shards, reference=args.reference,
+    return evaluate_sweep(sweep, label=label, num=args.num, shards=args.shards, reference=args.reference,
                           sets=args.set, seed=args.seed, metrics=parse_metrics(args.metrics) if args.metrics else None,
                           inception=args.inception, wait=not args.no_wait, batch_size=args.batch_size,
                           cache_dir=args.cache_dir)
@@ -397,11 +379,12 @@ def eval_command(sweep: Sweep, args) -> int:
 # ---- table, report, ui: everything read back from MLflow (analysis/) ---------------------------------
 
 def table_command(sweep: Sweep, args) -> int:
+    from analysis.glance import render
     from analysis.runs import load_sweep_runs
     from analysis.table import build_table
     table = build_table(load_sweep_runs(sweep, protocol=getattr(args, "protocol", None)), metric=args.metric,
                         at=args.at, baseline=args.baseline)
-    print(table.render(args.format, args.columns))
+    print(render(table, args.format, args.columns, wide=args.wide, fit=args.fit).rstrip("\n"))
     return 0
 
 

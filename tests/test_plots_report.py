@@ -180,7 +180,7 @@ def test_report_executes_and_shows_table_diffs_failures(report, sweep):
     assert html_path.suffix == ".html" and "data:image/png;base64" in html
     assert "Ablation report: rep" in html and "NonFiniteLoss" in html and "model.adaln" in html
     for name in ("table.md", "table.tex", "table.csv"):
-        assert (notebook_path.parent / name).read_text().startswith(("|", "\\begin{table}", "label,"))
+        assert (notebook_path.parent / name).read_text().startswith(("|", "\\begin{table*}", "label,"))
 
 
 def sample_cell(nb):

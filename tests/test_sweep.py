@@ -202,9 +202,14 @@ def test_logs_shows_one_runs_lines_when_one_job_runs_several(sweep_dir, capsys):
         out = capsys.readouterr().out
         assert out.startswith(f"==> {label} · seed 0 (") and out.count("step 4/4 loss") == 1
         assert kid.data.metrics["loss"] == pytest.approx(last_logged_loss(out), abs=6e-5)
+    for query in ("PIXEL", "1"):                                 # a piece of the label (any case), the row index
+        assert main(["logs", str(path), query]) == 0
+        assert capsys.readouterr().out.startswith("==> pixel-wise · seed 0 (")
     assert main(["logs", str(path), "pixelwise"]) == 2
     err = capsys.readouterr().err
     assert "rows are ['patch-wise', 'pixel-wise']" in err and err.rstrip().endswith("(did you mean pixel-wise?)")
+    assert main(["logs", str(path), "wise"]) == 2
+    assert "label='wise': matches 2 rows: ['0 patch-wise', '1 pixel-wise']" in capsys.readouterr().err
 
 
 def test_runs_are_named_by_row_and_seed_and_the_parent_carries_the_description(sweep_dir):

@@ -285,7 +285,7 @@ def test_what_matches_nothing_is_refused_in_one_line(sweep_path, capsys, args, e
 def test_columns_select_in_every_format(sweep_path, capsys):
     chosen = ["row", "fd", "paper"]
     for fmt in ("markdown", "latex", "html", "csv"):
-        assert main(["table", str(sweep_path), "--metric", "fd", "--format", fmt, "--columns", *chosen]) == 0
+        assert main(["table", str(sweep_path), "--metric", "fd", "--format", fmt, "--wide", "--columns", *chosen]) == 0
         out = capsys.readouterr().out
         if fmt == "markdown":
             header = out.splitlines()[0]
@@ -297,6 +297,27 @@ def test_columns_select_in_every_format(sweep_path, capsys):
         else:
             columns = pd.read_csv(StringIO(out)).columns
             assert {c.split(" ")[0] for c in columns} == {"label", "row", "fd", "paper"}
+
+
+def test_the_default_table_reads_at_a_glance_and_wide_keeps_everything(sweep_path, capsys):
+    """`table` prints the verdict, a table of short headers within 120 columns and its legend; `--wide` the full
+    table; `--columns` chooses in both; `--format latex` fits the page (analysis/glance.py, tests/test_glance.py)."""
+    assert main(["table", str(sweep_path), "--metric", "fd"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 120
+    assert lines[0].startswith("Paper's ordering against the row above: reproduced for 0 of 1 rows")
+    header = next(line for line in lines if line.startswith("row "))
+    assert header.split("  ")[0] == "row" and "FD ↓" in header and "Δ vs base" in header and "ours:" not in header
+    assert any(line.startswith("2 diverges") and "failed (2)" in line for line in lines)
+    assert any(line.startswith("FD ↓: ours, FD (held-out-split classifier)") for line in lines)
+    assert main(["table", str(sweep_path), "--metric", "fd", "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert "ours: FD (held-out-split classifier)" in wide.splitlines()[0] and len(wide.splitlines()[0]) > 120
+    assert main(["table", str(sweep_path), "--metric", "fd", "--columns", "row", "fd"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("row "))
+    assert header.split() == ["row", "FD", "↓"]
+    assert main(["table", str(sweep_path), "--format", "latex", "--fit", "column"]) == 0
+    assert r"\begin{tabularx}{\linewidth}" in capsys.readouterr().out
 
 
 def test_csv_holds_numbers_not_dicts(sweep):
