@@ -210,7 +210,8 @@ def glance(table: AblationTable, columns: list[str] | None = None, fit: str | No
     for cid in chosen:
         if cid == "row":
             label_column = len(headers)
-            add("row", [f"{r} {label}" for r, label in zip(f["row"], f["label"])], False)
+            add("row", [f"{r} {label}" + (" ‡" if i in table.mixed else "")
+                        for i, (r, label) in enumerate(zip(f["row"], f["label"]))], False)
         elif cid == "grid":
             for key in [c for c in f.columns if c.startswith("grid.")]:
                 add(key.removeprefix("grid."), [str(v) for v in f[key]], False)
@@ -318,8 +319,7 @@ def _statistics_legend(table: AblationTable, chosen: list[str]) -> list[str]:
                          f"p < {ALPHA}, else n.s."
                          + ("; against the paper's ordering of the same rows: ✓ reproduced, ✗ contradicted, "
                             "? not resolved at this scale." if table.order_key else "."))
-    if table.sampler:
-        sentences.append(table.sampler)
+    sentences.extend(table.protocol)           # which evaluation protocol the numbers are under (‡: mixed)
     return sentences
 
 
