@@ -72,7 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="the run's seed (needed when the row has several)")
     p = verb("mlflow-server", "start (or stop) the sweep's MLflow tracking server")
     p.add_argument("sweep")
-    p.add_argument("--backend-uri", help="sqlite:///... or postgresql://... (default: the sweep's sqlite file)")
+    p.add_argument("--backend-uri", help="the database it serves, which must be the sweep's store (default: the "
+                   "sweep's tracking.uri, else its sqlite file)")
     p.add_argument("--host", help="0.0.0.0 to serve compute nodes of a cluster (default: the sweep's "
                                   "tracking.host, else 127.0.0.1)")
     p.add_argument("--port", type=int)

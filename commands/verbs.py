@@ -64,13 +64,17 @@ def submit_command(sweep: Sweep, args) -> int:
     hint = "; --retry resubmits the failed ones" if counts["failed"] and not args.retry else ""
     print(f"{len(todo)} of {len(runs)} runs to submit" + (f" ({others}{hint})" if others else ""))
     jobs, parent_id = [], None
-    from harness.sweep.server import running_server, start_server, stop_server
+    from harness.sweep.auth import exported
+    from harness.sweep.server import running_server, server_credentials, start_server, stop_server
+    from harness.sweep.store import served
     server_url = running_server(spec)
     server_was_up = server_url is not None
     if todo:
         kinds = {run.executor.kind for run in todo}
-        tracking_uri = spec.tracking.uri or (sweep.store_uri if kinds == {"debug"} else
-                                             server_url or start_server(spec))
+        # jobs log to a server: the sweep's own (over its database) unless the store is a server already
+        tracking_uri = sweep.store_uri if kinds == {"debug"} or served(sweep.store_uri) else \
+            server_url or start_server(spec)
+        credentials = server_credentials(spec) if tracking_uri != sweep.store_uri else None
         number = len(sweep.manifest["submissions"]) + 1
         parent = client.create_run(experiment_id, run_name=f"{spec.name} #{number}",
                                    tags={"sweep": spec.name, "sweep_role": "parent",
@@ -83,7 +87,8 @@ def submit_command(sweep: Sweep, args) -> int:
             for kind in sorted(kinds):
                 tasks = [Task(run.run_name, run.executor, TrainJob(run.overrides(spec, tracking_uri, parent_id)))
                          for run in todo if run.executor.kind == kind]
-                submitted = executor_class(kind)(spec.folder, spec.name).submit(tasks)
+                with exported(credentials.job_environment() if credentials else {}):   # the jobs inherit them
+                    submitted = executor_class(kind)(spec.folder, spec.name).submit(tasks)
                 jobs += submitted
                 sweep.record_submission(todo, submitted, parent_id, kind)
         except Exception as err:
@@ -230,13 +235,25 @@ def logs_command(sweep: Sweep, args) -> int:
 
 
 def server_command(sweep: Sweep, args) -> int:
-    from harness.sweep.server import start_server, stop_server
+    """Start the server of the sweep's store (the one its jobs, `status` and the tables all use) or stop it."""
+    from harness.sweep.server import server_credentials, start_server, stop_server
+    from harness.sweep.store import served
     if args.stop:
         print("stopped" if stop_server(sweep.spec) else "no server was running")
         return 0
+    if args.backend_uri and args.backend_uri != sweep.store_uri:
+        raise ConfigError("--backend-uri", reason=f"not the sweep's store ({sweep.store_uri}), which its jobs, status "
+                          f"and tables use: to keep the sweep's runs in that database, set it as `tracking: {{uri: "
+                          f"...}}` in the sweep file")
+    if served(sweep.store_uri):
+        raise ConfigError("tracking.uri", sweep.store_uri, "the sweep logs to this server, run elsewhere; its own "
+                          "server serves a database (tracking.uri: postgresql://... or none)")
     sweep.prepare_store()
-    url = start_server(sweep.spec, backend_uri=args.backend_uri, host=args.host, port=args.port)
-    print(f"MLflow tracking server for {sweep.name}: {url}  (set `tracking: {{uri: {url}}}` to share it)")
+    url = start_server(sweep.spec, host=args.host, port=args.port)
+    credentials = server_credentials(sweep.spec)
+    access = f"; it requires the sweep's credentials ({sweep.folder / 'tracking-credentials.json'})" \
+        if credentials else ""
+    print(f"MLflow tracking server for {sweep.name}: {url}, store {sweep.store_uri}{access}")
     return 0
 
 

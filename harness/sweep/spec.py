@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -57,7 +58,9 @@ OWNED_KEYS = {"run.seed": "the sweep's `seeds:` set it", "run.name": "the sweep 
 
 @dataclass
 class TrackingSpec:
-    uri: Optional[str] = None             # None: <output>/<name>/mlflow.db (served over HTTP to slurm/local jobs)
+    uri: Optional[str] = None             # the store: None: <output>/<name>/mlflow.db; a database (postgresql://user@
+                                          # host/db: a cluster's store; password in ~/.pgpass); slurm/local jobs log to
+                                          # it through the sweep's own server. Or a server's http(s):// URL (used as is)
     experiment: Optional[str] = None      # MLflow experiment; default: the sweep name
     host: Optional[str] = None            # where the sweep's own tracking server listens (default 127.0.0.1: jobs on
                                           # this machine); 0.0.0.0: every interface, jobs reach it by this machine's
@@ -201,6 +204,9 @@ def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
             raise _unknown_key(f"tracking.{key}", sorted(TRACKING_KEYS))
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"tracking.{key}", value, "expected a string (or null)")
+    if tracking.get("uri") and urllib.parse.urlsplit(tracking["uri"]).password:   # (the value is not repeated)
+        raise ConfigError("tracking.uri", reason="holds a password, which would be logged with the sweep file; keep "
+                          "it in ~/.pgpass (PGPASSFILE) for a database, in MLFLOW_TRACKING_PASSWORD for a server")
     reuse_from = raw.get("reuse_from") or []
     if not isinstance(reuse_from, list) or not all(isinstance(v, str) and v for v in reuse_from):
         raise ConfigError("reuse_from", reuse_from, "expected a list of sweep files or tracking URIs")

@@ -1,7 +1,8 @@
 """The sweep's MLflow store: where it is, that it is still the one the sweep was submitted to, and runs
 finished in other stores that this sweep may reuse.
 
-The store is `<sweep folder>/mlflow.db` (sqlite) unless `tracking.uri` names another. Its experiment
+The store is `<sweep folder>/mlflow.db` (sqlite) unless `tracking.uri` names another (a PostgreSQL database, or a
+tracking server's URL). Its experiment
 carries a random `ditlab.store_id` tag, written at the first submission and recorded in the manifest;
 every later command checks both before reading, so a deleted or replaced store (or manifest) is reported
 instead of being silently recreated empty — opening a missing sqlite file with MLflow would create it.
@@ -35,6 +36,11 @@ class StoreProblem(ConfigError):
 def store_uri(spec: SweepSpec) -> str:
     """Where runs are read from: the configured URI, else the sweep's own sqlite file."""
     return spec.tracking.uri or f"sqlite:///{spec.folder / 'mlflow.db'}"
+
+
+def served(uri: str) -> bool:
+    """A tracking server's URL (its clients log to it as it is), not a database a server of the sweep's serves."""
+    return uri.startswith(("http://", "https://"))
 
 
 def sqlite_path(uri: str) -> Path | None:
