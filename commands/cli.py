@@ -8,6 +8,7 @@
     python run_sweep.py logs SWEEP.yaml LABEL [--seed S]
     python run_sweep.py mlflow-server SWEEP.yaml [--backend-uri URI] [--host H] [--port P] [--stop]
     python run_sweep.py migrate SWEEP.yaml [--dry-run]   (re-sign the store's runs after a signature change)
+    python run_sweep.py gc SWEEP.yaml [--dry-run]        (delete the checkpoints the checkpoint policy does not keep)
     python run_sweep.py table SWEEP.yaml [--metric NAME] [--at STEP_OR_EPOCH ...] [--format markdown|latex|html|csv]
                                          [--baseline LABEL] [--columns ID ...]
     python run_sweep.py report SWEEP.yaml [--metric NAME]
@@ -15,7 +16,7 @@
     python run_sweep.py eval SWEEP.yaml [--label L] [--num 50000] [--shards K] [--reference REF] [--metrics ...]
 
 Every verb takes -v (libraries' INFO lines, run links and kernel warnings, quiet by default). Commands that
-read results (status, logs, table, report, ui, eval) on a sweep never submitted from its folder fail in one line
+read results (status, logs, table, report, ui, eval, gc) on a sweep never submitted from its folder fail in one line
 and create nothing; so does any command whose store or manifest disappeared or changed.
 
 This module parses the command line only (`--help` answers before mlflow, torch or hydra are imported); the
@@ -30,7 +31,7 @@ import sys
 from toolkit.cli import COMMAND_LINE, ArgumentParser, add_verbose, quiet, run
 from toolkit.errors import ConfigError, closest
 
-COMMANDS = ("submit", "status", "cancel", "logs", "mlflow-server", "migrate", "table", "report", "ui", "eval")
+COMMANDS = ("submit", "status", "cancel", "logs", "mlflow-server", "migrate", "gc", "table", "report", "ui", "eval")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -81,6 +82,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = verb("migrate", "re-sign the runs of the sweep's store under the current signature scheme")
     p.add_argument("sweep")
     p.add_argument("--dry-run", action="store_true", help="print what would change")
+    p = verb("gc", "delete the checkpoints the sweep file's checkpoint policy does not keep (never one a run "
+             "resumes from); say how much was freed")
+    p.add_argument("sweep")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted and freed")
     p = verb("table", "the ablation table, from MLflow")
     p.add_argument("sweep")
     p.add_argument("--metric", help="default: fid, else fd, else loss")

@@ -1,4 +1,4 @@
-"""The verbs of `python run_sweep.py` (parsed in cli.py): submit, status, cancel, logs, mlflow-server, migrate,
+"""The verbs of `python run_sweep.py` (parsed in cli.py): submit, status, cancel, logs, mlflow-server, migrate, gc,
 table, report, ui, eval. `run_command` opens the sweep once (`harness.sweep.sweep.Sweep`) and hands it to the verb;
 the verbs of results hand it on to `analysis/`. Every error is a ConfigError naming the sweep file and the key
 (cli.py prints it).
@@ -10,7 +10,7 @@ import sys
 
 from rich.console import Console
 
-from harness.sweep import progress
+from harness.sweep import disk, progress
 from harness.sweep.executors import EXECUTORS, Task, executor_class
 from harness.sweep.jobs import RUN_LOG_FILE, TrainJob
 from harness.sweep.plan import PlannedRun, check_data_paths, data_paths
@@ -19,6 +19,7 @@ from harness.sweep.state import RunState
 from harness.sweep.store import NotSubmitted
 from harness.sweep.sweep import Sweep
 from toolkit.errors import ConfigError, closest
+from toolkit.sizes import format_size
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -42,6 +43,7 @@ def submit_command(sweep: Sweep, args) -> int:
     spec, runs = sweep.spec, sweep.plan_fresh()
     if args.show:
         return show_command(sweep, runs, args)
+    disk.check_budget(spec, runs)                  # before anything is created, a dry run included
     if args.dry_run:
         states = sweep.states(reuse=not args.no_reuse) if sweep.manifest is not None else None
         print_plan(spec, runs, states)
@@ -161,8 +163,10 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState] |
     for r in runs:
         changes = [o for o in r.config_overrides if not o.startswith("run.seed=")]
         row_changes = [o for o in changes if o.split("=")[0] in spec.rows[r.row].set or o.split("=")[0] in r.grid]
-        print(f"  {r.label:<{width}}  seed {r.seed:<3} {r.params / 1e6:9.2f}M {r.gflops:10.2f} GFLOPs  "
-              f"{r.signature}  {by_name.get(r.run_name, 'new'):8s} {' '.join(row_changes)}")
+        print(f"  {r.label:<{width}}  seed {r.seed:<3} {r.params / 1e6:9.2f}M {r.gflops:10.2f} GFLOPs "
+              f"{format_size(r.disk.bytes):>10} ckpt  {r.signature}  {by_name.get(r.run_name, 'new'):8s} "
+              f"{' '.join(row_changes)}")
+    print(disk.summary(spec, runs))
 
 
 # ---- status, wait, cancel, logs ----------------------------------------------------------------
@@ -257,6 +261,11 @@ def server_command(sweep: Sweep, args) -> int:
     return 0
 
 
+def gc_command(sweep: Sweep, args) -> int:
+    from harness.sweep.gc import collect
+    return collect(sweep, dry_run=args.dry_run)
+
+
 def migrate_command(sweep: Sweep, args) -> int:
     from harness.sweep.migrate import migrate_store
     return migrate_store(sweep, dry_run=args.dry_run)
@@ -298,5 +307,5 @@ def ui_command(sweep: Sweep, args) -> int:
 
 
 VERBS = {"submit": submit_command, "status": status_command, "cancel": cancel_command, "logs": logs_command,
-         "mlflow-server": server_command, "migrate": migrate_command, "table": table_command,
+         "mlflow-server": server_command, "migrate": migrate_command, "gc": gc_command, "table": table_command,
          "report": report_command, "ui": ui_command, "eval": eval_command}

@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..config import TrainConfig
 from ..configure import SIGNATURE_VERSION, affects_result, config_signature, schema_keys
-from .store import all_runs
+from .reader import all_runs
 from .sweep import Sweep
 
 

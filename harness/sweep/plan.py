@@ -27,6 +27,7 @@ from toolkit.files import atomic_write_text
 from ..config import TrainConfig
 from ..configure import compose_config, config_error, config_signature, validate
 from ..data import validate_data
+from ..retention import Footprint, footprint
 from .executors import ExecutorSpec
 from .spec import SweepError, SweepSpec
 
@@ -48,6 +49,7 @@ class PlannedRun:
     params: int = 0
     gflops: float = 0.0
     paper: dict = field(default_factory=dict)
+    disk: Footprint | None = None       # its checkpoints at most (harness/retention.py); None: read from the cache
 
     @property
     def title(self) -> str:
@@ -95,15 +97,15 @@ def _composed(experiment: str, groups: tuple[tuple[str, str], ...]):
     return composed, preset
 
 
-_complexity_cache: dict[str, tuple[int, float]] = {}
+_complexity_cache: dict[str, tuple[int, float, int]] = {}
 
 
-def complexity(model: ModelConfig) -> tuple[int, float]:
-    """(params, GFLOPs) of a model config, built once on the meta device."""
+def complexity(model: ModelConfig) -> tuple[int, float, int]:
+    """(params, GFLOPs, trained params: with the REPA projector) of a model config, built once on the meta device."""
     key = repr(model)
     if key not in _complexity_cache:
         result = measure(model)
-        _complexity_cache[key] = (result.params, result.gflops)
+        _complexity_cache[key] = (result.params, result.gflops, result.params + result.repa_params)
     return _complexity_cache[key]
 
 
@@ -167,7 +169,7 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                 try:
                     cfg = resolve_fast(spec.experiment, overrides)
                     check_world_size(cfg, executor)
-                    params, gflops = complexity(cfg.model)
+                    params, gflops, trained = complexity(cfg.model)
                 except ConfigError as err:
                     raise err.at(source=str(spec.path), key=_where(spec, row_index, err.key)) from None
                 signature = config_signature(cfg)
@@ -177,7 +179,7 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                     index=len(runs), label=row.label, row=row_index, seed=seed, grid=point,
                     config_overrides=[to_override(k, v) for k, v in overrides.items()],
                     run_name=run_name, signature=signature, executor=executor, cfg=cfg,
-                    params=params, gflops=gflops, paper=row.paper))
+                    params=params, gflops=gflops, paper=row.paper, disk=footprint(cfg, trained)))
     first: dict[str, PlannedRun] = {}
     for run in runs:                             # one signature is one run: never two rows training it
         other = first.setdefault(run.signature, run)

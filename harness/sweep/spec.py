@@ -17,7 +17,10 @@ grid: {optim.lr: [1.0e-4, 2.0e-4]}     # optional Cartesian axes, crossed with e
 seeds: [0, 1, 2]                       # the sweep owns run.seed (and run.name, run.out_dir, tracking.*)
 executor: {kind: slurm, partition: gpu, gpus_per_node: 8, timeout_min: 240}   # fields of its kind only
 tracking: {uri: null}                  # null: the sweep's own store (a local server for slurm/local)
-                                       # {host: 0.0.0.0}: that server reachable from a cluster's compute nodes
+                                       # {host: 0.0.0.0}: that server reachable from a cluster's compute nodes (it
+                                       # then requires the sweep's credentials); {uri: postgresql://ditlab@db/ditlab}:
+                                       # the runs in PostgreSQL (the password in ~/.pgpass)
+disk_budget: 2TB                       # refuse a plan whose checkpoints may take more (checkpoint.keep_*, `gc`)
 reuse_from: [other_sweep.yaml]         # finished runs of the same signature there count as done here
 max_runs: 1000                         # refuse a plan larger than this (a typo in a grid)
 ```
@@ -44,6 +47,7 @@ from typing import Any, Optional
 import yaml
 
 from toolkit.errors import ConfigError, closest
+from toolkit.sizes import parse_size
 
 from ..configure import SEED_RANGE
 from .executors import ExecutorSpec, parse_spec
@@ -117,6 +121,7 @@ class SweepSpec:
     paper_metric: dict = field(default_factory=dict)   # `paper:` key -> PaperMetric
     description: str = ""                 # what the sweep asks, in a sentence or two: the parent run's description
     notes: str = ""                       # anything else worth keeping beside the results (Markdown)
+    disk_budget: Any = None               # the most its runs' checkpoints may take (800GB, 2TiB): checked at planning
 
     @property
     def folder(self) -> Path:
@@ -213,6 +218,11 @@ def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
     max_runs = raw.get("max_runs", SweepSpec.max_runs)
     if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
         raise ConfigError("max_runs", max_runs, "expected a positive integer")
+    if raw.get("disk_budget") is not None:
+        try:
+            parse_size(raw["disk_budget"])
+        except ValueError:
+            raise ConfigError("disk_budget", raw["disk_budget"], "expected a size such as 800GB or 2TiB") from None
     labels = [row.label for row in rows]
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in labels:
@@ -221,7 +231,8 @@ def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
                      grid=grid, seeds=seeds, executor=executor, tracking=TrackingSpec(**tracking),
                      output=raw.get("output", SweepSpec.output), baseline=baseline, reuse_from=reuse_from,
                      max_runs=max_runs, paper_metric=_paper_metric(raw.get("paper_metric"), rows),
-                     description=raw.get("description", "").strip(), notes=raw.get("notes", "").strip())
+                     description=raw.get("description", "").strip(), notes=raw.get("notes", "").strip(),
+                     disk_budget=raw.get("disk_budget"))
     if spec.num_runs > max_runs:                   # before planning: a 10^6-run grid must not take minutes
         raise ConfigError("grid" if grid else "rows", reason=f"{spec.num_runs} runs ({len(rows)} rows x "
                           f"{spec.num_runs // (len(rows) * len(seeds))} grid points x {len(seeds)} seeds) exceed "

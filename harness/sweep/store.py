@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from toolkit.errors import ConfigError
 
 from ..tracking import ensure_experiment, mlflow_client
+from .reader import Readers
 from .spec import SweepSpec
 
 STORE_ID_TAG = "ditlab.store_id"
@@ -98,17 +98,6 @@ def open_store(spec: SweepSpec, manifest: dict | None) -> MlflowClient:
     return client
 
 
-def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> Iterator[object]:
-    """Every run of the experiments that matches the filter, page after page (MLflow caps a page at 50,000)."""
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=50000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
 def reuse_stores(spec: SweepSpec) -> list[str]:
     """Stores whose finished runs this sweep may reuse: its own, and those of `reuse_from` (sweep files or
     tracking URIs) that exist."""
@@ -130,15 +119,13 @@ class Finished:
     store: str              # the store that holds it
 
 
-def finished_runs(stores: list[str], signatures: set[str]) -> dict[str, Finished]:
-    """The newest FINISHED run of each signature in any experiment of the given stores."""
+def finished_runs(stores: list[str], signatures: set[str], readers: Readers | None = None) -> dict[str, Finished]:
+    """The newest FINISHED run of each signature in any experiment of the given stores (`readers`: what an earlier
+    call of the same command read, so only what changed since is read again)."""
+    readers = readers or Readers()
     found: dict[str, Finished] = {}
     for uri in stores:
-        client = mlflow_client(uri)
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
-        if not experiment_ids:
-            continue
-        for run in all_runs(client, experiment_ids, "attributes.status = 'FINISHED'"):
+        for run in readers.runs(readers.client(uri), "attributes.status = 'FINISHED'"):
             signature = run.data.tags.get("signature")
             if signature in signatures and (signature not in found
                                             or run.info.start_time > found[signature].run.info.start_time):
