@@ -32,6 +32,7 @@ from harness.sweep.jobs import JOB_ENVIRONMENT
 from harness.sweep.processes import stop_groups
 from harness.sweep.server import launch_mlflow_server
 from harness.tracking import Tracker, ensure_experiment, mlflow_client
+from toolkit.cli import quiet
 
 EXPERIMENT = "load"
 KEYS = ("loss", "grad_norm", "lr", "images_per_s", "peak_memory_gb", "epoch", "system/step", "system/heartbeat")
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--step-s", type=float, default=0.0, help="seconds between two steps of a run")
     parser.add_argument("--auth", action="store_true", help="MLflow's basic-auth app, as beyond the loopback")
     args = parser.parse_args()
+    quiet()                                       # no "View run" line per run
     folder = Path(tempfile.mkdtemp(prefix="bench_load_"))
     database = f"bench_load_{os.getpid()}"
     backend = postgres_database(database) if args.backend == "postgresql" else f"sqlite:///{folder / 'mlflow.db'}"
@@ -91,6 +93,7 @@ def main() -> None:
     credentials = sweep_credentials(folder, "bench") if args.auth else None
     proc, url = launch_mlflow_server(backend, folder / "mlartifacts", folder / "server.log", timeout=300,
                                      auth=credentials)
+    _ = mlflow_client(url)._tracking_client.store   # the REST client's modules, imported once before the fork
     context = multiprocessing.get_context("fork")
     start, results = context.Event(), context.Queue()
     with exported({**JOB_ENVIRONMENT, **(credentials.job_environment() if credentials else {})}):   # as jobs run
@@ -133,8 +136,15 @@ def main() -> None:
               f"{1000 * percentile(latencies, 95):.0f} ms, max {1000 * max(latencies):.0f} ms; run start (create + "
               f"params): p50 {percentile(opened, 50):.2f} s, max {max(opened):.2f} s; {len(latencies) / wall:.0f} "
               f"batches/s over {wall:.0f} s")
+    log = (folder / "server.log").read_text(errors="replace")
+    answered = [line for line in log.splitlines() if '" 5' in line and "HTTP/1.1" in line]
+    print(f"  server: {len(answered)} requests answered 5xx (the clients retry them), "
+          f"{log.count('database is locked')} 'database is locked' in its log")
     for index, error in failed[:5]:
         print(f"  run {index} failed: {error}")
+    if os.environ.get("BENCH_KEEP"):
+        print(f"  kept {folder}")
+        return
     if args.backend == "postgresql":
         postgres_database(database, drop=True)
     shutil.rmtree(folder, ignore_errors=True)

@@ -240,6 +240,7 @@ def logs_command(sweep: Sweep, args) -> int:
 
 def server_command(sweep: Sweep, args) -> int:
     """Start the server of the sweep's store (the one its jobs, `status` and the tables all use) or stop it."""
+    from harness.sweep.auth import CREDENTIALS_FILE
     from harness.sweep.server import server_credentials, start_server, stop_server
     from harness.sweep.store import served
     if args.stop:
@@ -255,8 +256,7 @@ def server_command(sweep: Sweep, args) -> int:
     sweep.prepare_store()
     url = start_server(sweep.spec, host=args.host, port=args.port)
     credentials = server_credentials(sweep.spec)
-    access = f"; it requires the sweep's credentials ({sweep.folder / 'tracking-credentials.json'})" \
-        if credentials else ""
+    access = f"; it requires the sweep's credentials ({sweep.folder / CREDENTIALS_FILE})" if credentials else ""
     print(f"MLflow tracking server for {sweep.name}: {url}, store {sweep.store_uri}{access}")
     return 0
 

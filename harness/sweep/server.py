@@ -25,6 +25,10 @@ from .spec import SweepSpec
 from .store import store_uri
 
 WILDCARDS = ("0.0.0.0", "::")   # listening on every interface
+# The server answers up to 40 requests at once (its WSGI app runs in anyio's default pool of 40 threads); with
+# SQLAlchemy's default pool (5 + 10 connections) the others waited 30 s for a connection and then failed with a 400,
+# which clients do not retry: 44 of 64 runs started together were lost (BENCHMARKS.md, "Tracking under load").
+SERVER_ENVIRONMENT = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "30"}
 
 
 def answers(url: str, auth: Credentials | None = None) -> bool:
@@ -88,7 +92,7 @@ def launch_mlflow_server(backend_uri: str, artifacts: Path, log_path: Path, host
     artifacts.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--host", host,
                "--port", str(port), "--workers", "1", "--artifacts-destination", artifacts.resolve().as_uri()]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**SERVER_ENVIRONMENT, **os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     if auth is not None:
         command += ["--app-name", "basic-auth"]
         env.update(auth.server_environment(log_path.parent))
