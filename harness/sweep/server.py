@@ -26,8 +26,8 @@ from .store import store_uri
 
 WILDCARDS = ("0.0.0.0", "::")   # listening on every interface
 # The server answers up to 40 requests at once (its WSGI app runs in anyio's default pool of 40 threads); with
-# SQLAlchemy's default pool (5 + 10 connections) the others waited 30 s for a connection and then failed with a 400,
-# which clients do not retry: 44 of 64 runs started together were lost (BENCHMARKS.md, "Tracking under load").
+# SQLAlchemy's default pool (5 + 10 connections) the others wait 30 s for a connection and then fail with a 400,
+# which clients do not retry, so runs started together are lost.
 SERVER_ENVIRONMENT = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "30"}
 
 
