@@ -204,10 +204,10 @@ def live(minutes: float = 1.0) -> None:
             states = watcher.states()
             first = time.perf_counter() - first
             refreshes, cpu = watch(watcher, 60 * minutes, 10.0, incremental)
-            later = sorted(refreshes[1:])
+            later = sorted(refreshes)                  # the polls after the first
             label = "reads what changed (harness/sweep/reader.py)" if incremental else "re-reads every store (before)"
             print(f"  live view, {label}: first poll {first:.2f} s ({sum(s.state == 'running' for s in states)} "
-                  f"running); later refreshes median {later[len(later) // 2]:.2f} s, max {later[-1]:.2f} s "
+                  f"running); {len(later)} later polls: median {later[len(later) // 2]:.2f} s, max {later[-1]:.2f} s "
                   f"(target < 2 s); watcher CPU {cpu:.1f} s in {minutes:g} min = {100 * cpu / (60 * minutes):.1f}% "
                   f"of a core (target < 5%)")
     finally:
