@@ -28,9 +28,9 @@ import urllib.parse
 
 from harness.metric_registry import shown_by_default
 from harness.sweep.processes import stop_groups
+from harness.sweep.reader import all_runs
 from harness.sweep.server import answers, launch_mlflow_server
 from harness.sweep.spec import SweepError, SweepSpec
-from harness.sweep.store import all_runs
 from harness.sweep.sweep import Sweep
 
 COMPARE_HINT = ("The runs are grouped by row label (Group by: label), each row in its colour with its mean; the "

@@ -8,6 +8,7 @@
     python run_sweep.py logs SWEEP.yaml LABEL [--seed S]
     python run_sweep.py mlflow-server SWEEP.yaml [--backend-uri URI] [--host H] [--port P] [--stop]
     python run_sweep.py migrate SWEEP.yaml [--dry-run]   (re-sign the store's runs after a signature change)
+    python run_sweep.py gc SWEEP.yaml [--dry-run]        (delete the checkpoints the checkpoint policy does not keep)
     python run_sweep.py table SWEEP.yaml [--metric NAME] [--at STEP_OR_EPOCH ...] [--wide] [--baseline LABEL]
                                          [--format text|markdown|latex|html|csv] [--fit page|column] [--columns ID ...]
                                          [--protocol training|selected|NAME]
@@ -16,7 +17,7 @@
     python run_sweep.py eval SWEEP.yaml [--label L] [--num 50000] [--shards K] [--reference REF] [--metrics ...]
 
 Every verb takes -v (libraries' INFO lines, run links and kernel warnings, quiet by default). Commands that
-read results (status, logs, table, report, ui, eval) on a sweep never submitted from its folder fail in one line
+read results (status, logs, table, report, ui, eval, gc) on a sweep never submitted from its folder fail in one line
 and create nothing; so does any command whose store or manifest disappeared or changed.
 
 This module parses the command line only (`--help` answers before mlflow, torch or hydra are imported); the
@@ -32,7 +33,7 @@ from harness.accelerators import DEFAULT_TARGET, keys
 from toolkit.cli import COMMAND_LINE, ArgumentParser, add_verbose, quiet, run
 from toolkit.errors import ConfigError, closest
 
-COMMANDS = ("submit", "status", "cancel", "logs", "mlflow-server", "migrate", "table", "report", "ui", "eval")
+COMMANDS = ("submit", "status", "cancel", "logs", "mlflow-server", "migrate", "gc", "table", "report", "ui", "eval")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -78,7 +79,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="the run's seed (needed when the row has several)")
     p = verb("mlflow-server", "start (or stop) the sweep's MLflow tracking server")
     p.add_argument("sweep")
-    p.add_argument("--backend-uri", help="sqlite:///... or postgresql://... (default: the sweep's sqlite file)")
+    p.add_argument("--backend-uri", help="the database it serves, which must be the sweep's store (default: the "
+                   "sweep's tracking.uri, else its sqlite file)")
     p.add_argument("--host", help="0.0.0.0 to serve compute nodes of a cluster (default: the sweep's "
                                   "tracking.host, else 127.0.0.1)")
     p.add_argument("--port", type=int)
@@ -86,6 +88,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = verb("migrate", "re-sign the runs of the sweep's store under the current signature scheme")
     p.add_argument("sweep")
     p.add_argument("--dry-run", action="store_true", help="print what would change")
+    p = verb("gc", "delete the checkpoints the sweep file's checkpoint policy does not keep (never one a run "
+             "resumes from); say how much was freed")
+    p.add_argument("sweep")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted and freed")
     p = verb("table", "the ablation table, from MLflow")
     p.add_argument("sweep")
     p.add_argument("--metric", help="default: fid, else fd, else loss")

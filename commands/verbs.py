@@ -1,4 +1,4 @@
-"""The verbs of `python run_sweep.py` (parsed in cli.py): submit, status, cancel, logs, mlflow-server, migrate,
+"""The verbs of `python run_sweep.py` (parsed in cli.py): submit, status, cancel, logs, mlflow-server, migrate, gc,
 table, report, ui, eval. `run_command` opens the sweep once (`harness.sweep.sweep.Sweep`) and hands it to the verb;
 the verbs of results hand it on to `analysis/`. Every error is a ConfigError naming the sweep file and the key
 (cli.py prints it).
@@ -12,7 +12,7 @@ import time
 from rich.console import Console
 
 from harness import accelerators
-from harness.sweep import progress
+from harness.sweep import disk, progress
 from harness.sweep.costs import RunCost, plan_costs, run_columns
 from harness.sweep.costs import summary as cost_summary
 from harness.sweep.executors import EXECUTORS, Task, executor_class
@@ -23,6 +23,7 @@ from harness.sweep.state import RunState
 from harness.sweep.store import NotSubmitted
 from harness.sweep.sweep import Sweep
 from toolkit.errors import ConfigError
+from toolkit.sizes import format_size
 
 from .address import pick_row, pick_run
 
@@ -51,6 +52,7 @@ def submit_command(sweep: Sweep, args) -> int:
         return show_command(sweep, runs, args)
     evaluations = plan_evaluations(spec, runs)             # every protocol checked against its run, before anything
     from harness.sweep.stages import cache_needs, check_stage, describe, submit_stage
+    disk.check_budget(spec, runs)                  # before anything is created, a dry run included
     if args.dry_run:
         states = sweep.states(reuse=not args.no_reuse) if sweep.manifest is not None else None
         target = accelerators.by_key(getattr(args, "gpu", accelerators.DEFAULT_TARGET))
@@ -83,17 +85,22 @@ def submit_command(sweep: Sweep, args) -> int:
     print_plan(spec, runs, states)
     print(plan_summary(spec, runs, states, reuse=not args.no_reuse, retry=args.retry))
     jobs, parent_id = [], None
-    from harness.sweep.server import running_server, start_server, stop_server
+    from harness.sweep.auth import exported
+    from harness.sweep.server import running_server, server_credentials, start_server, stop_server
+    from harness.sweep.store import served
     server_url = running_server(spec)
     server_was_up = server_url is not None
     uris: dict[str, str] = {}
 
-    def tracking_uri() -> str:                # where jobs log: the store itself in-process, else its server
-        if "uri" not in uris:
+    def tracking_uri() -> str:                # where jobs log: the store itself in-process or when it is a server
+        if "uri" not in uris:                 # already, else the sweep's own server (over its database)
             kinds = {row_executor.kind for row_executor in (spec.executor_for(row) for row in spec.rows)}
-            uris["uri"] = spec.tracking.uri or (sweep.store_uri if kinds == {"debug"} else
-                                                server_url or start_server(spec))
+            uris["uri"] = sweep.store_uri if kinds == {"debug"} or served(sweep.store_uri) else \
+                server_url or start_server(spec)
         return uris["uri"]
+
+    def job_environment() -> dict[str, str]:  # the sweep's server credentials, which jobs inherit
+        return server_credentials(spec).job_environment() if tracking_uri() != sweep.store_uri else {}
 
     if todo:
         kinds = {run.executor.kind for run in todo}
@@ -111,7 +118,8 @@ def submit_command(sweep: Sweep, args) -> int:
                 tasks = [Task(run.run_name, run.executor, TrainJob(run.overrides(spec, tracking_uri(), parent_id)),
                               after.get(run.run_name, ()))
                          for run in todo if run.executor.kind == kind]
-                submitted = executor_class(kind)(spec.folder, spec.name).submit(tasks)
+                with exported(job_environment()):
+                    submitted = executor_class(kind)(spec.folder, spec.name).submit(tasks)
                 jobs += submitted
                 sweep.record_submission(todo, submitted, parent_id, kind)
         except Exception as err:
@@ -125,8 +133,9 @@ def submit_command(sweep: Sweep, args) -> int:
     else:
         sweep.record_submission(todo, [], None, spec.executor.kind)
     if evaluations is not None:
-        submit_evaluations(sweep, evaluations, {job.run_name: job.job_id for job in jobs}, tracking_uri,
-                           reuse=not args.no_reuse, parent_id=parent_id)
+        with exported(job_environment()):
+            submit_evaluations(sweep, evaluations, {job.run_name: job.job_id for job in jobs}, tracking_uri,
+                               reuse=not args.no_reuse, parent_id=parent_id)
     if args.wait:
         code = wait_command(sweep)
         if args.report:
@@ -268,7 +277,9 @@ def print_plan(spec: SweepSpec, runs: list[PlannedRun], states: list[RunState] |
         same = f" (the same run as {runs[r.same_as].title})" if r.same_as is not None else ""
         cost = f"{run_columns(costs[r.run_name])} " if costs else ""
         print(f"  {r.label:<{width}}  seed {r.seed:<3} {r.params / 1e6:9.2f}M {r.gflops:10.2f} GFLOPs  "
-              f"{cost}{r.signature}  {by_name.get(r.run_name, 'new'):8s} {' '.join(row_changes)}{same}")
+              f"{format_size(r.disk.bytes):>10} ckpt  {cost}{r.signature}  {by_name.get(r.run_name, 'new'):8s} "
+              f"{' '.join(row_changes)}{same}")
+    print(disk.summary(spec, runs))
 
 
 # ---- status, wait, cancel, logs ----------------------------------------------------------------
@@ -348,14 +359,31 @@ def logs_command(sweep: Sweep, args) -> int:
 
 
 def server_command(sweep: Sweep, args) -> int:
-    from harness.sweep.server import start_server, stop_server
+    """Start the server of the sweep's store (the one its jobs, `status` and the tables all use) or stop it."""
+    from harness.sweep.auth import CREDENTIALS_FILE
+    from harness.sweep.server import server_credentials, start_server, stop_server
+    from harness.sweep.store import served
     if args.stop:
         print("stopped" if stop_server(sweep.spec) else "no server was running")
         return 0
+    if args.backend_uri and args.backend_uri != sweep.store_uri:
+        raise ConfigError("--backend-uri", reason=f"not the sweep's store ({sweep.store_uri}), which its jobs, status "
+                          f"and tables use: to keep the sweep's runs in that database, set it as `tracking: {{uri: "
+                          f"...}}` in the sweep file")
+    if served(sweep.store_uri):
+        raise ConfigError("tracking.uri", sweep.store_uri, "the sweep logs to this server, run elsewhere; its own "
+                          "server serves a database (tracking.uri: postgresql://... or none)")
     sweep.prepare_store()
-    url = start_server(sweep.spec, backend_uri=args.backend_uri, host=args.host, port=args.port)
-    print(f"MLflow tracking server for {sweep.name}: {url}  (set `tracking: {{uri: {url}}}` to share it)")
+    url = start_server(sweep.spec, host=args.host, port=args.port)
+    credentials = server_credentials(sweep.spec)
+    access = f"; it requires the sweep's credentials ({sweep.folder / CREDENTIALS_FILE})" if credentials else ""
+    print(f"MLflow tracking server for {sweep.name}: {url}, store {sweep.store_uri}{access}")
     return 0
+
+
+def gc_command(sweep: Sweep, args) -> int:
+    from harness.sweep.gc import collect
+    return collect(sweep, dry_run=args.dry_run)
 
 
 def migrate_command(sweep: Sweep, args) -> int:
@@ -402,5 +430,5 @@ def ui_command(sweep: Sweep, args) -> int:
 
 
 VERBS = {"submit": submit_command, "status": status_command, "cancel": cancel_command, "logs": logs_command,
-         "mlflow-server": server_command, "migrate": migrate_command, "table": table_command,
+         "mlflow-server": server_command, "migrate": migrate_command, "gc": gc_command, "table": table_command,
          "report": report_command, "ui": ui_command, "eval": eval_command}

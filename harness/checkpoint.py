@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,25 @@ def state_digest(state: Any) -> str:
     return digest.hexdigest()
 
 
-def previous_path(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.prev{path.suffix}")
+def previous_path(path: Path, age: int = 1) -> Path:
+    """The checkpoint written `age` saves before `path`: last.prev.pt, last.prev2.pt, ..."""
+    return path.with_name(f"{path.stem}.prev{'' if age == 1 else age}{path.suffix}")
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Write `state` with its checksum; the checkpoint it replaces becomes `<stem>.prev<suffix>`."""
+def rolling(path: Path) -> list[Path]:
+    """`path` and the checkpoints before it that are present, newest first (a gap left by a kill mid-rotation
+    skipped)."""
+    path = Path(path)
+    pattern = re.compile(rf"{re.escape(path.stem)}\.prev(\d*){re.escape(path.suffix)}")
+    older = sorted((int(m[1] or 1), p) for p in path.parent.glob(f"{path.stem}.prev*{path.suffix}")
+                   if (m := pattern.fullmatch(p.name)))
+    return ([path] if path.exists() else []) + [p for _, p in older]
+
+
+def save_checkpoint(state: dict, path: Path, keep: int = 2) -> None:
+    """Write `state` with its checksum; the `keep - 1` checkpoints before it stay as last.prev.pt, last.prev2.pt,
+    ... (harness/retention.py), each renamed one slot older, the oldest first: a kill between two renames
+    loses no newer file."""
     state = {**state, CHECKSUM_KEY: state_digest(state)}
 
     def write(tmp: str) -> None:
@@ -67,6 +81,9 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
     path = Path(path)
     if path.exists():
+        for age in range(keep - 1, 1, -1):
+            if previous_path(path, age - 1).exists():
+                os.replace(previous_path(path, age - 1), previous_path(path, age))
         os.replace(path, previous_path(path))
     atomic_write(path, write)
 
@@ -92,12 +109,10 @@ def load_checkpoint(path: Path, verify: bool = True) -> dict:
 
 
 def load_latest(path: Path) -> tuple[dict, Path, list[str]] | None:
-    """The newest good checkpoint among `path` and its previous one: (state, file, problems with newer files),
-    or None when neither exists. A bad file is kept as `<name>.corrupt`; CheckpointError when none is good."""
+    """The newest good checkpoint among `path` and its previous ones: (state, file, problems with newer files),
+    or None when none exists. A bad file is kept as `<name>.corrupt`; CheckpointError when none is good."""
     problems = []
-    for candidate in (Path(path), previous_path(Path(path))):
-        if not candidate.exists():
-            continue
+    for candidate in rolling(path):
         try:
             return load_checkpoint(candidate), candidate, problems
         except CheckpointError as err:

@@ -303,7 +303,13 @@ class EvalConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = 5000            # also written on SIGTERM / SIGUSR2 and at the end
-    keep_at_eval: bool = True          # keep a copy at each evaluation point
+    keep_latest: int = 2               # rolling checkpoints kept: last.pt, last.prev.pt, last.prev2.pt, ...; at least 2
+                                       # (the newest may be the one a dying job was writing; harness/retention.py)
+    keep_at_eval: bool = True          # keep a copy at each evaluation point (step<N>.pt)
+    keep_best: Optional[int] = None    # of those copies only the best N by best_metric (Lightning's save_top_k);
+                                       # None: every one
+    best_metric: Optional[str] = None  # what ranks them; None: the evaluation's headline metric (fid, fd)
+    milestones: List[int] = field(default_factory=list)   # steps whose checkpoint is kept for good (step<N>.pt)
 
 
 @dataclass

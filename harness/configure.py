@@ -131,6 +131,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     from .data import HELD_OUT_DATASETS, validate_data
     from .objectives import validate_objective
     from .perceptual import validate_perceptual
+    from .retention import validate_policy
     from .sampling import validate_sampler, validate_sde_noise
 
     cfg.model.validate()
@@ -192,6 +193,7 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
         raise ConfigError("train.log_every", train.log_every, "must be positive")
     if cfg.checkpoint.every_steps <= 0:
         raise ConfigError("checkpoint.every_steps", cfg.checkpoint.every_steps, "must be positive")
+    validate_policy(cfg)
     if cfg.eval.metric != "none" and (cfg.eval.num_samples <= 0 or cfg.eval.batch_size <= 0):
         raise ConfigError("eval.num_samples", cfg.eval.num_samples, "must be positive when eval.metric is set")
 

@@ -86,6 +86,10 @@ class Tracker:
         for start in range(0, len(items), MAX_BATCH):
             self.client.log_batch(self.run_id, metrics=items[start:start + MAX_BATCH])
 
+    def history(self, key: str) -> dict[int, float]:
+        """step -> value of a metric this run has logged."""
+        return {m.step: m.value for m in self.client.get_metric_history(self.run_id, key)}
+
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

@@ -42,6 +42,7 @@ from .losses import training_losses
 from .objectives import draw_normal, make_objective
 from .optim import base_lr, build_optimizer, clip_at, lr_at
 from .protocol import EvalProtocol
+from .retention import best_metric, copy_name, delete, higher_is_better, removable
 from .telemetry import Efficiency, StepTimer, device_name, system_metrics
 from .tracking import NullTracker, Tracker, migrated_signatures, tracking_uri, write_json
 from .vae import image_channels, is_latent
@@ -197,6 +198,10 @@ class Trainer:
             self.point_names.setdefault(step, []).append(f"step_{step}")
         self.eval_steps = sorted(set(self.point_names) | ({self.total_steps} if cfg.eval.at_end else set()))
         self.eval_steps = [s for s in self.eval_steps if 0 < s <= self.total_steps] if cfg.eval.metric != "none" else []
+        self.milestones = set(cfg.checkpoint.milestones)
+        self.best_metric = best_metric(cfg)
+        self.scores: dict[int, float] = {}     # the ranking metric at each evaluation point (harness/retention.py)
+        self.saved_at: int | None = None
 
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg.model).to(self.device)
@@ -280,13 +285,28 @@ class Trainer:
         return current == self.resolved.signature and state["signature"] in previous
 
     def save(self) -> None:
-        """Rank 0 writes the checkpoint (atomically: harness/checkpoint.py); the others wait for it, so no rank
-        runs ahead of, or exits before, a checkpoint being written."""
+        """Rank 0 writes the checkpoint (atomically: harness/checkpoint.py) once per step, then deletes what the
+        checkpoint policy allows (harness/retention.py); the others wait for it, so no rank runs ahead of, or
+        exits before, a checkpoint being written."""
+        if self.saved_at == self.step:            # (an evaluation point on a checkpoint step: one file, not two)
+            return
         if self.sharded or self.env.is_main:
             state = self.state()
             if self.env.is_main:
-                save_checkpoint(state, self.ckpt_path)
+                save_checkpoint(state, self.ckpt_path, self.cfg.checkpoint.keep_latest)
+                self.prune()
+        self.saved_at = self.step
         distributed.barrier(self.env)
+
+    def keep(self) -> None:
+        """Rank 0: a copy of this step's checkpoint that the policy ranks or keeps for good, then the policy."""
+        keep_copy(self.ckpt_path, copy_name(self.step))
+        self.prune()
+
+    def prune(self) -> None:
+        files, _ = removable(self.ckpt_path.parent, self.cfg.checkpoint, self.scores,
+                             bool(self.best_metric) and higher_is_better(self.best_metric))
+        delete(files)
 
     # ---- one step ----------------------------------------------------------------------------
 
@@ -364,7 +384,9 @@ class Trainer:
         if cfg.checkpoint.keep_at_eval:           # every rank: a sharded state is gathered, and all wait for it
             self.save()
             if self.env.is_main:
-                keep_copy(self.ckpt_path, f"step{self.step:08d}.pt")
+                if self.best_metric in metrics:
+                    self.scores[self.step] = metrics[self.best_metric]
+                self.keep()
         return metrics
 
     def _report(self, images, labels, tracker) -> dict[str, float]:
@@ -433,6 +455,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tracker = Tracker(cfg.tracking, self.run_dir, cfg.tracking.run_name or cfg.run.name, self.run_id, tags,
                               self.resolved.recorded())
+            if resumed and self.best_metric:     # the policy ranks the copies of the earlier attempts too
+                self.scores = tracker.history(self.best_metric)
             (self.run_dir / "config.yaml").write_text(self.resolved.recorded_yaml())
             if not resumed:
                 tracker.log_artifact(self.run_dir / "config.yaml")
@@ -490,7 +514,9 @@ class Trainer:
             window_steps += 1
             signum = distributed.agreed_signal(stop.signal, self.env)     # every rank stops after the same step
             boundary = self.step % cfg.train.log_every == 0 or self.step == self.total_steps
-            if boundary or self.step % cfg.checkpoint.every_steps == 0 or signum or self.step in self.eval_steps:
+            milestone = self.step in self.milestones
+            if boundary or self.step % cfg.checkpoint.every_steps == 0 or signum or self.step in self.eval_steps \
+                    or milestone:
                 if boundary and self.device.type == "cuda":
                     torch.cuda.synchronize()                  # the window's time, and its CUDA events done
                 # the mean over ranks (each rank's loss is over its own samples; the gradient norm and the
@@ -515,8 +541,10 @@ class Trainer:
                     progress.update(self.step, means)
                     window, window_start, window_steps, paused = {}, time.perf_counter(), 0, 0.0
             pause_start = time.perf_counter()
-            if self.step % cfg.checkpoint.every_steps == 0 or self.step == self.total_steps:
+            if self.step % cfg.checkpoint.every_steps == 0 or self.step == self.total_steps or milestone:
                 self.save()
+                if milestone and self.env.is_main:
+                    self.keep()
             if self.step in self.eval_steps:
                 metrics = self.evaluate(tracker)
                 progress.note(f"step {self.step}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

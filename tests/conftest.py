@@ -1,7 +1,9 @@
 import os
 import shutil
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -108,8 +110,67 @@ def slurm_available() -> str | None:
 
 
 SLURM_SKIP = slurm_available()
-EXECUTORS = ["local", pytest.param("slurm", marks=pytest.mark.skipif(SLURM_SKIP is not None,
-                                                                    reason=str(SLURM_SKIP)))]
+ON_SLURM = pytest.mark.skipif(SLURM_SKIP is not None, reason=str(SLURM_SKIP))
+EXECUTORS = ["local", pytest.param("slurm", marks=ON_SLURM)]
+
+
+# ---- tracking stores: the sweep's sqlite file, or a real PostgreSQL where one answers (scripts/local_postgres.sh) ----
+
+def postgres_available() -> str | None:
+    """None when the PostgreSQL of `scripts/local_postgres.sh` (DITLAB_POSTGRES_URI) answers, else why to skip."""
+    uri = os.environ.get("DITLAB_POSTGRES_URI")
+    if not uri:
+        return "DITLAB_POSTGRES_URI is not set; run `scripts/local_postgres.sh start` and export what `env` prints"
+    try:
+        import psycopg
+        with psycopg.connect(uri, connect_timeout=10) as connection:
+            connection.execute("SELECT 1")
+    except Exception as err:                      # not installed, not running, refused
+        return f"PostgreSQL at {uri} does not answer: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}"
+    return None
+
+
+POSTGRES_SKIP = postgres_available()
+ON_POSTGRES = pytest.mark.skipif(POSTGRES_SKIP is not None, reason=str(POSTGRES_SKIP))
+STORES = ["sqlite", pytest.param("postgresql", marks=ON_POSTGRES)]   # for `tracking` (indirect)
+
+
+def _postgres(statement: str) -> None:
+    import psycopg
+    with psycopg.connect(os.environ["DITLAB_POSTGRES_URI"], autocommit=True) as connection:
+        connection.execute(statement)
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> str:
+    """A database MLflow's migrations have already run on (once per MLflow version): new stores are copies of it."""
+    import mlflow
+    name = "ditlab_mlflow_" + mlflow.__version__.replace(".", "_")
+    base = os.environ["DITLAB_POSTGRES_URI"].rsplit("/", 1)[0]
+    import psycopg
+    with psycopg.connect(os.environ["DITLAB_POSTGRES_URI"], autocommit=True) as connection:
+        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            connection.execute(f"CREATE DATABASE {name}")
+            # in a process of its own, so that no connection to the template outlives the migration
+            subprocess.run([sys.executable, "-c", "import sys; from mlflow.tracking import MlflowClient; "
+                            "MlflowClient(sys.argv[1]).search_experiments()", f"{base}/{name}"], check=True,
+                           capture_output=True, timeout=600)
+    return name
+
+
+@pytest.fixture
+def tracking(request):
+    """The `tracking:` section of a sweep on the store the test is parametrized with (`STORES`): nothing (the
+    sweep's sqlite file) or a new PostgreSQL database, dropped afterwards."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    _postgres(f"CREATE DATABASE {name} TEMPLATE {request.getfixturevalue('postgres_template')}")
+    yield {"uri": f"{os.environ['DITLAB_POSTGRES_URI'].rsplit('/', 1)[0]}/{name}"}
+    _postgres(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")   # servers and pooled connections included
+
+
 TINY = {"train.steps": 4, "train.global_batch": 16, "train.log_every": 2, "model.depth": 2,
         "model.hidden_size": 32, "model.num_heads": 2, "eval.metric": "none", "checkpoint.every_steps": 2}
 # The offline metric at its smallest: a few samples, a 3-step sampler (a test adds where it evaluates).

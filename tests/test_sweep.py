@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import (
     EXECUTORS,
+    ON_POSTGRES,
+    ON_SLURM,
     SLOW,
     SLURM_SKIP,
     TINY,
@@ -80,9 +82,11 @@ def last_logged_loss(log: str) -> float:
     return float(lines[-1].split(" loss ")[1].split()[0])
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
-def test_sweep_submits_completes_dedups_and_retries_exactly_the_failed_run(sweep_dir, capsys, executor):
-    path = write_sweep(sweep_dir, name=f"e2e_{executor}", executor=executor, overrides=SLOW)
+@pytest.mark.parametrize("executor, tracking", [("local", "sqlite"), pytest.param("slurm", "sqlite", marks=ON_SLURM),
+                                                pytest.param("local", "postgresql", marks=ON_POSTGRES)],
+                         indirect=["tracking"])
+def test_sweep_submits_completes_dedups_and_retries_exactly_the_failed_run(tracking, sweep_dir, capsys, executor):
+    path = write_sweep(sweep_dir, name=f"e2e_{executor}", executor=executor, overrides=SLOW, tracking=tracking)
     assert main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "4 of 4 runs to submit" in out

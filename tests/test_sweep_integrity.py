@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SLOW, TINY, states, tiny_overrides, wait_until, write_sweep
+from conftest import ROOT, SLOW, STORES, TINY, states, tiny_overrides, wait_until, write_sweep
 from mlflow.tracking import MlflowClient
 
 from commands.cli import main
@@ -78,10 +78,11 @@ def test_two_planned_runs_with_one_signature_are_refused(sweep_dir, capsys):
     assert "grid.run.seed: set by the sweep, not by a row (the sweep's `seeds:` set it)" in error_line(capsys)
 
 
-def test_finished_runs_are_reused_across_sweeps_and_no_reuse_trains_anew(sweep_dir, capsys):
-    first = debug_sweep(sweep_dir, "first", seeds=[0])
+@pytest.mark.parametrize("tracking", STORES, indirect=True)
+def test_finished_runs_are_reused_across_sweeps_and_no_reuse_trains_anew(tracking, sweep_dir, capsys):
+    first = debug_sweep(sweep_dir, "first", seeds=[0], tracking=tracking)
     assert main([str(first)]) == 0
-    second = debug_sweep(sweep_dir, "second", seeds=[0], reuse_from=["first.yaml"],
+    second = debug_sweep(sweep_dir, "second", seeds=[0], reuse_from=["first.yaml"], tracking=tracking,
                          rows=[{"label": "pixel-wise", "set": {"model.adaln": "C"}},
                                {"label": "global", "set": {"model.adaln": "A"}}])
     capsys.readouterr()
@@ -100,9 +101,11 @@ def test_finished_runs_are_reused_across_sweeps_and_no_reuse_trains_anew(sweep_d
     assert own.source is None and own.mlflow_run.data.tags["sweep"] == "second"
 
 
-def test_migration_resigns_runs_and_resume_accepts_a_checkpoint_of_the_old_signature(sweep_dir, capsys, monkeypatch):
+@pytest.mark.parametrize("tracking", STORES, indirect=True)
+def test_migration_resigns_runs_and_resume_accepts_a_checkpoint_of_the_old_signature(tracking, sweep_dir, capsys,
+                                                                                    monkeypatch):
     path = debug_sweep(sweep_dir, "migr", seeds=[0], rows=[{"label": "pixel-wise", "set": {"model.adaln": "C"}}],
-                       overrides={**TINY, "train.steps": 6})
+                       overrides={**TINY, "train.steps": 6}, tracking=tracking)
     original = Trainer.train_step
 
     def crash_at_step_5(self, x, y):                 # the first attempt dies after its step-4 checkpoint

@@ -280,7 +280,7 @@ def log_evaluation(client: MlflowClient, experiment_id: str, training_run, proto
 def find_training_run(stores: list[str], signature: str):
     """(the newest finished training run of a signature in any of the stores, its store), or (None, None)."""
     from ..tracking import mlflow_client
-    from .store import all_runs
+    from .reader import all_runs
     best = (None, None)
     for uri in stores:
         client = mlflow_client(uri)

@@ -19,7 +19,7 @@ from toolkit.errors import ConfigError
 
 from ..configure import SIGNATURE_VERSION, config_from_params, config_signature
 from ..protocol import protocol_of_run
-from .store import all_runs
+from .reader import all_runs
 from .sweep import Sweep
 
 

@@ -36,6 +36,7 @@ from ..configure import (
 )
 from ..data import validate_data
 from ..protocol import EvalProtocol
+from ..retention import Footprint, footprint
 from .executors import ExecutorSpec
 from .spec import SweepError, SweepSpec
 
@@ -59,6 +60,7 @@ class PlannedRun:
     paper: dict = field(default_factory=dict)
     same_as: int | None = None          # the index of an earlier planned run that is the same run (one signature:
                                         # a grid point that only moves a switch without effect on this row's model)
+    disk: Footprint | None = None       # its checkpoints at most (harness/retention.py); None: read from the cache
 
     @property
     def title(self) -> str:
@@ -106,15 +108,15 @@ def _composed(experiment: str, groups: tuple[tuple[str, str], ...]):
     return composed, preset
 
 
-_complexity_cache: dict[str, tuple[int, float]] = {}
+_complexity_cache: dict[str, tuple[int, float, int]] = {}
 
 
-def complexity(model: ModelConfig) -> tuple[int, float]:
-    """(params, GFLOPs) of a model config, built once on the meta device."""
+def complexity(model: ModelConfig) -> tuple[int, float, int]:
+    """(params, GFLOPs, trained params: with the REPA projector) of a model config, built once on the meta device."""
     key = repr(model)
     if key not in _complexity_cache:
         result = measure(model)
-        _complexity_cache[key] = (result.params, result.gflops)
+        _complexity_cache[key] = (result.params, result.gflops, result.params + result.repa_params)
     return _complexity_cache[key]
 
 
@@ -178,7 +180,7 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                 try:
                     cfg = resolve_fast(spec.experiment, overrides)
                     check_world_size(cfg, executor)
-                    params, gflops = complexity(cfg.model)
+                    params, gflops, trained = complexity(cfg.model)
                 except ConfigError as err:
                     raise err.at(source=str(spec.path), key=_where(spec, row_index, err.key)) from None
                 signature = config_signature(cfg)
@@ -188,7 +190,7 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                     index=len(runs), label=row.label, row=row_index, seed=seed, grid=point,
                     config_overrides=[to_override(k, v) for k, v in overrides.items()],
                     run_name=run_name, signature=signature, executor=executor, cfg=cfg,
-                    params=params, gflops=gflops, paper=row.paper))
+                    params=params, gflops=gflops, paper=row.paper, disk=footprint(cfg, trained)))
     first: dict[str, PlannedRun] = {}
     for run in runs:                             # one signature is one run, trained once
         other = first.setdefault(run.signature, run)

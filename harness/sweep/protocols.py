@@ -43,9 +43,9 @@ from .evaluation import (
 )
 from .executors import Task, executor_class
 from .plan import PlannedRun
+from .reader import all_runs
 from .spec import EvaluateSpec, SweepError, SweepSpec
 from .state import RunState
-from .store import all_runs
 
 SELECTION_ROLE = "selection"          # the `sweep_role` tag of a selection's MLflow run
 SELECTION_VERSION = 1

@@ -17,10 +17,13 @@ grid: {optim.lr: [1.0e-4, 2.0e-4]}     # optional Cartesian axes, crossed with e
 seeds: [0, 1, 2]                       # the sweep owns run.seed (and run.name, run.out_dir, tracking.*)
 executor: {kind: slurm, partition: gpu, gpus_per_node: 8, timeout_min: 240}   # fields of its kind only
 tracking: {uri: null}                  # null: the sweep's own store (a local server for slurm/local)
-                                       # {host: 0.0.0.0}: that server reachable from a cluster's compute nodes
+                                       # {host: 0.0.0.0}: that server reachable from a cluster's compute nodes (it
+                                       # then requires the sweep's credentials); {uri: postgresql://ditlab@db/ditlab}:
+                                       # the runs in PostgreSQL (the password in ~/.pgpass)
 latents: {shards: 8, executor: {gpus_per_node: 1, timeout_min: 120}}
                                        # latent rows: their latent caches are a stage (harness.latents prepare) the
                                        # training runs wait for; a cache already made is used as it is
+disk_budget: 2TB                       # refuse a plan whose checkpoints may take more (checkpoint.keep_*, `gc`)
 reuse_from: [other_sweep.yaml]         # finished runs of the same signature there count as done here
 max_runs: 1000                         # refuse a plan larger than this (a typo in a grid)
 evaluate:                              # evaluations of every finished run, no retraining (harness/sweep/protocols.py)
@@ -48,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -55,6 +59,7 @@ from typing import Any, Optional
 import yaml
 
 from toolkit.errors import ConfigError, closest
+from toolkit.sizes import parse_size
 
 from ..configure import SEED_RANGE, affects_result, affects_training, schema_keys
 from ..metric_registry import METRICS as REGISTERED_METRICS
@@ -71,7 +76,9 @@ OWNED_KEYS = {"run.seed": "the sweep's `seeds:` set it", "run.name": "the sweep 
 
 @dataclass
 class TrackingSpec:
-    uri: Optional[str] = None             # None: <output>/<name>/mlflow.db (served over HTTP to slurm/local jobs)
+    uri: Optional[str] = None             # the store: None: <output>/<name>/mlflow.db; a database (postgresql://user@
+                                          # host/db: a cluster's store; password in ~/.pgpass); slurm/local jobs log to
+                                          # it through the sweep's own server. Or a server's http(s):// URL (used as is)
     experiment: Optional[str] = None      # MLflow experiment; default: the sweep name
     host: Optional[str] = None            # where the sweep's own tracking server listens (default 127.0.0.1: jobs on
                                           # this machine); 0.0.0.0: every interface, jobs reach it by this machine's
@@ -162,6 +169,7 @@ class SweepSpec:
     notes: str = ""                       # anything else worth keeping beside the results (Markdown)
     latents: Optional[LatentStageSpec] = None   # the latent-cache stage, when declared
     evaluate: Optional[EvaluateSpec] = None   # evaluations of the finished runs under protocols
+    disk_budget: Any = None               # the most its runs' checkpoints may take (800GB, 2TiB): checked at planning
 
     @property
     def folder(self) -> Path:
@@ -260,12 +268,20 @@ def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
             raise _unknown_key(f"tracking.{key}", sorted(TRACKING_KEYS))
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"tracking.{key}", value, "expected a string (or null)")
+    if tracking.get("uri") and urllib.parse.urlsplit(tracking["uri"]).password:   # (the value is not repeated)
+        raise ConfigError("tracking.uri", reason="holds a password, which would be logged with the sweep file; keep "
+                          "it in ~/.pgpass (PGPASSFILE) for a database, in MLFLOW_TRACKING_PASSWORD for a server")
     reuse_from = raw.get("reuse_from") or []
     if not isinstance(reuse_from, list) or not all(isinstance(v, str) and v for v in reuse_from):
         raise ConfigError("reuse_from", reuse_from, "expected a list of sweep files or tracking URIs")
     max_runs = raw.get("max_runs", SweepSpec.max_runs)
     if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
         raise ConfigError("max_runs", max_runs, "expected a positive integer")
+    if raw.get("disk_budget") is not None:
+        try:
+            parse_size(raw["disk_budget"])
+        except ValueError:
+            raise ConfigError("disk_budget", raw["disk_budget"], "expected a size such as 800GB or 2TiB") from None
     labels = [row.label for row in rows]
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in labels:
@@ -276,7 +292,8 @@ def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
                      max_runs=max_runs, paper_metric=_paper_metric(raw.get("paper_metric"), rows),
                      description=raw.get("description", "").strip(), notes=raw.get("notes", "").strip(),
                      latents=_latents(raw.get("latents"), executor),
-                     evaluate=_evaluate(raw["evaluate"]) if "evaluate" in raw else None)
+                     evaluate=_evaluate(raw["evaluate"]) if "evaluate" in raw else None,
+                     disk_budget=raw.get("disk_budget"))
     if spec.num_runs > max_runs:                   # before planning: a 10^6-run grid must not take minutes
         raise ConfigError("grid" if grid else "rows", reason=f"{spec.num_runs} runs ({len(rows)} rows x "
                           f"{spec.num_runs // (len(rows) * len(seeds))} grid points x {len(seeds)} seeds) exceed "

@@ -17,8 +17,9 @@ from mlflow.tracking import MlflowClient
 from .executors import JobRecord, executor_class
 from .jobs import JOB_FAILURE_FILE
 from .plan import PlannedRun
+from .reader import Readers
 from .spec import SweepSpec
-from .store import all_runs, finished_runs, reuse_stores, store_uri
+from .store import finished_runs, reuse_stores, store_uri
 
 # ---- the manifest: what was submitted, as which job (`Sweep.manifest` reads and writes it) ---------
 
@@ -65,13 +66,15 @@ class RunState:
         return f"done (from sweep {self.source})" if self.source else self.state
 
 
-def mlflow_runs(client: MlflowClient, experiment_name: str, sweep: str) -> dict[str, object]:
-    """Latest MLflow run per signature for this sweep, in one (paged) query."""
+def mlflow_runs(client: MlflowClient, experiment_name: str, sweep: str, readers: Readers | None = None
+                ) -> dict[str, object]:
+    """Latest MLflow run per signature for this sweep, in one (paged) query; with the `readers` of earlier polls,
+    only what changed since (harness/sweep/reader.py)."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return {}
     latest: dict[str, object] = {}
-    for run in all_runs(client, [experiment.experiment_id], f"tags.sweep = '{sweep}'"):
+    for run in (readers or Readers()).runs(client, f"tags.sweep = '{sweep}'", [experiment.experiment_id]):
         signature = run.data.tags.get("signature")
         if signature and (signature not in latest or run.info.start_time > latest[signature].info.start_time):
             latest[signature] = run
@@ -93,13 +96,13 @@ def job_failure(spec: SweepSpec, run_name: str) -> str | None:
 
 
 def sweep_states(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient, manifest: dict,
-                 reuse: bool = True) -> list[RunState]:
-    tracked = mlflow_runs(client, spec.experiment_name, spec.name)
+                 reuse: bool = True, readers: Readers | None = None) -> list[RunState]:
+    tracked = mlflow_runs(client, spec.experiment_name, spec.name, readers)
     submitted = [manifest["runs"][r.run_name] for r in runs if r.run_name in manifest["runs"]]
     jobs = scheduler_states(submitted) if submitted else {}
     wanted = {r.signature for r in runs if tracked.get(r.signature) is None
               or tracked[r.signature].info.status != "FINISHED"}
-    elsewhere = finished_runs(reuse_stores(spec), wanted) if reuse and wanted else {}
+    elsewhere = finished_runs(reuse_stores(spec), wanted, readers) if reuse and wanted else {}
     now = time.time()
     states = []
     for run in runs:

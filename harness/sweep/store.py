@@ -1,7 +1,8 @@
 """The sweep's MLflow store: where it is, that it is still the one the sweep was submitted to, and runs
 finished in other stores that this sweep may reuse.
 
-The store is `<sweep folder>/mlflow.db` (sqlite) unless `tracking.uri` names another. Its experiment
+The store is `<sweep folder>/mlflow.db` (sqlite) unless `tracking.uri` names another (a PostgreSQL database, or a
+tracking server's URL). Its experiment
 carries a random `ditlab.store_id` tag, written at the first submission and recorded in the manifest;
 every later command checks both before reading, so a deleted or replaced store (or manifest) is reported
 instead of being silently recreated empty — opening a missing sqlite file with MLflow would create it.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from toolkit.errors import ConfigError
 
 from ..tracking import ensure_experiment, mlflow_client
+from .reader import Readers
 from .spec import SweepSpec
 
 STORE_ID_TAG = "ditlab.store_id"
@@ -35,6 +36,11 @@ class StoreProblem(ConfigError):
 def store_uri(spec: SweepSpec) -> str:
     """Where runs are read from: the configured URI, else the sweep's own sqlite file."""
     return spec.tracking.uri or f"sqlite:///{spec.folder / 'mlflow.db'}"
+
+
+def served(uri: str) -> bool:
+    """A tracking server's URL (its clients log to it as it is), not a database a server of the sweep's serves."""
+    return uri.startswith(("http://", "https://"))
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -92,17 +98,6 @@ def open_store(spec: SweepSpec, manifest: dict | None) -> MlflowClient:
     return client
 
 
-def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> Iterator[object]:
-    """Every run of the experiments that matches the filter, page after page (MLflow caps a page at 50,000)."""
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=50000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
 def reuse_stores(spec: SweepSpec) -> list[str]:
     """Stores whose finished runs this sweep may reuse: its own, and those of `reuse_from` (sweep files or
     tracking URIs) that exist."""
@@ -124,15 +119,13 @@ class Finished:
     store: str              # the store that holds it
 
 
-def finished_runs(stores: list[str], signatures: set[str]) -> dict[str, Finished]:
-    """The newest FINISHED run of each signature in any experiment of the given stores."""
+def finished_runs(stores: list[str], signatures: set[str], readers: Readers | None = None) -> dict[str, Finished]:
+    """The newest FINISHED run of each signature in any experiment of the given stores (`readers`: what an earlier
+    call of the same command read, so only what changed since is read again)."""
+    readers = readers or Readers()
     found: dict[str, Finished] = {}
     for uri in stores:
-        client = mlflow_client(uri)
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
-        if not experiment_ids:
-            continue
-        for run in all_runs(client, experiment_ids, "attributes.status = 'FINISHED'"):
+        for run in readers.runs(readers.client(uri), "attributes.status = 'FINISHED'"):
             signature = run.data.tags.get("signature")
             if signature in signatures and (signature not in found
                                             or run.info.start_time > found[signature].run.info.start_time):

@@ -4,6 +4,7 @@
     sweep.plan                                        # the planned runs (the plan cache, or planned again)
     sweep.client                                      # the sweep's MLflow store, checked to be the one submitted to
     sweep.states()                                    # where every run stands: one MLflow and one scheduler query
+                                                      # (called again: only what changed since is read)
 
 A command opens the sweep once and hands it to the verbs (`commands/`), the analysis (`analysis/`) and the report
 notebook; each reads the manifest and opens the store at most once, through this object (as Dora's Shepherd owns
@@ -21,6 +22,7 @@ from toolkit.files import atomic_write_text
 
 from .executors import JobRecord
 from .plan import PlannedRun, load_plan, plan_sweep, write_plan_cache
+from .reader import Readers
 from .spec import SweepSpec, load_sweep
 from .state import RunState, new_manifest, read_manifest, record_submission, sweep_states
 from .store import open_store, prepare_store, store_uri
@@ -131,7 +133,13 @@ class Sweep:
     def write_plan_cache(self) -> None:
         write_plan_cache(self.spec, self.plan)
 
+    @cached_property
+    def readers(self) -> Readers:
+        """The stores' runs as this command last read them: a poll reads only what changed since the previous one."""
+        return Readers()
+
     def states(self, reuse: bool = True) -> list[RunState]:
         """Where every planned run stands now (one MLflow query, one scheduler query; runs finished under the
-        same signature elsewhere count as done unless `reuse` is off)."""
-        return sweep_states(self.spec, self.plan, self.client, self.manifest, reuse=reuse)
+        same signature elsewhere count as done unless `reuse` is off). Called again (`--wait`, `status --watch`),
+        it reads only the runs that changed since (harness/sweep/reader.py)."""
+        return sweep_states(self.spec, self.plan, self.client, self.manifest, reuse=reuse, readers=self.readers)
