@@ -129,7 +129,8 @@ def show_command(sweep: Sweep, runs: list[PlannedRun], args) -> int:
           f"{run.gflops:.2f} GFLOPs; resolved as its job resolves it (tracking.uri: the store; a local or slurm "
           f"job logs through the sweep's server)")
     print(resolved.recorded_yaml(), end="")
-    changes = config_differences(flatten(base.cfg), flatten(run.cfg), base.cfg.model, run.cfg.model,
+    shown = [r.interpolated.shown(flatten(r.cfg)) for r in (base, run)]      # `${oc.env:...}` as written
+    changes = config_differences(*shown, base.cfg.model, run.cfg.model,
                                  lambda key: not affects_result(key) or key == "run.seed")
     print(f"# difference from the baseline row {base.label!r} (same seed and grid point): "
           + (f"{len(changes)} keys" if changes else "none" if run is not base else "this is the baseline row"))

@@ -172,7 +172,7 @@ def info_text(resolved) -> str:
     from .tracking import tracking_uri
     cfg = resolved.cfg
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    delta = result_delta(cfg)
+    delta = resolved.interpolated.shown(result_delta(cfg))      # `${oc.env:...}` as written, never its value
     lines = [f"config search path: {CONF_DIR} (train.yaml, experiment/*.yaml)",
              "schema: harness/config.py TrainConfig; model presets: models/presets.py",
              f"defaults: train_schema, model: {resolved.model_preset}, experiment: {cfg.experiment}",
@@ -182,7 +182,7 @@ def info_text(resolved) -> str:
              f"signature: {resolved.signature} (version {SIGNATURE_VERSION})",
              f"differences from the schema defaults that change the result ({len(delta)}; they make the signature):"]
     lines += [f"  {key}={value_text(value)}" for key, value in delta.items()]
-    return "\n".join(lines) + "\n"
+    return resolved.interpolated.hide("\n".join(lines) + "\n")
 
 
 
