@@ -1,7 +1,7 @@
 """`python run_sweep.py` — YAML sweep -> plan of resolved runs -> submission -> MLflow.
 
-    python run_sweep.py SWEEP.yaml [--dry-run [--show LABEL [--seed S]]] [--retry] [--wait [--report]] [--no-reuse]
-                                   [--executor slurm|local|debug]
+    python run_sweep.py SWEEP.yaml [--dry-run [--show LABEL [--seed S]]] [--retry] [--restart] [--wait [--report]]
+                                   [--no-reuse] [--executor slurm|local|debug]
     python run_sweep.py submit SWEEP.yaml ...         (the same)
     python run_sweep.py status SWEEP.yaml [--watch]
     python run_sweep.py cancel SWEEP.yaml
@@ -55,6 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "from the baseline row (a row label, or a run name)")
     p.add_argument("--seed", type=int, help="with --show: the seed (default: the sweep's first)")
     p.add_argument("--retry", action="store_true", help="also resubmit failed runs")
+    p.add_argument("--restart", action="store_true", help="resubmit failed runs (as --retry); a run whose every "
+                   "checkpoint is damaged starts again at step 0, in its MLflow run (without it: refused)")
     p.add_argument("--wait", action="store_true", help="follow progress until every run has ended")
     p.add_argument("--no-reuse", action="store_true",
                    help="train runs anew even when the same signature finished elsewhere (reuse_from, other sweeps)")

@@ -30,7 +30,8 @@ from toolkit.fields import field_meta, no_effect
 from .config import TrainConfig
 
 CONF_DIR = Path(__file__).parent / "conf"
-USAGE = ("python -m harness.train [+experiment=NAME] [model=PRESET] [KEY=VALUE ...] [--cfg job] [--info] [-v]\n"
+USAGE = ("python -m harness.train [+experiment=NAME] [model=PRESET] [KEY=VALUE ...] [--cfg job] [--info] [--restart] "
+         "[-v]\n"
          "       python -m harness.train --help [GROUP]")
 EXIT_INTERRUPTED = 3          # SIGTERM/SIGUSR2: a checkpoint was written; the job is requeued
 
@@ -46,6 +47,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--info", action="store_true",
                    help="print where the config comes from (defaults, preset, overrides), its signature and its "
                         "difference from the schema defaults, and exit")
+    p.add_argument("--restart", action="store_true",
+                   help="a run whose every checkpoint is damaged starts again at step 0, in its MLflow run "
+                        "(without it: refused)")
     add_verbose(p)
     return p
 
@@ -68,7 +72,7 @@ def _main(argv: list[str]) -> int:
         return 0
     from .trainer import Interrupted, train
     try:
-        result = train(resolve(args.overrides))
+        result = train(resolve(args.overrides), restart=args.restart)
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -138,6 +142,7 @@ def help_text(group: str = "all") -> str:
                 "  -h, --help [GROUP]  this help, or one config group's fields (" + ", ".join(names) + ")",
                 "  -c, --cfg job       print the resolved config (YAML) and exit; nothing runs",
                 "  --info              where the config comes from, its signature and difference from the defaults",
+                "  --restart           a run whose every checkpoint is damaged starts again at step 0 (else refused)",
                 "  -v, --verbose       let libraries talk (MLflow INFO lines, run links)", "",
                 "experiments (+experiment=NAME, harness/conf/experiment/):"]
         described = experiments()

@@ -14,6 +14,10 @@ at its first missing shard. A `MetricsJob` then scores the shards against the re
 `eval.reference`) with `harness.adm_metrics`, and the values are logged to the run as `<metric><N>`
 (fid50k, sfid50k, is50k, precision50k, recall50k; `fid40` for N = 40) with the protocol as params
 `eval<N>.*`, at the checkpoint's step: `run_sweep.py table SWEEP --metric fid50k` reads them.
+
+Grey models (one channel: the MNIST demo) write their samples with the grey replicated to three channels, as a
+grey reference image is read. A shard or scoring job that fails writes its one-line reason to its run's shard
+folder (`jobs.explained`), and the command prints it: never only "see the logs".
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from toolkit.files import atomic_write, atomic_write_text
 from ..config import SamplerConfig
 from ..metric_registry import count_tag
 from .executors import Task, executor_class
+from .jobs import JOB_FAILURE_FILE, explained, job_failure
 from .plan import PlannedRun
 from .spec import SweepSpec
 from .sweep import Sweep
@@ -112,13 +117,17 @@ class ShardJob:
     """Fill the given shards of one run, in order, skipping complete ones (idempotent)."""
 
     def __call__(self, checkpoint: str, sampler: dict, seed: int, shards: list[Shard], batch_size: int) -> list[str]:
+        todo = [shard for shard in shards if not shard_complete(shard)]
+        if not todo:
+            return []
+        with explained(Path(todo[0].path).parent, fresh=False):
+            return self._fill(checkpoint, sampler, seed, todo, batch_size)
+
+    def _fill(self, checkpoint: str, sampler: dict, seed: int, todo: list[Shard], batch_size: int) -> list[str]:
         import torch
 
         from ..sampling import sample
 
-        todo = [shard for shard in shards if not shard_complete(shard)]
-        if not todo:
-            return []
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, objective, cfg, _ = load_ema_model(checkpoint, device)
         sampler_cfg = SamplerConfig(**sampler)
@@ -138,8 +147,7 @@ class ShardJob:
             for chunk in labels.split(batch_size):
                 out = sample(net, objective, sampler_cfg, chunk.to(device), (mc.in_channels, mc.input_size,
                                                                            mc.input_size), generator, mc.num_classes)
-                out = ((out[:, :3].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-                images.append(out.permute(0, 2, 3, 1).cpu().numpy())
+                images.append(adm_images(out))
             arrays = {"arr_0": np.concatenate(images), "arr_1": labels.numpy()}
 
             def write(tmp, arrays=arrays):
@@ -151,6 +159,14 @@ class ShardJob:
         return written
 
 
+def adm_images(x) -> np.ndarray:
+    """Samples (N, C, H, W) in [-1, 1] as ADM images, uint8 (N, H, W, 3): one grey channel replicated to three, as
+    a grey reference image is read (PIL's convert("RGB"), harness.adm_metrics)."""
+    import torch
+    x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 METRICS_FILE = "metrics.json"
 
 
@@ -160,9 +176,10 @@ class MetricsJob:
     def __call__(self, folder: str, reference: str, metrics: list[str], inception: str, cache_dir: Optional[str],
                  batch_size: int = 100) -> dict:
         from ..adm_metrics import Evaluator, open_input
-        evaluator = Evaluator(inception, "auto", batch_size, cache_dir, inception_key="--inception")
-        values = evaluator.evaluate(open_input(folder, "SAMPLES"), open_input(reference, "REF"), metrics)
-        atomic_write_text(Path(folder) / METRICS_FILE, json.dumps(values))
+        with explained(Path(folder), fresh=False):
+            evaluator = Evaluator(inception, "auto", batch_size, cache_dir, inception_key="--inception")
+            values = evaluator.evaluate(open_input(folder, "SAMPLES"), open_input(reference, "REF"), metrics)
+            atomic_write_text(Path(folder) / METRICS_FILE, json.dumps(values))
         return values
 
 
@@ -265,9 +282,9 @@ def check_params(client: MlflowClient, target: EvalTarget, params: dict[str, str
 # =============================================================================================
 def _submit(spec: SweepSpec, tasks: list[Task], wait: bool = True) -> list[dict]:
     """Submit tasks with the sweep's executor and (`wait`) wait until none is live (debug runs them in-process)."""
-    executor = executor_class(spec.executor.kind)
+    executor = executor_class(spec.executor.kind)(spec.folder, f"{spec.name}-eval")
     records = [dataclasses.asdict(record) | {"submitted": time.time()}
-               for record in executor(spec.folder, f"{spec.name}-eval").submit(tasks)] if tasks else []
+               for record in executor.submit(tasks)] if tasks else []
     while wait and any(state in executor.LIVE for state in executor.states(records).values()):
         time.sleep(5)
     return records
@@ -288,6 +305,17 @@ def submit_shards(spec: SweepSpec, missing: list[tuple[EvalTarget, list[Shard]]]
     return _submit(spec, [Task(f"{t.run.run_name}/shard{shard.index}", task_spec,
                                functools.partial(ShardJob(), str(t.checkpoint), t.sampler, seed, [shard], batch_size))
                           for t, shards in missing for shard in shards], wait)
+
+
+def why_failed(spec: SweepSpec, target: EvalTarget, records: list[dict], missing: str) -> str:
+    """One line: the reason a job of `target` wrote (`jobs.explained`), else what its jobs' states say."""
+    found = job_failure(target.folder)
+    if found:
+        return found
+    mine = [r for r in records if r["run_name"].startswith(f"{target.run.run_name}/")]
+    states = executor_class(spec.executor.kind)(spec.folder, spec.name).states(mine) if mine else {}
+    ended = ", ".join(f"job {job} {state}" for job, state in sorted(states.items()))
+    return f"{missing} not written: its job ended without a reason ({ended or 'no job'}; killed, or out of time?)"
 
 
 def log_results(client: MlflowClient, target: EvalTarget, values: dict[str, float], params: dict[str, str]) -> None:
@@ -328,25 +356,28 @@ def evaluate_sweep(sweep: Sweep, label: Optional[str] = None,
     kind = spec.executor.kind
     echo(f"{len(targets)} runs, {num} samples each in {shards} shards; {len(to_fill)} shards to fill "
          f"(executor {kind})" + (f"; first missing: {to_fill[0].path}" if to_fill else ""))
+    for target in targets:                               # this command's jobs say why they failed, if they do
+        (target.folder / JOB_FAILURE_FILE).unlink(missing_ok=True)
     records = submit_shards(spec, missing, seed, batch, wait)
     if to_fill and not wait:
         echo(f"submitted {len(to_fill)} shard tasks; run the same command again to score them when they end")
         return 0
     incomplete = [t for t in targets if t.missing()]
     if incomplete:
-        for record in records:
-            echo(f"  job {record['job_id']}: log {record['stderr']}")
+        for target in incomplete:
+            echo(f"  {target.run.label} seed {target.run.seed}: "
+                 + why_failed(spec, target, records, f"shard {target.missing()[0].path}"))
         echo(f"{len(incomplete)} runs still miss shards; run the same command again to resume")
         return 1
-    _submit(spec, [Task(f"{t.run.run_name}/metrics", _one_device(spec),
-                        functools.partial(MetricsJob(), str(t.folder), t.reference, list(metrics),
-                                          str(evaluator.inception_path), cache_dir)) for t in targets])
+    records = _submit(spec, [Task(f"{t.run.run_name}/metrics", _one_device(spec),
+                                  functools.partial(MetricsJob(), str(t.folder), t.reference, list(metrics),
+                                                    str(evaluator.inception_path), cache_dir)) for t in targets])
     tag = count_tag(num)
     for target in targets:
         scored = target.folder / METRICS_FILE
         if not scored.is_file():
-            echo(f"  {target.run.label} seed {target.run.seed}: scoring failed (see the job logs under "
-                 f"{spec.folder / 'submitit'})")
+            echo(f"  {target.run.label} seed {target.run.seed}: scoring failed: "
+                 + why_failed(spec, target, records, str(scored)))
             return 1
         values = json.loads(scored.read_text())
         log_results(client, target, values, params[target.run.run_name])

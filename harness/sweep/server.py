@@ -2,7 +2,8 @@
 
 Jobs never write one sqlite file concurrently: for the slurm and local executors they log over HTTP to
 an `mlflow server` that owns the store (sqlite under the sweep folder, or a PostgreSQL URI). The
-server runs detached, so `run_sweep.py` returns while jobs run; its pid and URL are in server.json.
+server runs detached, so `run_sweep.py` returns while jobs run; its pid, start identity and URL are in server.json
+(a recycled pid is never taken for it, nor stopped: harness/sweep/processes.py).
 The database and the experiment are created (`store.prepare_store`) before the server and any job start.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .processes import pid_alive, stop_groups
+from .processes import OwnedProcess, start_identity, stop_groups
 from .spec import SweepSpec
 from .store import store_uri
 
@@ -44,7 +45,11 @@ def running_server(spec: SweepSpec) -> str | None:
     if not path.exists():
         return None
     info = json.loads(path.read_text())
-    return info["url"] if pid_alive(info["pid"]) and answers(info["url"]) else None
+    return info["url"] if _process(info).alive() and answers(info["url"]) else None
+
+
+def _process(info: dict) -> OwnedProcess:
+    return OwnedProcess(info["pid"], None, info.get("started"))
 
 
 def free_port() -> int:
@@ -94,7 +99,8 @@ def start_server(spec: SweepSpec, backend_uri: str | None = None, host: str | No
                                      host, port, timeout)
     if host in WILDCARDS:
         url = f"http://{socket.gethostname()}:{url.rsplit(':', 1)[1]}"
-    _info_path(spec).write_text(json.dumps({"pid": proc.pid, "url": url, "backend": backend}))
+    _info_path(spec).write_text(json.dumps({"pid": proc.pid, "started": start_identity(proc.pid), "url": url,
+                                            "backend": backend}))
     return url
 
 
@@ -102,6 +108,8 @@ def stop_server(spec: SweepSpec) -> bool:
     path = _info_path(spec)
     if not path.exists():
         return False
-    stop_groups([json.loads(path.read_text())["pid"]])
+    info = json.loads(path.read_text())
+    if _process(info).alive():
+        stop_groups([info["pid"]])
     path.unlink()
     return True
