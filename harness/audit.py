@@ -27,7 +27,7 @@ from .config import TrainConfig
 # The paper each paper recipe follows: a differing key cites its field's `cite=` for that paper
 # (harness/config.py, models/config.py; paper keys of models/papers.py), else the experiment file.
 PAPER_OF = {"pixeldit_xl_paper": "PixelDiT", "jit_l16_paper": "JiT", "dit_xl2_paper": "DiT",
-            "diffit_cifar10_paper": "DiffiT"}
+            "diffit_cifar10_paper": "DiffiT", "sit_xl2_repa_paper": "REPA", "pixelgen_xl_paper": "PixelGen"}
 
 
 def source(key: str, experiment: str) -> str:

@@ -38,11 +38,13 @@ class ObjectiveConfig:
                                        # logit_normal (sigmoid of N(p_mean, p_std); SD3, PixelDiT, JiT) | uniform;
                                        # edm: logit_normal only (t = 1 / (1 + sigma), ln(sigma) ~ N(p_mean, p_std))
     p_mean: float = switch(0.0, cite={"PixelDiT": ": logit-normal [SD3] with loc 0 (seeds 000 #9)",
-                                      "DiffiT": "I.1 via EDM: ln sigma ~ N(-1.2, 1.2)"})
+                                      "DiffiT": "I.1 via EDM: ln sigma ~ N(-1.2, 1.2)",
+                                      "PixelGen": "configs_c2i/PixelGen_XL.yaml: P_mean -0.8"})
                                        # flow: mean of logit(t), PixelDiT 0, JiT (and the seeds' code) -0.8;
                                        # edm: mean of ln(sigma), EDM -1.2
     p_std: float = switch(1.0, cite={"PixelDiT": ": logit-normal [SD3] with scale 1 (seeds 000 #9)",
-                                     "DiffiT": "I.1 via EDM: ln sigma ~ N(-1.2, 1.2)"})
+                                     "DiffiT": "I.1 via EDM: ln sigma ~ N(-1.2, 1.2)",
+                                     "PixelGen": "configs_c2i/PixelGen_XL.yaml: P_std 0.8"})
                                        # flow: std of logit(t), PixelDiT 1, JiT 0.8; edm: std of ln(sigma), EDM 1.2
     time_shift: float = 1.0            # t -> t / (t + (1 - t) * shift); PixelDiT: 1.0 at 256, 3.0 at 512
     noise_scale: float = 1.0           # eps ~ N(0, noise_scale^2); JiT: 1.0 at 256, 2.0 at 512
@@ -54,10 +56,21 @@ class ObjectiveConfig:
     vlb_weight: float = 1.0            # DiT with learn_sigma: L_simple + vlb_weight * L_vlb
     sigma_data: float = switch(0.5, cite={"EDM": "Table 1: sigma_data = 0.5"})
                                        # edm: data std in the preconditioning and loss weight
+    # ---- frequency-aware flow-matching loss [DeCo] ----------------------------------------------
+    freq_weight: float = switch(0.0, cite={
+        "DeCo": "code (flow_matching/training_repa_DeCo.py): freq_loss_weight 1"})
+                                       # flow: + freq_weight * the velocity error's 8x8 block DCT (in YCbCr) squared,
+                                       # weighted per coefficient by JPEG's quantisation tables; DeCo 1, 0 = off
+    freq_quality: int = switch(85, inert_when="freq_weight=0", cite={
+        "DeCo": "code (flow_matching/training_repa_DeCo.py): JPEG quality 85"})
+                                       # the JPEG quality (1-100) that scales the tables (libjpeg's rule)
+    freq_gamma: float = switch(1.0, inert_when="freq_weight=0", cite={
+        "DeCo": "code (flow_matching/training_repa_DeCo.py): weight (mean(Q) / Q)^gamma, gamma 1"})
+                                       # coefficient weight (mean(Q) / Q)^gamma, normalised to mean 1 per table
 
 
 # The samplers of each objective (a sampler of another objective is refused).
-SAMPLERS = {"flow": ("ab2", "euler", "heun"), "ddpm": ("ddpm", "ddim"), "edm": ("edm_heun", "edm_euler")}
+SAMPLERS = {"flow": ("ab2", "euler", "heun", "sde"), "ddpm": ("ddpm", "ddim"), "edm": ("edm_heun", "edm_euler")}
 
 
 @dataclass
@@ -67,6 +80,7 @@ class SamplerConfig:
         "EDM": "Algorithm 1: Heun", "DiffiT": "I.1: EDM's deterministic sampler"})
                                        # ab2: 2nd-order multistep (PixelDiT) | euler | heun (JiT) | ddpm | ddim (DiT) |
                                        # edm_heun: EDM Algorithm 1 (EDM, DiffiT) | edm_euler
+                                       # | sde (flow): Euler-Maruyama (SiT, REPA samplers.py)
     steps: int = switch(100, cite={"PixelDiT": "sec. 4: 100 sampling steps", "DiffiT": "I.1: 18 steps for CIFAR-10"})
                                        # PixelDiT 100, JiT 50 (Heun), DiT 250 (DDPM), DiffiT 18 CIFAR-10 / 40 FFHQ-64
                                        # (edm_heun: 2 * steps - 1 network evaluations)
@@ -81,6 +95,17 @@ class SamplerConfig:
     sigma_min: float = 0.002           # edm: the smallest noise level, smin
     sigma_max: float = 80.0            # edm: the largest noise level, smax
     rho: float = 7.0                   # edm: the exponent rho of the noise levels
+    cfg_interval_ends: str = choice("closed", "open", "open_closed_at_0", cite={
+        "PixelDiT": "official code (c2i/src/diffusion.py FlowDPMSolverSampler): guided for "
+                    "guidance_interval_min < t < guidance_interval_max",
+        "JiT": "code (denoiser.py _forward_sample): guided for (t < high) & ((low == 0) | (t > low))",
+        "REPA": "code (samplers.py): guided for low <= t <= high"})
+                                       # closed: guide for low <= t <= high (REPA) | open: low < t < high (PixelDiT:
+                                       # t = 0 never guided) | open_closed_at_0: open, but low = 0 guides t = 0 (JiT)
+    cfg_channels: Optional[int] = switch(None, cite={
+        "DiT": "code (models.py forward_with_cfg): guidance on eps channels 0-2 of 4, 'for exact reproducibility'"})
+                                       # guide only the first N channels of the guided quantity, the rest from the
+                                       # conditional output; None: all
 
 
 @dataclass
@@ -98,6 +123,12 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    optimizer: str = choice("adamw", "muon", cite={
+        "PixelDiT": "training details: AdamW", "PixelGen": "configs_c2i/PixelGen_XL.yaml: torch.optim.AdamW",
+        "PRX": "configs/yamls/optimizer/muon.yaml: Muon on the 2-D weights of the blocks, Adam on the rest"})
+                                       # adamw | muon: torch.optim.Muon on the 2-D weights whose name holds "blocks"
+                                       # (the transformer blocks' matrices, PRX's rule), AdamW on the rest; both
+                                       # follow the one LR schedule
     lr: Optional[float] = switch(1e-4, cite={"PixelDiT": "training details: lr 1e-4 at batch 256 (seeds 000 #8)",
                                              "DiffiT": "I.1: learning rate 1e-3 for CIFAR-10",
                                              "JiT": "code: blr * global batch / 256"})
@@ -128,6 +159,22 @@ class OptimConfig:
     grad_clip_after_step: float = switch(0.5, cite={
         "PixelDiT": "training details: clipping 0.5 after the step-down (seeds 000 #6)"})
                                        # PixelDiT: 0.5 after the LR step-down
+    # ---- Muon [PRX] ---------------------------------------------------------------------------
+    muon_momentum: float = switch(0.95, inert_when="optimizer=adamw", cite={
+        "PRX": "configs/yamls/optimizer/muon.yaml: momentum 0.95"})
+                                       # Muon's momentum
+    muon_nesterov: bool = switch(True, inert_when="optimizer=adamw", cite={
+        "PRX": "configs/yamls/optimizer/muon.yaml: nesterov true"})
+                                       # Nesterov momentum
+    muon_ns_steps: int = switch(5, inert_when="optimizer=adamw", cite={
+        "PRX": "configs/yamls/optimizer/muon.yaml: ns_steps 5"})
+                                       # Newton-Schulz iterations of the orthogonalisation
+    muon_lr_adjust: str = choice("match_rms_adamw", "original", "spectral_unclamped", inert_when="optimizer=adamw",
+                                 cite={"PRX": "configs/yamls/optimizer/muon.yaml: rms_scale true (muon_fsdp2: the "
+                                              "update times 0.2 sqrt(max(A, B)), Moonlight's rule)"})
+                                       # the per-matrix LR scale of an A x B matrix (torch.optim.Muon's adjust_lr_fn):
+                                       # match_rms_adamw: 0.2 sqrt(max(A, B)), so AdamW's LR carries over (PRX) |
+                                       # original: sqrt(max(1, A/B)) (Keller Jordan) | spectral_unclamped: sqrt(A/B)
 
 
 @dataclass
@@ -147,6 +194,37 @@ class RepaConfig:
     encoder: str = switch("vit_base_patch14_dinov2.lvd142m", cite={"PixelDiT": "sec. 3.4: DINOv2 ViT-B/14"})
                                        # timm name of the frozen encoder (DINOv2 ViT-B/14)
     encoder_weights: str = "hub"       # hub (local hub cache only) | random (tests, demo; the run is tagged) | a file
+
+
+@dataclass
+class PerceptualConfig:
+    lpips_weight: float = switch(0.0, cite={"PixelGen": "configs_c2i/PixelGen_XL.yaml: lpips_weight 0.1"})
+                                       # + lpips_weight * LPIPS (VGG16, the lpips package's linear heads) between
+                                       # the predicted clean image and the image; PixelGen 0.1, 0 = off (flow only)
+    dino_weight: float = switch(0.0, cite={"PixelGen": "configs_c2i/PixelGen_XL.yaml: dino_weight 0.01"})
+                                       # + dino_weight * P-DINO: 1 - cosine of the DINOv2 patch tokens (after the
+                                       # last block and norm) of the predicted clean image and of the image;
+                                       # PixelGen 0.01, 0 = off
+    t_min: float = switch(0.0, inert_when="lpips_weight=0, dino_weight=0", cite={
+        "PixelGen": "configs_c2i/PixelGen_XL.yaml: percept_t_threshold 0.3"})
+                                       # noise gating: the losses count samples with t >= t_min (the less noisy
+                                       # ones; t = 1 is data); PixelGen 0.3, 0 = every sample
+    dino_gate: str = choice("batch", "sample", inert_when=("dino_weight=0", "t_min=0"), cite={
+        "PixelGen": "code (training_repa_JiT_LPIPS_DINO_NoiseGating.py compute_dino_loss): the gate broadcasts "
+                    "over the batch"})
+                                       # how the gate applies to P-DINO: batch: as PixelGen's code computes it, the
+                                       # mean over every sample once one passes the gate (else the constant 1) |
+                                       # sample: the mean over the samples that pass, as LPIPS
+    vgg_weights: str = switch("hub", inert_when="lpips_weight=0")
+                                       # LPIPS's VGG16 trunk: hub (torchvision's vgg16-397923af.pth in the local
+                                       # torch hub cache only) | random (tests, demos; the run is tagged) | a file
+                                       # (torchvision's VGG16 state dict)
+    encoder: str = switch("vit_base_patch14_dinov2.lvd142m", inert_when="dino_weight=0", cite={
+        "PixelGen": "code (src/models/encoder.py): DINOv2 ViT-B/14, its last block's patch tokens"})
+                                       # timm name of P-DINO's frozen encoder; it sees the images at 14/16 of their
+                                       # size (224 px at 256), as PixelGen's
+    encoder_weights: str = switch("hub", inert_when="dino_weight=0")
+                                       # hub (local hub cache only) | random (tests, demos; the run is tagged) | a file
 
 
 @dataclass
@@ -223,6 +301,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     repa: RepaConfig = field(default_factory=RepaConfig)
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

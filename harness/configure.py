@@ -177,12 +177,18 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     run of a sweep planned away from its cluster) leaves data paths unchecked."""
     from .data import HELD_OUT_DATASETS, validate_data
     from .objectives import validate_objective
-    from .sampling import validate_sampler
+    from .perceptual import validate_perceptual
+    from .sampling import validate_sampler, validate_sde_noise
 
     cfg.model.validate()
     check_choices(cfg, "")
     validate_objective(cfg.objective, cfg.model)
     validate_sampler(cfg.eval.sampler, cfg.objective.kind, cfg.objective.ddpm_steps)
+    validate_sde_noise(cfg.eval.sampler, cfg.objective.noise_scale)
+    channels = cfg.eval.sampler.cfg_channels
+    if channels is not None and channels > cfg.model.in_channels:
+        raise ConfigError("eval.sampler.cfg_channels", channels, f"more than the guided quantity's "
+                          f"model.in_channels={cfg.model.in_channels} channels")
     if cfg.model.latent_downsample != 1:
         raise ConfigError("model.latent_downsample", cfg.model.latent_downsample, "training on VAE latents is not "
                           "supported (no VAE encoder here); use a pixel-space model such as model=dit_xl16")
@@ -201,12 +207,17 @@ def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     for key in ("weight_decay", "warmup_epochs", "grad_clip", "grad_clip_after_step", "min_lr", "step_lr"):
         if getattr(optim, key) < 0:
             raise ConfigError(f"optim.{key}", getattr(optim, key), "must be >= 0")
+    if not 0 <= optim.muon_momentum < 1:
+        raise ConfigError("optim.muon_momentum", optim.muon_momentum, "must be in [0, 1)")
+    if isinstance(optim.muon_ns_steps, bool) or not 1 <= optim.muon_ns_steps < 100:
+        raise ConfigError("optim.muon_ns_steps", optim.muon_ns_steps, "expected an integer in [1, 100)")
     if not cfg.ema.decays or not all(0 < d < 1 for d in cfg.ema.decays):
         raise ConfigError("ema.decays", list(cfg.ema.decays), "expected a non-empty list of decays in (0, 1)")
     if cfg.ema.eval_decay not in cfg.ema.decays:
         raise ConfigError("ema.eval_decay", cfg.ema.eval_decay, f"must be one of ema.decays={list(cfg.ema.decays)}")
     if cfg.repa.weight < 0:
         raise ConfigError("repa.weight", cfg.repa.weight, "must be >= 0")
+    validate_perceptual(cfg.perceptual, cfg.model, cfg.objective.kind)
     if cfg.repa.weight > 0 and not cfg.model.repa:
         raise ConfigError("repa.weight", cfg.repa.weight, "REPA needs the model's hook and projector "
                           "(model.repa=true), or set repa.weight=0")

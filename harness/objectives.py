@@ -21,6 +21,8 @@ gets 1 - t and its velocity output is negated; nothing else changes.
 `loss_space=velocity` compares velocities (for an image output this is JiT's loss, the x-MSE weighted by
 1 / clamp(1 - t, t_eps)^2: the target is JiT's v = (x - x_t) / clamp(1 - t, t_eps), which is x - eps
 wherever the clamp is inactive); `loss_space=native` compares the output with its own target (x, eps or v).
+With `freq_weight` > 0 the loss adds DeCo's frequency-aware term on the velocity error (`FrequencyLoss`).
+`clean_image` is the output as an estimate of x (what PixelGen's perceptual losses read, harness/perceptual.py).
 
 DDPM follows improved DDPM / DiT: linear betas, eps-prediction, and with `model.learn_sigma` the hybrid
 loss L_simple + vlb_weight * L_vlb where L_vlb sees the eps channels detached, so it trains the variance
@@ -44,6 +46,7 @@ import math
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from models.config import ModelConfig
 from toolkit.errors import ConfigError
@@ -94,6 +97,20 @@ def validate_objective(cfg: ObjectiveConfig, model: ModelConfig) -> None:
         if cfg.noise_scale != 1.0:
             raise ConfigError("objective.noise_scale", cfg.noise_scale, f"objective.kind={cfg.kind} needs "
                               f"noise_scale=1 (its noise levels are fixed by the schedule or by sigma)")
+    if not (math.isfinite(cfg.freq_weight) and cfg.freq_weight >= 0):
+        raise ConfigError("objective.freq_weight", cfg.freq_weight, "must be >= 0")
+    if cfg.freq_weight > 0:
+        if cfg.kind != "flow":
+            raise ConfigError("objective.freq_weight", cfg.freq_weight, f"DeCo's frequency-aware loss is a "
+                              f"flow-matching loss on the velocity: it needs objective.kind=flow (not {cfg.kind})")
+        if model.in_channels not in (1, 3) or model.latent_downsample != 1:
+            raise ConfigError("objective.freq_weight", cfg.freq_weight, "DeCo's frequency-aware loss reads RGB (or "
+                              "grey) pixels in YCbCr: it needs a pixel-space model with model.in_channels 1 or 3")
+        if isinstance(cfg.freq_quality, bool) or not isinstance(cfg.freq_quality, int) or \
+                not 1 <= cfg.freq_quality <= 100:
+            raise ConfigError("objective.freq_quality", cfg.freq_quality, "a JPEG quality is an integer in [1, 100]")
+        if not math.isfinite(cfg.freq_gamma):
+            raise ConfigError("objective.freq_gamma", cfg.freq_gamma, "must be finite")
     if cfg.kind == "edm":
         if cfg.time_shift != 1.0:
             raise ConfigError("objective.time_shift", cfg.time_shift, "objective.kind=edm needs 1.0 "
@@ -181,15 +198,18 @@ class FlowObjective(Objective):
     def __init__(self, cfg: ObjectiveConfig, model: ModelConfig):
         super().__init__(cfg, model)
         self.reversed = model.flow_time == "data_at_0"      # SiT's time: t_net = 1 - t, v_net = -v
+        self.frequency = FrequencyLoss(cfg.freq_quality, cfg.freq_gamma) if cfg.freq_weight > 0 else None
 
     def sample_t(self, batch: int, generator: torch.Generator, device) -> torch.Tensor:
-        """Float t in (0, 1): sigmoid(N(p_mean, p_std)) or uniform, then the time shift."""
+        """Float t in (0, 1): sigmoid(N(p_mean, p_std)) or uniform (in SiT's time: 1 - u), then the time shift."""
         cfg = self.cfg
         if cfg.t_sampling == "logit_normal":
             t = torch.sigmoid(draw_normal((batch,), generator, device) * cfg.p_std + cfg.p_mean)
         else:
             gen_device = generator.device if generator is not None else torch.device("cpu")
             t = torch.rand((batch,), generator=generator, device=gen_device, dtype=torch.float32).to(device)
+            if self.reversed:       # the draw is the network's own time [REPA loss.py: time_input = torch.rand]:
+                t = 1.0 - t         # the same distribution, and a generator gives the official code's times
         return time_shift(t, cfg.time_shift)
 
     def network_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -202,6 +222,15 @@ class FlowObjective(Objective):
         t = _bcast(t).to(x.dtype)
         return t * x + (1 - t) * eps
 
+    def clean_image(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Any network output as an estimate of the clean image x (float32): x_t + (1 - t) v for a velocity."""
+        pred, x_t, tb = prediction.float(), x_t.float(), _bcast(t.float())
+        if self.prediction == "image":
+            return pred
+        if self.prediction == "noise":
+            return (x_t - (1 - tb) * pred) / tb.clamp(min=self.cfg.t_eps)
+        return x_t + (1 - tb) * self.velocity(pred, x_t, t)
+
     def velocity(self, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Any network output as a velocity (float32); the samplers integrate this."""
         pred, x_t, t = prediction.float(), x_t.float(), _bcast(t.float())
@@ -212,19 +241,90 @@ class FlowObjective(Objective):
         x_hat = (x_t - (1 - t) * pred) / t.clamp(min=self.cfg.t_eps)     # noise prediction
         return x_hat - pred
 
+    def velocity_target(self, x, eps, x_t, t) -> torch.Tensor:
+        """The velocity the loss compares with: x - eps; for an image output JiT's (x - x_t) / clamp(1 - t)."""
+        if self.prediction == "image":
+            return (x - x_t) / (1 - _bcast(t.float())).clamp(min=self.cfg.t_eps)
+        return x - eps
+
     def loss(self, prediction, x, eps, x_t, t, pixel_weight=None) -> Dict[str, torch.Tensor]:
         pred, x, eps, x_t = prediction.float(), x.float(), eps.float(), x_t.float()
         if self.cfg.loss_space == "native":
             target = {"image": x, "noise": eps, "velocity": eps - x if self.reversed else x - eps}[self.prediction]
             error = (pred - target) ** 2
         else:
-            if self.prediction == "image":      # JiT: target (x - x_t) / clamp(1 - t) = x - eps unclamped
-                target = (x - x_t) / (1 - _bcast(t.float())).clamp(min=self.cfg.t_eps)
-            else:
-                target = x - eps
-            error = (self.velocity(pred, x_t, t) - target) ** 2
+            error = (self.velocity(pred, x_t, t) - self.velocity_target(x, eps, x_t, t)) ** 2
         diffusion = weighted_mean(error, pixel_weight)
-        return {"loss": diffusion, "diffusion": diffusion}
+        terms = {"loss": diffusion, "diffusion": diffusion}
+        if self.frequency is not None:          # DeCo: on the velocity error, whatever loss_space (unweighted)
+            terms["freq"] = self.frequency(self.velocity(pred, x_t, t) - self.velocity_target(x, eps, x_t, t))
+            terms["loss"] = diffusion + self.cfg.freq_weight * terms["freq"]
+        return terms
+
+
+# ---- DeCo's frequency-aware loss [DeCo] -------------------------------------------------------
+
+# JPEG's base quantisation tables, luminance and chrominance (ITU-T T.81, Annex K, Tables K.1 and K.2)
+JPEG_LUMINANCE = ((16, 11, 10, 16, 24, 40, 51, 61), (12, 12, 14, 19, 26, 58, 60, 55),
+                  (14, 13, 16, 24, 40, 57, 69, 56), (14, 17, 22, 29, 51, 87, 80, 62),
+                  (18, 22, 37, 56, 68, 109, 103, 77), (24, 35, 55, 64, 81, 104, 113, 92),
+                  (49, 64, 78, 87, 103, 121, 120, 101), (72, 92, 95, 98, 112, 100, 103, 99))
+JPEG_CHROMINANCE = ((17, 18, 24, 47, 99, 99, 99, 99), (18, 21, 26, 66, 99, 99, 99, 99),
+                    (24, 26, 56, 99, 99, 99, 99, 99), (47, 66, 99, 99, 99, 99, 99, 99),
+                    (99, 99, 99, 99, 99, 99, 99, 99), (99, 99, 99, 99, 99, 99, 99, 99),
+                    (99, 99, 99, 99, 99, 99, 99, 99), (99, 99, 99, 99, 99, 99, 99, 99))
+# RGB -> YCbCr (JFIF, without the offsets: the loss reads differences)
+YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+DCT_BLOCK = 8
+
+
+def jpeg_table(base, quality: int) -> torch.Tensor:
+    """A base table at a JPEG quality (libjpeg's scaling: 5000 / q below 50, 200 - 2 q above), in [1, 255]."""
+    q = min(100, max(1, int(quality)))
+    scale = 5000 / q if q < 50 else 200 - 2 * q
+    return torch.floor((torch.tensor(base, dtype=torch.float32) * scale + 50) / 100).clamp(1, 255)
+
+
+def dct_matrix(n: int = DCT_BLOCK) -> torch.Tensor:
+    """The orthonormal DCT-II: D[k, i] = a_k cos(pi (2 i + 1) k / 2n), a_0 = sqrt(1/n), a_k = sqrt(2/n)."""
+    k, i = torch.arange(n, dtype=torch.float64)[:, None], torch.arange(n, dtype=torch.float64)[None]
+    scale = torch.full((n, 1), math.sqrt(2.0 / n), dtype=torch.float64)
+    scale[0] = math.sqrt(1.0 / n)
+    return (scale * torch.cos(math.pi * (2 * i + 1) * k / (2 * n))).float()
+
+
+class FrequencyLoss:
+    """DeCo's frequency-aware flow-matching term (code: `flow_matching/training_repa_DeCo.py`): the velocity
+    error in YCbCr, its 8x8 block DCT (reflect-padded to whole blocks), each coefficient squared and weighted by
+    (mean(Q) / Q)^gamma of its JPEG quantisation table Q at `quality` (luminance for Y, chrominance for Cb and
+    Cr; each table's weights normalised to mean 1), averaged over every coefficient. A grey channel is the RGB
+    image r = g = b: its Y, with Cb = Cr = 0."""
+
+    def __init__(self, quality: int, gamma: float):
+        weights = []
+        for base in (JPEG_LUMINANCE, JPEG_CHROMINANCE, JPEG_CHROMINANCE):
+            q = jpeg_table(base, quality)
+            w = (q.mean() / q) ** gamma
+            weights.append(w / w.mean())
+        self.weights = torch.stack(weights)                 # (3, 8, 8): channel, vertical, horizontal frequency
+        self.dct = dct_matrix()
+        self.ycbcr = torch.tensor(YCBCR)
+
+    def __call__(self, error: torch.Tensor) -> torch.Tensor:
+        error = error.float()
+        if error.shape[1] == 1:                              # grey: Y = the channel, Cb = Cr = 0
+            error = torch.cat([error, torch.zeros_like(error), torch.zeros_like(error)], dim=1)
+        else:
+            error = torch.einsum("dc,bchw->bdhw", self.ycbcr.to(error.device), error)
+        n = DCT_BLOCK
+        pad_h, pad_w = -error.shape[2] % n, -error.shape[3] % n
+        if pad_h or pad_w:
+            error = F.pad(error, (0, pad_w, 0, pad_h), mode="reflect")
+        b, c, h, w = error.shape
+        blocks = error.reshape(b, c, h // n, n, w // n, n)
+        dct = self.dct.to(error.device)
+        coefficients = torch.einsum("ki,bcyixj,lj->bcyxkl", dct, blocks, dct)
+        return (self.weights.to(error.device)[None, :, None, None] * coefficients ** 2).mean()
 
 
 # ---- DDPM [DiT, IDDPM] ------------------------------------------------------------------------

@@ -63,7 +63,11 @@ def _first_line(exc: BaseException, limit: int = 200) -> str:
 class RepaEncoder(torch.nn.Module):
     """Frozen timm encoder returning patch tokens on the diffusion model's patch grid."""
 
-    def __init__(self, name: str, weights: str, grid_size: int, device=None):
+    def __init__(self, name: str, weights: str, grid_size: int, device=None, group: str = "repa",
+                 arch: dict | None = None):
+        """`group`: the config group whose `encoder` and `encoder_weights` keys a refusal names (repa,
+        perceptual: PixelGen's P-DINO reads the same kind of encoder); `arch`: timm architecture overrides
+        (the tests' narrowed DINOv2)."""
         super().__init__()
         import timm
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -71,7 +75,8 @@ class RepaEncoder(torch.nn.Module):
         if not isinstance(grid_size, int) or grid_size < 1:
             raise ConfigError("model.grid_size", grid_size, "must be a positive int (image size / patch size)")
         if not timm.is_model(name):
-            raise ConfigError("repa.encoder", name, "unknown timm model")
+            raise ConfigError(f"{group}.encoder", name, "unknown timm model")
+        self.group = group
         self.name = name
         self.weights = weights
         self.grid_size = grid_size
@@ -84,14 +89,15 @@ class RepaEncoder(torch.nn.Module):
         else:
             path = Path(weights).expanduser()
             if not path.is_file():
-                raise ConfigError("repa.encoder_weights", weights, "file does not exist")
+                raise ConfigError(f"{group}.encoder_weights", weights, "file does not exist")
             kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        kwargs.update(arch or {})
 
-        model = self._create(timm, name, weights, ENCODER_PATCH * grid_size, kwargs)
+        model = self._create(timm, name, weights, ENCODER_PATCH * grid_size, kwargs, group)
         patch = self._patch_size(model)
         if patch is not None and patch != ENCODER_PATCH:
             # an encoder with another patch size (e.g. a /16 ViT): same grid, its own input size
-            model = self._create(timm, name, weights, patch * grid_size, kwargs)
+            model = self._create(timm, name, weights, patch * grid_size, kwargs, group)
         self.model = model
         self.image_size = (patch or ENCODER_PATCH) * grid_size
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
@@ -114,7 +120,7 @@ class RepaEncoder(torch.nn.Module):
         return int(size[0]) if size[0] == size[1] else None
 
     @staticmethod
-    def _create(timm, name: str, weights: str, img_size: int, kwargs: dict):
+    def _create(timm, name: str, weights: str, img_size: int, kwargs: dict, group: str):
         def build():
             return timm.create_model(name, num_classes=0, img_size=img_size, **kwargs)
 
@@ -127,13 +133,13 @@ class RepaEncoder(torch.nn.Module):
             raise
         except Exception as exc:  # timm: RuntimeError; hub: LocalEntryNotFoundError / OSError; file: unreadable
             if isinstance(exc, RuntimeError) and ("Unknown model" in str(exc) or "Invalid pretrained tag" in str(exc)):
-                raise ConfigError("repa.encoder", name, "unknown timm model") from exc
+                raise ConfigError(f"{group}.encoder", name, "unknown timm model") from exc
             if weights == "hub":
-                raise ConfigError("repa.encoder_weights", "hub", f"no cached weights for {name} and the hub is "
+                raise ConfigError(f"{group}.encoder_weights", "hub", f"no cached weights for {name} and the hub is "
                                   "unreachable; give a local file or 'random'") from exc
             if weights == "random":
                 raise
-            raise ConfigError("repa.encoder_weights", weights, f"cannot load into {name}: "
+            raise ConfigError(f"{group}.encoder_weights", weights, f"cannot load into {name}: "
                               f"{_first_line(exc)}") from exc
 
     def train(self, mode: bool = True):
@@ -144,7 +150,11 @@ class RepaEncoder(torch.nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1] (grey (B, 1, H, W): replicated to RGB) -> (B, grid_size**2, dim)
-        patch tokens after the final norm."""
+        patch tokens after the final norm, without gradient (REPA's target)."""
+        return self.features(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """As `forward`, differentiable in the images (PixelGen's P-DINO on the predicted image)."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"RepaEncoder expects (B, 3, H, W) images, got {tuple(images.shape)}")
         x = images.to(self.mean.device, torch.float32).expand(-1, 3, -1, -1)
@@ -157,7 +167,7 @@ class RepaEncoder(torch.nn.Module):
         else:
             feats = feats[:, self.num_prefix_tokens:]
         if feats.shape[1] != self.grid_size ** 2:
-            raise RuntimeError(f"repa.encoder={self.name}: {feats.shape[1]} tokens, expected "
+            raise RuntimeError(f"{self.group}.encoder={self.name}: {feats.shape[1]} tokens, expected "
                                f"{self.grid_size ** 2} (grid {self.grid_size})")
         return feats
 

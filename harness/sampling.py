@@ -12,6 +12,10 @@ grid t_i = shift(i / steps) with shift(t) = t / (t + (1 - t) * time_shift);
     heun   Heun predictor-corrector on every step but the last, which is Euler (t = 1 is never evaluated) [JiT]
     ab2    x += dt (1.5 v - 0.5 v_prev), Euler on the first step [PixelDiT]; the coefficients are the fixed
            ones of the paper's solver (exactly Adams-Bashforth 2 on the uniform grid, time_shift = 1)
+    sde    Euler-Maruyama on dx = [v + (w/2) score] dt + sqrt(w) dW with w = 2 (1 - t) and the score of
+           x_t, -(x - t v) / (1 - t), on t_i = shift(0.96 i / (steps - 1)), i < steps; the last step, from
+           0.96 to 1, is the mean update without noise (REPA `samplers.py` euler_maruyama_sampler, SiT's
+           "sigma" diffusion with last_step_size 0.04); noise_scale 1 only
 DDPM: `ddpm` ancestral sampling and `ddim` (eta = 0) on `steps` evenly spaced timesteps of the T-step
 schedule (IDDPM respacing: betas recomputed from the kept abar values; the network gets the original k);
 learned variance (interpolated) when the model has it, the fixed small (posterior) variance otherwise.
@@ -25,12 +29,21 @@ Classifier-free guidance: with cfg_scale != 1 and the current t (ddpm: 1 - (k + 
 cfg_interval [low, high], one forward over the concatenated batch [labels | null_label] and
 guided = uncond + scale * (cond - uncond) on velocities (flow), on the eps channels (ddpm; the variance
 channels come from the conditional half) or on the denoised images D (edm; cfg_interval refers to
-t = 1 / (1 + sigma)). Elsewhere one forward of the conditional batch only.
+t = 1 / (1 + sigma)). Elsewhere one forward of the conditional batch only. `cfg_interval_ends` says
+whether the ends belong to the interval, as each official sampler decides it: `closed` [REPA], `open`
+[PixelDiT: t = 0 is never guided], `open_closed_at_0` [JiT: open, but low = 0 includes t = 0]; ends are
+compared with a 1e-6 margin, so a grid time on an end (t = 0.1 in float32 or float64) counts as on it.
+`cfg_channels` = N guides only the first N channels of that quantity, the others come from the
+conditional half [DiT `forward_with_cfg`: the first 3 of the 4 latent eps channels].
+
+`sample(..., normal=fn)` makes every standard-normal draw of the sampler (the initial noise, then each
+stochastic step's, in order) with fn(shape) instead of `generator`: the parity checks (`harness.parity`)
+feed the official samplers' own draws through it.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -72,12 +85,34 @@ def validate_sampler(cfg: SamplerConfig, objective_kind: str, num_timesteps: Opt
                           f"eval.sampler.sigma_min={cfg.sigma_min}")
     if not (math.isfinite(cfg.rho) and cfg.rho > 0):
         raise ConfigError("eval.sampler.rho", cfg.rho, "must be positive")
+    if cfg.cfg_channels is not None and (isinstance(cfg.cfg_channels, bool) or not isinstance(cfg.cfg_channels, int)
+                                         or cfg.cfg_channels < 1):
+        raise ConfigError("eval.sampler.cfg_channels", cfg.cfg_channels, "must be a positive integer or null (all)")
+
+
+def validate_sde_noise(cfg: SamplerConfig, noise_scale: float) -> None:
+    """The SDE sampler's score is that of unit noise: refuse it with objective.noise_scale != 1."""
+    if cfg.kind == "sde" and noise_scale != 1.0:
+        raise ConfigError("eval.sampler.kind", cfg.kind, f"the SDE sampler's score assumes unit noise "
+                          f"(objective.noise_scale={noise_scale}); use an ODE sampler")
 
 
 def flow_time_grid(steps: int, shift: float) -> list:
     """t_0 = 0 < ... < t_steps = 1, shifted; python floats (computed in float64)."""
     grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     return time_shift(grid, shift).tolist()
+
+
+# SiT's SDE stops its noise 0.04 before the data and takes the last step as the mean update [REPA
+# `samplers.py` euler_maruyama_sampler: linspace(1, 0.04, steps) then 0; SiT `transport` last_step_size]
+SDE_LAST_STEP = 0.04
+
+
+def sde_time_grid(steps: int, shift: float) -> list:
+    """t_i = shift((1 - SDE_LAST_STEP) i / (steps - 1)) for i < steps, then t_steps = 1; python floats
+    (float64). One step: [0, 1]."""
+    grid = torch.linspace(0.0, 1.0 - SDE_LAST_STEP, steps, dtype=torch.float64)
+    return time_shift(torch.cat([grid, torch.ones(1, dtype=torch.float64)]), shift).tolist()
 
 
 def edm_sigma_grid(steps: int, sigma_min: float, sigma_max: float, rho: float) -> list:
@@ -91,23 +126,31 @@ def edm_sigma_grid(steps: int, sigma_min: float, sigma_max: float, rho: float) -
     return sigmas.tolist() + [0.0]
 
 
-class _Guided:
-    """One network evaluation at a shared time, with classifier-free guidance when it applies."""
+class Guidance:
+    """The network at a shared time with classifier-free guidance where it applies: the quantity each sampler
+    integrates (flow: the velocity; ddpm: eps and the variance channels; edm: the denoised image D)."""
+
+    MARGIN = 1e-6           # interval ends are compared with this margin (float32 grid times on an end)
 
     def __init__(self, net: Callable, objective: Objective, cfg: SamplerConfig, labels: torch.Tensor,
                  null_label: int):
         self.net, self.objective, self.labels = net, objective, labels
         self.scale = float(cfg.cfg_scale)
         self.low, self.high = (float(v) for v in cfg.cfg_interval)
+        self.ends = cfg.cfg_interval_ends
+        self.channels = cfg.cfg_channels
         self.doubled_labels = torch.cat([labels, torch.full_like(labels, null_label)])
 
     def guided_at(self, t: torch.Tensor) -> bool:
         if self.scale == 1.0:
             return False
         u = float(self.objective.unit_time(t[:1])[0])
-        return self.low - 1e-6 <= u <= self.high + 1e-6        # inclusive, robust to float32 rounding
+        if self.ends == "closed":
+            return self.low - self.MARGIN <= u <= self.high + self.MARGIN
+        above_low = u > self.low + self.MARGIN or (self.ends == "open_closed_at_0" and self.low == 0.0)
+        return above_low and u < self.high - self.MARGIN
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def outputs(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(conditional output, unconditional output or None), float32; t is per sample (B,)."""
         t_net = self.objective.network_time(t)
         if self.guided_at(t):
@@ -116,45 +159,71 @@ class _Guided:
             return cond, uncond
         return self.net(x, t_net, self.labels).float(), None
 
+    def mix(self, cond: torch.Tensor, uncond: Optional[torch.Tensor]) -> torch.Tensor:
+        """uncond + scale (cond - uncond) on the first `cfg_channels` channels (all by default), cond on the rest."""
+        if uncond is None:
+            return cond
+        n = self.channels or cond.shape[1]
+        guided = uncond[:, :n] + self.scale * (cond[:, :n] - uncond[:, :n])
+        return torch.cat([guided, cond[:, n:]], dim=1) if n < cond.shape[1] else guided
+
+    def velocity(self, x: torch.Tensor, t_value: float) -> torch.Tensor:
+        """Flow: the guided velocity at harness time t_value."""
+        objective = self.objective
+        t = torch.full((x.shape[0],), t_value, dtype=torch.float32, device=x.device)
+        cond, uncond = self.outputs(x, t)
+        return self.mix(objective.velocity(cond, x, t), None if uncond is None else objective.velocity(uncond, x, t))
+
+    def eps(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """DDPM: (guided eps, the conditional variance channels or None) at the original step k."""
+        objective = self.objective
+        cond, uncond = self.outputs(x, torch.full((x.shape[0],), k, dtype=torch.long, device=x.device))
+        eps, var_raw = objective.split(cond)
+        return self.mix(eps, None if uncond is None else objective.split(uncond)[0]), var_raw
+
+    def denoised(self, x: torch.Tensor, sigma_value: float) -> torch.Tensor:
+        """EDM: the guided denoised image D at noise level sigma_value."""
+        objective = self.objective
+        sigma = torch.full((x.shape[0],), sigma_value, dtype=torch.float32, device=x.device)
+        cond, uncond = self.outputs(objective.c_in(sigma).view(-1, 1, 1, 1) * x, objective.time_of(sigma))
+        d_u = None if uncond is None else objective.denoised(uncond, x, sigma)
+        return self.mix(objective.denoised(cond, x, sigma), d_u)
+
 
 @torch.no_grad()
 def sample(net: Callable, objective: Objective, cfg: SamplerConfig, labels: torch.Tensor,
-           shape: Sequence[int], generator: torch.Generator, null_label: int) -> torch.Tensor:
-    """(B, C, H, W) samples in data space (float32, not clamped) for the B `labels`."""
+           shape: Sequence[int], generator: torch.Generator, null_label: int,
+           normal: Optional[Callable[[Sequence[int]], torch.Tensor]] = None) -> torch.Tensor:
+    """(B, C, H, W) samples in data space (float32, not clamped) for the B `labels`; `normal(shape)`, if
+    given, makes the standard-normal draws instead of `generator` (module docstring)."""
     validate_sampler(cfg, objective.kind, getattr(objective, "num_timesteps", None))
     device = labels.device
     batch = labels.shape[0]
-    guided = _Guided(net, objective, cfg, labels, null_label)
-    noise = draw_normal((batch, *shape), generator, device)
+    draw = normal or (lambda size: draw_normal(size, generator, device))
+    guidance = Guidance(net, objective, cfg, labels, null_label)
+    noise = draw((batch, *shape)).to(device)
     if isinstance(objective, FlowObjective):
-        return _sample_flow(guided, objective, cfg, noise * objective.cfg.noise_scale)
+        x = noise * objective.cfg.noise_scale
+        if cfg.kind == "sde":
+            return _sample_sde(guidance, objective, cfg, x, draw)
+        return _sample_flow(guidance, cfg, x)
     if isinstance(objective, DDPMObjective):
-        return _sample_ddpm(guided, objective, cfg, noise, generator)
+        return _sample_ddpm(guidance, objective, cfg, noise, draw)
     if isinstance(objective, EDMObjective):
-        return _sample_edm(guided, objective, cfg, noise)
+        return _sample_edm(guidance, cfg, noise)
     raise ConfigError("objective.kind", objective.kind, "no sampler for this objective")
 
 
-def _sample_flow(guided: _Guided, objective: FlowObjective, cfg: SamplerConfig, x: torch.Tensor) -> torch.Tensor:
-    batch, steps = x.shape[0], cfg.steps
-
-    def velocity(x, t_value: float):
-        t = torch.full((batch,), t_value, dtype=torch.float32, device=x.device)
-        cond, uncond = guided(x, t)
-        v = objective.velocity(cond, x, t)
-        if uncond is not None:
-            v_u = objective.velocity(uncond, x, t)
-            v = v_u + guided.scale * (v - v_u)
-        return v
-
+def _sample_flow(guidance: Guidance, cfg: SamplerConfig, x: torch.Tensor) -> torch.Tensor:
+    steps = cfg.steps
     ts = flow_time_grid(steps, cfg.time_shift)
     v_prev = None
     for i in range(steps):
         t, t_next = ts[i], ts[i + 1]
         dt = t_next - t
-        v = velocity(x, t)
+        v = guidance.velocity(x, t)
         if cfg.kind == "heun" and i < steps - 1:
-            v_next = velocity(x + dt * v, t_next)
+            v_next = guidance.velocity(x + dt * v, t_next)
             x = x + dt * 0.5 * (v + v_next)
         elif cfg.kind == "ab2" and v_prev is not None:
             x = x + dt * (1.5 * v - 0.5 * v_prev)
@@ -164,22 +233,32 @@ def _sample_flow(guided: _Guided, objective: FlowObjective, cfg: SamplerConfig, 
     return x
 
 
-def _sample_ddpm(guided: _Guided, objective: DDPMObjective, cfg: SamplerConfig, x: torch.Tensor,
-                 generator: torch.Generator) -> torch.Tensor:
+def _sample_sde(guidance: Guidance, objective: FlowObjective, cfg: SamplerConfig, x: torch.Tensor,
+                draw: Callable) -> torch.Tensor:
+    validate_sde_noise(cfg, objective.cfg.noise_scale)
+    ts = sde_time_grid(cfg.steps, cfg.time_shift)
+    for i in range(cfg.steps):
+        t, t_next = ts[i], ts[i + 1]
+        dt = t_next - t
+        v = guidance.velocity(x, t)
+        score = -(x - t * v) / (1.0 - t)          # -eps_hat / (1 - t), eps_hat = x_t - t v
+        x = x + dt * (v + (1.0 - t) * score)      # drift v + (w / 2) score, w = 2 (1 - t)
+        if i < cfg.steps - 1:                     # the last step is the mean update
+            x = x + math.sqrt(2.0 * (1.0 - t) * dt) * draw(x.shape).to(x.device)
+    return x
+
+
+def _sample_ddpm(guidance: Guidance, objective: DDPMObjective, cfg: SamplerConfig, x: torch.Tensor,
+                 draw: Callable) -> torch.Tensor:
     schedule, timestep_map = objective.schedule.respace(cfg.steps)
     batch, device = x.shape[0], x.device
     for idx in reversed(range(schedule.num_timesteps)):
         idx_vec = torch.full((batch,), idx, dtype=torch.long, device=device)
-        k_vec = torch.full((batch,), int(timestep_map[idx]), dtype=torch.long, device=device)
-        cond, uncond = guided(x, k_vec)
-        eps, var_raw = objective.split(cond)
-        if uncond is not None:
-            eps_u, _ = objective.split(uncond)
-            eps = eps_u + guided.scale * (eps - eps_u)
+        eps, var_raw = guidance.eps(x, int(timestep_map[idx]))
         if cfg.kind == "ddpm":
             mean, log_var, _ = schedule.p_mean_variance(eps, var_raw, x, idx_vec)
             if idx > 0:
-                x = mean + torch.exp(0.5 * log_var) * draw_normal(x.shape, generator, device)
+                x = mean + torch.exp(0.5 * log_var) * draw(x.shape).to(device)
             else:
                 x = mean
         else:                                     # ddim, eta = 0
@@ -189,26 +268,15 @@ def _sample_ddpm(guided: _Guided, objective: DDPMObjective, cfg: SamplerConfig, 
     return x
 
 
-def _sample_edm(guided: _Guided, objective: EDMObjective, cfg: SamplerConfig, noise: torch.Tensor) -> torch.Tensor:
-    batch, device = noise.shape[0], noise.device
-
-    def denoise(x, sigma_value: float):
-        sigma = torch.full((batch,), sigma_value, dtype=torch.float32, device=device)
-        cond, uncond = guided(objective.c_in(sigma).view(-1, 1, 1, 1) * x, objective.time_of(sigma))
-        d = objective.denoised(cond, x, sigma)
-        if uncond is not None:
-            d_u = objective.denoised(uncond, x, sigma)
-            d = d_u + guided.scale * (d - d_u)
-        return d
-
+def _sample_edm(guidance: Guidance, cfg: SamplerConfig, noise: torch.Tensor) -> torch.Tensor:
     sigmas = edm_sigma_grid(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     x = noise * sigmas[0]
     for i in range(cfg.steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        d = (x - denoise(x, sigma)) / sigma
+        d = (x - guidance.denoised(x, sigma)) / sigma
         x_next = x + (sigma_next - sigma) * d
         if cfg.kind == "edm_heun" and sigma_next > 0:        # 2nd-order correction [EDM Algorithm 1]
-            d_next = (x_next - denoise(x_next, sigma_next)) / sigma_next
+            d_next = (x_next - guidance.denoised(x_next, sigma_next)) / sigma_next
             x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)
         x = x_next
     return x

@@ -4,6 +4,7 @@
     python -m harness.train --help [GROUP]        experiments, presets, every field with its default and doc
     python -m harness.train +experiment=tiny_digits --cfg job    the resolved config (YAML); nothing runs
     python -m harness.train +experiment=tiny_digits --info       where it comes from: defaults, signature, delta
+    python -m harness.train --switch-table [--readme README.md]   the loss and optimizer switches as Markdown
 
 As hydra's own flags do (`--help`, `--cfg job`, `--info`), for a config composed with hydra's compose API.
 The field docs are the comments beside the fields in harness/config.py and models/config.py
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple
 
 from models.papers import cite
 from toolkit.cli import COMMAND_LINE, ArgumentParser, add_verbose, quiet, run
-from toolkit.docs import field_docs, value_text
+from toolkit.docs import field_docs, switch_table, value_text, write_readme_span
 from toolkit.errors import unknown
 from toolkit.fields import field_meta, no_effect
 
@@ -32,7 +33,8 @@ from .config import TrainConfig
 CONF_DIR = Path(__file__).parent / "conf"
 USAGE = ("python -m harness.train [+experiment=NAME] [model=PRESET] [KEY=VALUE ...] [--cfg job] [--info] [--restart] "
          "[-v]\n"
-         "       python -m harness.train --help [GROUP]")
+         "       python -m harness.train --help [GROUP]\n"
+         "       python -m harness.train --switch-table [--readme README.md]")
 EXIT_INTERRUPTED = 3          # SIGTERM/SIGUSR2: a checkpoint was written; the job is requeued
 
 
@@ -50,6 +52,11 @@ def parser() -> ArgumentParser:
     p.add_argument("--restart", action="store_true",
                    help="a run whose every checkpoint is damaged starts again at step 0, in its MLflow run "
                         "(without it: refused)")
+    p.add_argument("--switch-table", action="store_true",
+                   help="print the table of the recipe's loss and optimizer switches (Markdown), generated from "
+                        "harness/config.py")
+    p.add_argument("--readme", type=Path, metavar="FILE",
+                   help="with --switch-table: write it into FILE between its recipe-switch-table markers")
     add_verbose(p)
     return p
 
@@ -63,6 +70,12 @@ def _main(argv: list[str]) -> int:
     args = parser().parse_intermixed_args(argv)
     if args.help is not None:
         print(help_text(args.help))
+        return 0
+    if args.switch_table:
+        if args.readme:
+            write_readme_span(args.readme, RECIPE_TABLE_BEGIN, RECIPE_TABLE_END, recipe_switch_table())
+        else:
+            print(recipe_switch_table(), end="")
         return 0
     quiet(args.verbose)
     from .configure import resolve
@@ -79,6 +92,22 @@ def _main(argv: list[str]) -> int:
     print(f"done: {result.step} steps, run {result.run_id} in {result.run_dir}"
           + "".join(f", {k}={v:.4g}" for k, v in result.metrics.items()))
     return 0
+
+
+# ---- --switch-table: the README's table of the recipe's loss and optimizer switches ---------------------------
+
+RECIPE_TABLE_COMMAND = "python -m harness.train --switch-table --readme README.md"
+RECIPE_TABLE_BEGIN = f"<!-- recipe switch table, generated (do not edit): {RECIPE_TABLE_COMMAND} -->"
+RECIPE_TABLE_END = "<!-- end recipe switch table -->"
+RECIPE_GROUPS = ("objective", "repa", "perceptual", "optim")   # the loss and optimizer groups (the rest: --help)
+
+
+def recipe_switch_table() -> str:
+    """The fields of the loss and optimizer groups as Markdown, as `python -m models.inspect --switch-table`
+    gives the model's: values, doc, citations, when each has no effect."""
+    defaults = TrainConfig()
+    return "\n".join(switch_table(type(getattr(defaults, group)), prefix=f"{group}.", untitled=group)
+                     for group in RECIPE_GROUPS)
 
 
 # ---- --help ------------------------------------------------------------------------------------------

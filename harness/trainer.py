@@ -49,6 +49,7 @@ from .configure import SIGNATURE_VERSION, ResolvedConfig
 from .data import StepBatches, build_dataset
 from .ema import EMA
 from .evaluate import build_metric, generate
+from .losses import training_losses
 from .objectives import make_objective
 from .optim import base_lr, build_optimizer, clip_at, lr_at
 from .sweep.processes import start_identity
@@ -190,6 +191,11 @@ class Trainer:
             if self.encoder.dim != cfg.model.repa_dim:
                 raise ConfigError("model.repa_dim", cfg.model.repa_dim, f"the encoder {cfg.repa.encoder} "
                                   f"gives {self.encoder.dim}-d features")
+        self.perceptual = None                    # PixelGen's LPIPS and P-DINO (harness/perceptual.py)
+        if cfg.perceptual.lpips_weight > 0 or cfg.perceptual.dino_weight > 0:
+            from .perceptual import PerceptualLoss, shares_encoder
+            shared = self.encoder if shares_encoder(cfg) else None      # PixelGen: one DINOv2 for both, one target
+            self.perceptual = PerceptualLoss(cfg.perceptual, cfg.model, device=self.device, dino=shared)
         self.env = distributed.init(self.device)
         self.metric = build_metric(cfg, self.dataset, self.device) if self.env.is_main else None
         if self.metric is not None and self.metric.note:
@@ -220,6 +226,9 @@ class Trainer:
         if cfg.train.activation_checkpointing:
             parallel.checkpoint_blocks(self.model)
         self.sharded = cfg.train.parallel == "fsdp" and self.env.world_size > 1
+        if self.sharded and cfg.optim.optimizer == "muon":
+            raise ConfigError("optim.optimizer", "muon", "torch.optim.Muon orthogonalises whole matrices, which "
+                              "train.parallel=fsdp shards over the ranks; use train.parallel=ddp")
         if self.sharded:                          # before the EMA and the optimizer: both follow the shards
             parallel.shard(self.model)
         self.ema = EMA(self.model, cfg.ema.decays)
@@ -338,27 +347,7 @@ class Trainer:
         return {key: torch.cat(values) for key, values in draws.items() if values}
 
     def losses(self, x, y, draws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        cfg, objective = self.cfg, self.objective
-        drop = draws["drop"]
-        if cfg.model.num_classes == 0:            # unconditional: the null label (index 0) for every sample
-            drop = torch.ones_like(drop)
-        y = torch.where(drop, torch.full_like(y, cfg.model.num_classes), y)
-        t, eps = draws["t"], draws["eps"]
-        x_t = objective.corrupt(x, eps, t)
-        hint = mask = weight = None
-        if cfg.model.hint_fraction > 0:          # GT pixel hints: reveal clean pixels, down-weight their loss
-            mask = draws["mask"]
-            hint = x
-            weight = torch.where(mask, cfg.model.hint_loss_weight, 1.0)
-        bf16 = cfg.train.precision == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = self.net(x_t, objective.network_time(t), y, hint, mask)
-        terms = objective.loss(out.prediction.float(), x, eps, x_t, t, weight)
-        if self.encoder is not None:
-            from .repa import repa_loss
-            terms["repa"] = repa_loss(out.repa.float(), self.encoder(x))
-            terms["loss"] = terms["loss"] + cfg.repa.weight * terms["repa"]
-        return terms
+        return training_losses(self.net, self.objective, self.cfg, x, y, draws, self.encoder, self.perceptual)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimizer step on this rank's batch of the current step."""
@@ -448,6 +437,8 @@ class Trainer:
             tags["checkpoint_fallback"] = self.checkpoint_note[:5000]
         if self.encoder is not None and self.encoder.random_weights:
             tags["repa_encoder"] = "random"
+        if self.perceptual is not None and self.perceptual.random_weights:
+            tags["perceptual_random"] = ",".join(self.perceptual.random_weights)
         if self.init_sha256:
             tags["init_from_sha256"] = self.init_sha256
         tags["world_size"] = str(self.env.world_size)

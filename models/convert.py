@@ -12,6 +12,8 @@ Sources and the official code whose state_dict layout each one reads and writes:
                  `cfg.pixel_modulation`); its REPA projector lives in the trainer, saved as
                  `diffusion_trainer.proj.0.*` (c2i/src/diffusion.py `REPATrainer`)
   jit            JiT (LTH14's model_jit.py `JiT`)
+  pixelgen       Zehong-Ma/PixelGen src/models/transformer/JiT.py `JiT` with `use_bottleneck=False` (one conv patch
+                 embedding); its REPA projector lives in the trainer, saved as `diffusion_trainer.proj.0.*`
   dit            facebookresearch/DiT models.py `DiT`
   diffit_latent  NVlabs/DiffiT diffit/diffit.py `DiffiT` (the latent model)
   sit_repa       sihyun-yu/REPA models/sit.py `SiT`, with its projector `projectors.0.*`
@@ -48,9 +50,9 @@ from .diffit import relative_position_index
 from .families import build_model
 from .layers import sincos_2d
 
-SOURCES = ("pixeldit", "jit", "dit", "diffit_latent", "sit_repa")
+SOURCES = ("pixeldit", "jit", "dit", "diffit_latent", "sit_repa", "pixelgen")
 NAMES = {"pixeldit": "PixelDiT (PixDiT)", "jit": "JiT", "dit": "DiT", "diffit_latent": "latent DiffiT",
-         "sit_repa": "REPA's SiT"}
+         "sit_repa": "REPA's SiT", "pixelgen": "PixelGen (JiT)"}
 
 
 # ---- re-layouts: official tensors <-> ours --------------------------------------------------------
@@ -208,6 +210,17 @@ def _rules_jit(cfg: ModelConfig) -> list[Rule]:
     ]
 
 
+def _rules_pixelgen(cfg: ModelConfig) -> list[Rule]:
+    """JiT's layout with PixelGen's one conv patch embedding, and REPA's projector from its trainer."""
+    return [
+        Rule(r"patch_embed\.proj\.weight", ("x_embedder.proj1.weight",),
+             PatchColumns(cfg.patch_size, cfg.in_channels, conv=True)),
+        Rule(r"patch_embed\.proj\.bias", ("x_embedder.proj1.bias",)),
+        *(rule for rule in _rules_jit(cfg) if not rule.ours.startswith(r"patch_embed")),
+        Rule(r"repa_projector\.net\.(.*)", (r"diffusion_trainer.proj.0.\1",), optional=True),
+    ]
+
+
 def _rules_pixeldit(cfg: ModelConfig) -> list[Rule]:
     patch_head = rope_channel_order(cfg.hidden_size // cfg.num_heads, "pixeldit")
     pixel_head = rope_channel_order(cfg.attn_dim // cfg.attn_heads, "pixeldit")
@@ -259,6 +272,9 @@ class Source:
     projector: str | None = None    # where the official checkpoint keeps a REPA projector
 
 
+_JIT_FUNCTION = dict(architecture="transformer", time_conditioning="adaln", pos_embed="both", rope_positions="index",
+                     rope_theta=10000.0, norm="rmsnorm", time_max_period=10000.0, cond_silu=True, prediction="image",
+                     flow_time="data_at_1")
 _DIT_FUNCTION = dict(architecture="transformer", time_conditioning="adaln", pos_embed="abs_sincos",
                      norm="layernorm", gelu="tanh", time_max_period=10000.0, cond_silu=True)
 LAYOUTS: dict[str, Source] = {
@@ -267,10 +283,10 @@ LAYOUTS: dict[str, Source] = {
         rope_theta=10000.0, norm="rmsnorm", gelu="exact", time_max_period=10.0, cond_silu=True, adaln="C",
         s_cond_timestep=True, compaction=None, pixel_attn_dim=None, pixel_heads=None, prediction="velocity",
         flow_time="data_at_1"), projector="diffusion_trainer.proj.0."),
-    "jit": Source(("jit_b16", "jit_l16", "jit_h16", "jit_b32", "jit_l32", "jit_h32"), _rules_jit, _pos_table, dict(
-        architecture="transformer", time_conditioning="adaln", pos_embed="both", rope_positions="index",
-        rope_theta=10000.0, norm="rmsnorm", time_max_period=10000.0, cond_silu=True, prediction="image",
-        flow_time="data_at_1")),
+    "jit": Source(("jit_b16", "jit_l16", "jit_h16", "jit_b32", "jit_l32", "jit_h32"), _rules_jit, _pos_table,
+                  _JIT_FUNCTION),
+    "pixelgen": Source(("pixelgen_xl",), _rules_pixelgen, _pos_table, dict(_JIT_FUNCTION, patch_embed="linear"),
+                       projector="diffusion_trainer.proj.0."),
     "dit": Source(("dit_s2", "dit_b2", "dit_l2", "dit_xl2"), _rules_dit, _pos_table,
                   dict(_DIT_FUNCTION, prediction="noise")),
     "sit_repa": Source(("sit_xl2_repa",), _rules_sit, _pos_table,

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from toolkit.cli import ArgumentParser, run
-from toolkit.errors import ConfigError
 
 from .presets import PUBLISHED, model_config, preset_names
 
@@ -68,42 +67,26 @@ def default_resolution(preset: str) -> int:
 TABLE_COMMAND = "python -m models.inspect --switch-table --readme README.md"
 TABLE_BEGIN = f"<!-- switch table, generated (do not edit): {TABLE_COMMAND} -->"
 TABLE_END = "<!-- end switch table -->"
-TABLE_HEADER = "| switch | values (default first) | what it does | set by | no effect when |"
 
 
 def switch_table() -> str:
     """Every `ModelConfig` switch as Markdown, one table per section of the class: its values (the default
     first), its doc, the papers that set it (`cite=`) and when it has no effect (`family=`, `inert_when=`)."""
-    from toolkit.docs import field_docs, field_sections, value_text
-    from toolkit.fields import field_meta, no_effect
+    from toolkit.docs import switch_table as table
 
     from .config import ModelConfig
-    docs, sections, defaults = field_docs(ModelConfig), field_sections(ModelConfig), ModelConfig()
-    cell = lambda text: text.replace("|", "\\|")                          # noqa: E731
-    lines, section = [], None
-    for name, meta in field_meta(ModelConfig).items():
-        if sections[name] != section:
-            section = sections[name]
-            lines += ["", f"**{section}**", "", TABLE_HEADER, "| --- | --- | --- | --- | --- |"]
-        values = " / ".join(f"`{v}`" for v in meta.choices or [value_text(getattr(defaults, name))])
-        lines.append(f"| `{name}` | {values} | {cell(docs[name])} | {', '.join(meta.cite)} | "
-                     f"{cell(no_effect(ModelConfig, name))} |")
-    return "\n".join(lines[1:]) + "\n"
+    return table(ModelConfig)
 
 
 def readme_table(text: str, source: str = "README.md") -> tuple[int, int]:
     """The character span of the switch table between the README's markers."""
-    begin, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
-    if begin < 0 or end < begin:
-        raise ConfigError(None, reason=f"no switch table markers ({TABLE_BEGIN} ... {TABLE_END})", source=source)
-    return begin + len(TABLE_BEGIN) + 1, end
+    from toolkit.docs import readme_span
+    return readme_span(text, TABLE_BEGIN, TABLE_END, source)
 
 
 def write_readme_table(path: Path) -> None:
-    from toolkit.files import atomic_write_text
-    text = path.read_text()
-    start, end = readme_table(text, str(path))
-    atomic_write_text(path, text[:start] + switch_table() + text[end:])
+    from toolkit.docs import write_readme_span
+    write_readme_span(path, TABLE_BEGIN, TABLE_END, switch_table())
 
 
 def main(argv: list[str] | None = None) -> int:

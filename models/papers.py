@@ -39,6 +39,15 @@ PAPERS: dict[str, Paper] = {
     "ADM": Paper("ADM (Dhariwal & Nichol)", 'Dhariwal & Nichol, "Diffusion Models Beat GANs on Image Synthesis"'),
     "Swin": Paper("Swin (Liu et al.)",
                   'Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows"'),
+    "PixelGen": Paper("PixelGen (arXiv 2602.02493)",
+                      'Ma, Xu & Zhang, "PixelGen: Pixel Diffusion Beats Latent Diffusion with Perceptual Loss", '
+                      'arXiv 2602.02493, and its official code (Zehong-Ma/PixelGen)'),
+    "DeCo": Paper("DeCo (arXiv 2511.19365)",
+                  'Ma et al., "DeCo: Frequency-Decoupled Pixel Diffusion for End-to-End Image Generation", arXiv '
+                  '2511.19365, and its official code (Zehong-Ma/DeCo)'),
+    "PRX": Paper("PRX (Photoroom)",
+                 "Photoroom's PRX training code and its optimizer configurations (Photoroom/PRX, "
+                 "configs/yamls/optimizer/)"),
     "seeds": Paper("the seeds' audits",
                    "the code-vs-paper audits of the jitmask codebase this project started from (JiT-B/16 with "
                    "pixel blocks), cited by audit and item: \"seeds 000 #1\""),

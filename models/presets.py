@@ -6,6 +6,7 @@ Published sizes each preset reproduces (checked in tests/test_presets.py):
   DiT-S/B/L/XL-2 33M/130M/458M/675M, XL/2 119 GMACs              [DiT Table 1]
   latent DiffiT 561M                                             [DiffiT Table 9]
   SiT-XL/2 675M (REPA's SiT-XL/2: the same network)              [SiT Table; REPA]
+  PixelGen-XL/16 676M                                            [PixelGen README]
 and the exact trainable parameter counts of the official codes (`PUBLISHED[...]["official"]`).
 The image-space DiffiT models have no published parameter count; `python -m models.inspect` prints ours.
 REPA projectors are trained alongside and dropped for sampling; they are counted apart from these.
@@ -75,6 +76,12 @@ PRESETS: dict[str, dict] = {
                  "learn_sigma": False, "prediction": "velocity", "time_max_period": 10.0,
                  "repa": True, "repa_block": 8, "repa_projector": "mlp", "repa_hidden": 1152},
 }
+
+# ---- PixelGen-XL/16 [PixelGen; configs_c2i/PixelGen_XL.yaml, src/models/transformer/JiT.py]: JiT's network at
+# XL size (28 blocks of 1152, 16 heads) with a linear patch embedding (`use_bottleneck: false`), 32 in-context
+# tokens before block 8, projection dropout 0.1 in the middle half, REPA's projector D -> D -> D -> 768 on block 8.
+PRESETS["pixelgen_xl"] = {**JIT, **_sizes(28, 1152, 16, in_context_start=8), "patch_embed": "linear",
+                          "dropout": 0.1, "repa": True, "repa_block": 8, "repa_hidden": 1152}
 
 # ---- DiffiT [DiffiT 3.2, appendix H-I; official code]. Its blocks: TMSA (time in q, k, v) with a relative
 # position bias, LayerNorm without affine, GELU-tanh MLP; the time token is t_emb + y_emb (no SiLU).
@@ -146,6 +153,7 @@ PUBLISHED: dict[str, dict] = {
     "sit_xl2_repa": dict(params=675e6, params_tol=0.01, official=674_816_272),
     "table4_dual_patchwise_nocompact": dict(gflops=82247, flops_tol=0.01),
     "diffit_latent_xl2": dict(params=561e6, params_tol=0.005, official=561_035_232),
+    "pixelgen_xl": dict(params=676e6, params_tol=0.005, official=676_699_200),
 }
 
 

@@ -39,7 +39,7 @@ except SystemExit as done:
 print("IMPORTED", sorted(m for m in %r if m in sys.modules), "EXIT", code, file=sys.stderr)
 """ % (HEAVY,)
 HELP_CALLS = [("harness.train", "--help"), ("harness.train", "-h"), ("harness.audit", "--help"),
-              ("models.inspect", "--help"), ("run_sweep.py", "--help"),
+              ("harness.parity", "--help"), ("models.inspect", "--help"), ("run_sweep.py", "--help"),
               *[("run_sweep.py", f"{verb} --help") for verb in sweep_cli.COMMANDS]]
 
 

@@ -12,7 +12,8 @@ from toolkit.errors import ConfigError
 
 def test_experiments_compose_with_their_model_preset():
     for experiment, preset in [("pixeldit_xl_paper", "pixeldit_xl"), ("jit_l16_paper", "jit_l16"),
-                               ("dit_xl2_paper", "dit_xl2"), ("jitmask_code", "jitmask")]:
+                               ("dit_xl2_paper", "dit_xl2"), ("jitmask_code", "jitmask"),
+                               ("sit_xl2_repa_paper", "sit_xl2_repa")]:
         composed, chosen = compose_config([f"+experiment={experiment}"])
         assert chosen == preset and composed.experiment == experiment
 
@@ -42,6 +43,11 @@ def test_group_and_field_overrides_apply():
     (["+experiment=pixeldit_xl_paper"], "data.path: required for data.name=imagefolder"),
     (["+experiment=pixeldit_xl_paper", "data.path=/does/not/exist"], "data.path='/does/not/exist'"),
     (["+experiment=dit_xl2_paper", "data.path=/tmp"], "model.latent_downsample=8: training on VAE latents"),
+    (["+experiment=sit_xl2_repa_paper", "data.path=/tmp"], "model.latent_downsample=8: training on VAE latents"),
+    (["+experiment=tiny_digits", "eval.sampler.cfg_channels=4"], "eval.sampler.cfg_channels=4: more than the "
+     "guided quantity's model.in_channels=3"),
+    (["+experiment=tiny_digits", "eval.sampler.kind=sde", "objective.noise_scale=2.0"],
+     "eval.sampler.kind='sde': the SDE sampler's score assumes unit noise"),
 ])
 def test_bad_configs_fail_with_one_line_naming_the_key(overrides, start):
     with pytest.raises(ConfigError) as err:

@@ -253,3 +253,32 @@ def test_sit_time_convention_is_the_harness_time_reversed():
     assert torch.equal(sit.loss(-v, x, eps, x_t, t)["loss"], ours.loss(v, x, eps, x_t, t)["loss"])
     native = ObjectiveConfig(loss_space="native")
     assert make_objective(native, cfg).loss(eps - x, x, eps, x_t, t)["loss"] == 0
+
+
+PIXELGEN_TINY = ["input_size=32", "patch_size=16", "hidden_size=32", "depth=4", "num_heads=2", "num_classes=10",
+                 "in_context_tokens=3", "in_context_start=1", "repa_block=2", "repa_hidden=32", "repa_dim=24"]
+
+
+def test_pixelgen_official_forward_and_its_released_checkpoint_layout(tmp_path):
+    """PixelGen's tiny JiT (no bottleneck; REPA projector in its trainer) from the PixelGen loss fixture
+    (tests/fixtures/official/README.md), read as its released Lightning checkpoint is saved: the official
+    prediction and projected REPA features to 1e-5, and the official state dict back exactly."""
+    tensors = load_file(FIXTURES / "pixelgen_loss.safetensors")
+    official = {k.removeprefix("official/"): v for k, v in tensors.items() if k.startswith("official/")}
+    path, out = tmp_path / "PixelGen_XL_160ep.ckpt", tmp_path / "ours.safetensors"
+    torch.save(saved_as("lightning", official, {k: v + 1 for k, v in official.items()}), path)
+    assert main([str(path), "--source", "pixelgen", "--preset", "pixelgen_xl", *PIXELGEN_TINY, "--out", str(out)]) == 0
+    cfg = model_config("pixelgen_xl", PIXELGEN_TINY)
+    model = build_model(cfg).eval()
+    model.load_state_dict(load_file(out), strict=True)
+    for call in ("mixed", "gated_out"):
+        with torch.no_grad():
+            ours = model(tensors[f"{call}/input/x_t"], tensors[f"{call}/input/t"], tensors[f"{call}/input/y"])
+        assert (ours.prediction - tensors[f"{call}/output/prediction"]).abs().max() <= 1e-5
+        assert (ours.repa - tensors[f"{call}/output/repa_projected"]).abs().max() <= 1e-5
+    exported = export_state_dict(model.state_dict(), "pixelgen", cfg)
+    assert set(exported) == set(official)
+    assert all(torch.allclose(exported[k], v, atol=1e-6) for k, v in official.items())
+    with pytest.raises(ConfigError) as err:                  # JiT's bottleneck is not PixelGen-XL's function
+        convert_state_dict(official, "pixelgen", cfg.replace(patch_embed="bottleneck"))
+    assert err.value.key == "model.patch_embed"

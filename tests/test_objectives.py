@@ -71,6 +71,16 @@ def test_uniform_t_sampling_and_reproducibility():
     assert torch.equal(t, obj.sample_t(100_000, gen(1), "cpu"))
 
 
+def test_uniform_t_of_a_network_in_sits_time_is_its_own_draw():
+    """A model in SiT's time (t = 0 data) sees the uniform draw itself as its time, as REPA's SILoss draws it
+    (time_input = torch.rand): the harness t is 1 - u, the same distribution."""
+    sit = make_objective(ObjectiveConfig(t_sampling="uniform"), ModelConfig(prediction="velocity",
+                                                                            flow_time="data_at_0"))
+    u = torch.rand(1000, generator=gen(3))
+    assert torch.allclose(sit.network_time(sit.sample_t(1000, gen(3), "cpu")), u, atol=1e-7)
+    assert torch.equal(flow(t_sampling="uniform").sample_t(1000, gen(3), "cpu"), u)
+
+
 def test_noise_scale():
     obj = flow(noise_scale=2.0)
     eps = obj.sample_noise(torch.zeros(64, 3, 16, 16), gen())

@@ -6,7 +6,7 @@ from conftest import NULL, SHAPE, Recorder, gen, labels, randomize, tiny
 
 from harness.config import ObjectiveConfig, SamplerConfig
 from harness.objectives import make_objective
-from harness.sampling import flow_time_grid, sample, validate_sampler
+from harness.sampling import SDE_LAST_STEP, flow_time_grid, sample, sde_time_grid, validate_sampler
 from models.config import ModelConfig
 from models.transformer import build_model
 from toolkit.errors import ConfigError
@@ -122,12 +122,13 @@ def label_net(channels=3):
     return net
 
 
-def guided_reference(net, scale, channels=3):
-    """Guidance done inside the net: uncond + s (cond - uncond) on the first 3 channels, the rest from cond."""
+def guided_reference(net, scale, channels=3, guided=3):
+    """Guidance done inside the net: uncond + s (cond - uncond) on the first `guided` channels, the rest from
+    cond."""
     def ref(x, t, y):
         cond, uncond = net(x, t, y), net(x, t, torch.full_like(y, NULL))
         out = cond.clone()
-        out[:, :3] = uncond[:, :3] + scale * (cond[:, :3] - uncond[:, :3])
+        out[:, :guided] = uncond[:, :guided] + scale * (cond[:, :guided] - uncond[:, :guided])
         return out
     return ref
 
@@ -173,6 +174,36 @@ def test_cfg_interval_flow():
     assert sum(b == 8 for b, _ in net.calls) == 5          # t = 0.5 .. 0.9 guided, 0 .. 0.4 not
 
 
+@pytest.mark.parametrize("interval, ends, guided", [
+    ([0.1, 0.5], "closed", [0.1, 0.2, 0.3, 0.4, 0.5]),       # REPA
+    ([0.1, 0.5], "open", [0.2, 0.3, 0.4]),                   # PixelDiT: the grid times on the ends are out
+    ([0.1, 0.5], "open_closed_at_0", [0.2, 0.3, 0.4]),       # JiT
+    ([0.0, 0.5], "closed", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]),
+    ([0.0, 0.5], "open", [0.1, 0.2, 0.3, 0.4]),              # PixelDiT never guides t = 0
+    ([0.0, 0.5], "open_closed_at_0", [0.0, 0.1, 0.2, 0.3, 0.4]),   # JiT does when low = 0
+])
+def test_cfg_interval_ends(interval, ends, guided):
+    net = Recorder(label_net())
+    sample(net, flow("velocity"), SamplerConfig(kind="euler", steps=10, cfg_scale=3.0, cfg_interval=interval,
+                                                cfg_interval_ends=ends), labels(), SHAPE, gen(), NULL)
+    assert [round(t, 6) for batch, t in net.calls if batch == 8] == guided
+
+
+@pytest.mark.parametrize("kind, prediction", [("euler", "velocity"), ("ddpm", None)])
+def test_cfg_channels_guides_only_the_first_channels(kind, prediction):
+    """DiT's forward_with_cfg: eps channels 0-1 (here) guided, channel 2 and the variance from the conditional
+    half; equal to the mixing done inside the network."""
+    obj, channels, steps = (ddpm(learn_sigma=True), 6, 10) if kind == "ddpm" else (flow(prediction), 3, 6)
+    net = label_net(channels)
+    cfg = SamplerConfig(kind=kind, steps=steps, cfg_scale=2.5, cfg_channels=2)
+    partly = sample(net, obj, cfg, labels(), SHAPE, gen(), NULL)
+    ref = sample(guided_reference(net, 2.5, guided=2), obj, SamplerConfig(kind=kind, steps=steps), labels(), SHAPE,
+                 gen(), NULL)
+    assert torch.allclose(partly, ref, atol=1e-5)
+    every = sample(net, obj, SamplerConfig(kind=kind, steps=steps, cfg_scale=2.5), labels(), SHAPE, gen(), NULL)
+    assert not torch.allclose(partly, every, atol=1e-3)
+
+
 def test_cfg_interval_ddpm_uses_t_of_k():
     obj = ddpm(learn_sigma=True, steps=100)
     net = Recorder(label_net(6))
@@ -182,6 +213,42 @@ def test_cfg_interval_ddpm_uses_t_of_k():
     for batch, k in net.calls:                              # t = 1 - (k + 1)/T
         assert batch == (8 if 1 - (k + 1) / 100 <= 0.3 + 1e-6 else 4)
     assert sum(b == 8 for b, _ in net.calls) == 31          # k = 69 .. 99
+
+
+# ---- SDE [SiT, REPA] ----------------------------------------------------------------------------
+
+def test_sde_grid_draws_and_evaluations():
+    """REPA's Euler-Maruyama: times 0 .. 1 - 0.04 evenly, then 1; one evaluation per step; a noise draw on
+    every step but the last (the mean update), after the initial noise."""
+    assert SDE_LAST_STEP == 0.04 and sde_time_grid(5, 1.0) == pytest.approx([0, 0.24, 0.48, 0.72, 0.96, 1.0])
+    assert sde_time_grid(1, 1.0) == [0.0, 1.0]
+    draws, net = [], Recorder(single_point_oracle("velocity"))
+    def normal(shape):
+        draws.append(tuple(shape))
+        return torch.randn(shape, generator=generator)
+    generator = gen()
+    sample(net, flow("velocity"), SamplerConfig(kind="sde", steps=5), labels(), SHAPE, gen(), NULL, normal=normal)
+    assert [round(t, 6) for _, t in net.calls] == [0.0, 0.24, 0.48, 0.72, 0.96]
+    assert draws == [(4, *SHAPE)] * 5
+
+
+def test_sde_samples_gaussian_data():
+    """Data N(mu, s^2) with the exact velocity: the SDE's samples have the data's mean, their std a little
+    under s (the last step is the mean update, as SiT's), and differ from the ODE's."""
+    mu, s = 0.3, 0.2
+    many = torch.arange(4096) % NULL
+    out = sample(gaussian_oracle(mu, s, 1.0), flow("velocity"), SamplerConfig(kind="sde", steps=50), many, SHAPE,
+                 gen(1), NULL)
+    assert abs(out.mean().item() - mu) < 0.005 and 0.17 < out.std().item() < 0.205
+    ode = sample(gaussian_oracle(mu, s, 1.0), flow("velocity"), SamplerConfig(kind="euler", steps=50), many, SHAPE,
+                 gen(1), NULL)
+    assert (out - ode).abs().mean() > 0.05
+
+
+def test_sde_refuses_scaled_noise():
+    with pytest.raises(ConfigError, match=r"^eval\.sampler\.kind='sde'.*noise_scale"):
+        sample(single_point_oracle("velocity"), flow("velocity", noise_scale=2.0), SamplerConfig(kind="sde"),
+               labels(), SHAPE, gen(), NULL)
 
 
 # ---- DDPM / DDIM -------------------------------------------------------------------------------
@@ -298,6 +365,8 @@ def test_flow_sampler_with_the_real_model():
     (dict(cfg_interval=[0.1]), "flow", "eval.sampler.cfg_interval="),
     (dict(time_shift=0.0), "flow", "eval.sampler.time_shift="),
     (dict(kind="ddim", time_shift=3.0), "ddpm", "eval.sampler.time_shift=3.0"),
+    (dict(cfg_interval_ends="half"), "flow", "eval.sampler.cfg_interval_ends='half': unknown value"),
+    (dict(kind="ddpm", cfg_channels=0), "ddpm", "eval.sampler.cfg_channels=0"),
 ])
 def test_invalid_samplers_name_the_key(changes, objective, key):
     with pytest.raises(ConfigError) as err:
@@ -318,4 +387,6 @@ def test_sample_refuses_a_sampler_of_the_other_family():
 def test_paper_samplers_are_valid():
     validate_sampler(SamplerConfig(kind="ab2", steps=100, cfg_scale=3.25, cfg_interval=[0.1, 1.0]), "flow")
     validate_sampler(SamplerConfig(kind="heun", steps=50, cfg_scale=2.9, cfg_interval=[0.1, 1.0]), "flow")
-    validate_sampler(SamplerConfig(kind="ddpm", steps=250, cfg_scale=1.5), "ddpm", num_timesteps=1000)
+    validate_sampler(SamplerConfig(kind="ddpm", steps=250, cfg_scale=1.5, cfg_channels=3), "ddpm",
+                     num_timesteps=1000)
+    validate_sampler(SamplerConfig(kind="sde", steps=250, cfg_scale=1.8, cfg_interval=[0.3, 1.0]), "flow")

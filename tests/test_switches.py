@@ -218,3 +218,22 @@ def test_readme_switch_table_is_the_generated_one():
     assert text[start:end] == switch_table(), f"README.md's switch table is out of date; regenerate it: {TABLE_COMMAND}"
     for name in field_meta(ModelConfig):
         assert f"| `{name}` |" in text[start:end]
+
+
+def test_readme_recipe_switch_table_is_the_generated_one():
+    """The loss and optimizer groups' table (`python -m harness.train --switch-table --readme README.md`)."""
+    from harness.train import (
+        RECIPE_GROUPS,
+        RECIPE_TABLE_BEGIN,
+        RECIPE_TABLE_COMMAND,
+        RECIPE_TABLE_END,
+        recipe_switch_table,
+    )
+    from toolkit.docs import readme_span
+    text = (ROOT / "README.md").read_text()
+    start, end = readme_span(text, RECIPE_TABLE_BEGIN, RECIPE_TABLE_END)
+    assert text[start:end] == recipe_switch_table(), \
+        f"README.md's recipe switch table is out of date; regenerate it: {RECIPE_TABLE_COMMAND}"
+    for group in RECIPE_GROUPS:
+        for name in field_meta(type(getattr(TrainConfig(), group))):
+            assert f"| `{group}.{name}` |" in text[start:end]

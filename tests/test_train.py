@@ -279,3 +279,59 @@ def test_compiled_model_trains_like_the_eager_one(tmp_path):
     compiled = train(resolve(tiny_overrides(tmp_path, "compiled", steps=4, **{"train.compile": True})))
     a, b = weights(eager.run_dir)["model"], weights(compiled.run_dir)["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
+
+
+# PixelGen's perceptual losses with random networks (nothing downloads; the run is tagged), a small DINOv2
+PERCEPTUAL = {"perceptual.lpips_weight": 0.1, "perceptual.dino_weight": 0.01, "perceptual.t_min": 0.3,
+              "perceptual.vgg_weights": "random", "perceptual.encoder": "vit_small_patch14_dinov2.lvd142m",
+              "perceptual.encoder_weights": "random"}
+
+
+def test_the_loss_switches_add_their_terms_and_change_nothing_else(tmp_path):
+    """The same batch, draws and weights with PixelGen's perceptual losses and DeCo's frequency term on: the
+    model's initial weights and the flow loss are bit for bit those of the run without them (today's), and the
+    loss adds exactly their weighted terms."""
+    from harness.trainer import Trainer
+    off = Trainer(resolve(tiny_overrides(tmp_path, name="off")))
+    on = Trainer(resolve(tiny_overrides(tmp_path, name="on", **PERCEPTUAL, **{"objective.freq_weight": 0.5})))
+    assert all(torch.equal(a, b) for a, b in zip(off.model.state_dict().values(), on.model.state_dict().values()))
+    x, y = next(off.batches.iterate(0))
+    draws = off.sample_draws(x)
+    a, b = off.losses(x, y, draws), on.losses(x, y, draws)
+    assert set(a) == {"loss", "diffusion"} and torch.equal(a["loss"], a["diffusion"])
+    assert set(b) == {"loss", "diffusion", "freq", "lpips", "pdino", "perceptual"}
+    assert torch.equal(a["diffusion"], b["diffusion"])
+    torch.testing.assert_close(b["loss"], a["loss"] + 0.5 * b["freq"] + 0.1 * b["lpips"] + 0.01 * b["pdino"])
+    assert type(off.optimizer) is torch.optim.AdamW
+
+
+def test_the_2026_recipe_switches_train_and_are_tagged_and_logged(tmp_path):
+    overrides = tiny_overrides(tmp_path, steps=2, **PERCEPTUAL, **{"objective.freq_weight": 1.0,
+                                                                   "optim.optimizer": "muon"})
+    result = train(resolve(overrides))
+    _, run = mlflow_run(result.run_dir)
+    assert run.info.status == "FINISHED" and run.data.tags["perceptual_random"] == "lpips_vgg16,pdino_encoder"
+    metrics = run.data.metrics
+    assert all(metrics[key] > 0 for key in ("freq", "lpips", "pdino", "perceptual"))
+    assert metrics["loss"] == pytest.approx(metrics["diffusion"] + metrics["freq"] + metrics["perceptual"], rel=1e-5)
+    assert run.data.params["optim.optimizer"] == "muon"
+
+
+def test_p_dino_reads_repas_encoder_and_its_target_when_they_are_the_same_network(tmp_path):
+    """PixelGen's one DINOv2 serves REPA and P-DINO: with the same encoder, weights and token grid (patch 16),
+    P-DINO reuses REPA's encoder and target tokens, with the value it computes on its own."""
+    from harness.trainer import Trainer
+    same = {"model.patch_size": 16, "model.repa": True, "model.repa_block": 1, "model.repa_dim": 384,
+            "repa.weight": 0.5, "perceptual.dino_weight": 0.01,
+            "perceptual.encoder": "vit_small_patch14_dinov2.lvd142m", "perceptual.encoder_weights": "random"}
+    trainer = Trainer(resolve(tiny_overrides(tmp_path, **same)))
+    assert trainer.perceptual.dino is trainer.encoder and trainer.perceptual.lpips is None
+    x, y = next(trainer.batches.iterate(0))
+    terms = trainer.losses(x, y, trainer.sample_draws(x))
+    assert {"repa", "pdino"} <= set(terms) and torch.isfinite(terms["loss"])
+    x_hat, t = torch.rand_like(x) * 2 - 1, torch.rand(x.shape[0])
+    with torch.no_grad():
+        own, reused = trainer.perceptual(x_hat, x, t), trainer.perceptual(x_hat, x, t, trainer.encoder(x))
+    assert torch.equal(own["pdino"], reused["pdino"])
+    other = Trainer(resolve(tiny_overrides(tmp_path, name="other", **{**same, "model.patch_size": 8})))
+    assert other.perceptual.dino is not other.encoder                    # another grid: its own encoder

@@ -84,9 +84,12 @@ SECTION = "----"                                 # a section comment: `# ---- ti
 
 
 def field_sections(cls: type) -> dict[str, str]:
-    """Field name -> the title of the section comment above it (empty before the first), for a dataclass."""
-    sections, title, row = {}, "", 0
+    """Field name -> the title of the section comment above it in its class (empty before the first), for a
+    dataclass."""
+    sections, title, row = {}, "", None
     for stmt, comments, lines in _fields_in_source(cls):
+        if row is None:                          # from the class statement: earlier classes' sections are not its
+            row = _class_node(_parsed(inspect.getsourcefile(cls))[0], cls.__qualname__).lineno
         for line in range(row + 1, stmt.lineno):
             col_text = comments.get(line)
             if col_text and col_text[0] == stmt.col_offset and col_text[1].startswith(SECTION):
@@ -103,3 +106,44 @@ def value_text(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(list(value) if isinstance(value, tuple) else value)
+
+
+# ---- switch tables (the README's) ----------------------------------------------------------------------
+
+TABLE_HEADER = "| switch | values (default first) | what it does | set by | no effect when |"
+
+
+def switch_table(cls: type, prefix: str = "", untitled: str = "") -> str:
+    """Every field of a config dataclass as Markdown, one table per section of the class (the fields before its
+    first section under `untitled`): the field (named `prefix` + name), its values (the default first), its doc,
+    the papers that set it (`cite=`) and when it has no effect (`family=`, `inert_when=`)."""
+    from .fields import field_meta, no_effect
+
+    docs, sections, defaults = field_docs(cls), field_sections(cls), cls()
+    cell = lambda text: text.replace("|", "\\|")                          # noqa: E731
+    lines, section = [], None
+    for name, meta in field_meta(cls).items():
+        if sections[name] != section:
+            section = sections[name]
+            lines += ["", f"**{section or untitled}**", "", TABLE_HEADER, "| --- | --- | --- | --- | --- |"]
+        values = " / ".join(f"`{v}`" for v in meta.choices or [value_text(getattr(defaults, name))])
+        lines.append(f"| `{prefix}{name}` | {values} | {cell(docs[name])} | {', '.join(meta.cite)} | "
+                     f"{cell(no_effect(cls, name))} |")
+    return "\n".join(lines[1:]) + "\n"
+
+
+def readme_span(text: str, begin: str, end: str, source: str = "README.md") -> tuple[int, int]:
+    """The character span between a README's two marker lines (a generated table's place)."""
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        from .errors import ConfigError
+        raise ConfigError(None, reason=f"no table markers ({begin} ... {end})", source=source)
+    return start + len(begin) + 1, stop
+
+
+def write_readme_span(path, begin: str, end: str, content: str) -> None:
+    """Replace what lies between a README's two marker lines."""
+    from .files import atomic_write_text
+    text = path.read_text()
+    start, stop = readme_span(text, begin, end, str(path))
+    atomic_write_text(path, text[:start] + content + text[stop:])
