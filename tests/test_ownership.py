@@ -13,7 +13,7 @@ from conftest import SLOW, TINY, states, wait_until, write_sweep
 
 from commands.cli import main
 from harness.sweep.executors import GONE, executor_class
-from harness.sweep.processes import OwnedProcess, pid_alive, start_identity
+from harness.sweep.processes import OwnedProcess, pid_alive, start_identity, stop_groups
 from harness.sweep.spec import load_sweep
 from harness.trainer import lock_holder
 
@@ -38,6 +38,20 @@ def test_a_process_is_ours_only_if_it_names_our_folder_and_started_when_recorded
         sleeper.kill()
         sleeper.wait()
     assert not OwnedProcess(sleeper.pid, str(ours), started).alive()
+
+
+def test_a_group_that_ignores_sigterm_is_gone_when_stop_groups_returns():
+    """What `cancel` relies on before it looks for trainers whose job is gone: a killed job is not one of them."""
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); print(1, flush=True); time.sleep(300)"], stdout=subprocess.PIPE,
+                                start_new_session=True)
+    try:
+        stubborn.stdout.readline()                                   # its handler is set
+        stop_groups([stubborn.pid], grace=0.5)
+        assert not pid_alive(stubborn.pid)
+    finally:
+        stubborn.kill()
+        stubborn.wait()
 
 
 def test_a_recycled_pid_of_another_sweeps_live_job_survives_cancel(sweep_dir, capsys):

@@ -87,10 +87,13 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+KILL_WAIT_S = 5.0               # how long a SIGKILLed group may take to vanish
+
+
 def stop_groups(pgids: list[int], grace: float = 10) -> None:
     """Stop process groups (a server and its workers, a job and its tasks) the caller checked are ours: SIGTERM
     (and SIGCONT, so a stopped process acts on it) to all, then SIGKILL to the groups still alive after `grace`
-    seconds."""
+    seconds (and waits up to KILL_WAIT_S for them to be gone)."""
     for pgid in pgids:
         for signum in (signal.SIGTERM, signal.SIGCONT):
             try:
@@ -105,3 +108,6 @@ def stop_groups(pgids: list[int], grace: float = 10) -> None:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.time() + KILL_WAIT_S          # SIGKILL is delivered asynchronously: gone when we return
+    while any(group_alive(pgid) for pgid in pgids) and time.time() < deadline:
+        time.sleep(0.05)
