@@ -1,6 +1,7 @@
 """`python run_sweep.py` — YAML sweep -> plan of resolved runs -> submission -> MLflow.
 
-    python run_sweep.py SWEEP.yaml [--dry-run [--show LABEL [--seed S]] [--gpu KIND]] [--retry] [--wait [--report]]
+    python run_sweep.py SWEEP.yaml [--dry-run [--show LABEL [--seed S]] [--gpu KIND]] [--retry] [--restart]
+                       [--wait [--report]]
                                    [--no-reuse] [--executor slurm|local|debug]
     python run_sweep.py submit SWEEP.yaml ...         (the same)
     python run_sweep.py status SWEEP.yaml [--watch]
@@ -61,6 +62,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--gpu", choices=keys(), default=DEFAULT_TARGET,
                    help=f"with --dry-run: the GPU of the GPU-hours and memory estimates (default {DEFAULT_TARGET})")
     p.add_argument("--retry", action="store_true", help="also resubmit failed runs")
+    p.add_argument("--restart", action="store_true", help="resubmit failed runs (as --retry); a run whose every "
+                   "checkpoint is damaged starts again at step 0, in its MLflow run (without it: refused)")
     p.add_argument("--wait", action="store_true", help="follow progress until every run has ended")
     p.add_argument("--no-reuse", action="store_true",
                    help="train runs anew even when the same signature finished elsewhere (reuse_from, other sweeps)")

@@ -22,7 +22,7 @@ from harness.sweep.spec import SweepSpec
 from harness.sweep.state import RunState
 from harness.sweep.store import NotSubmitted
 from harness.sweep.sweep import Sweep
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, reason
 from toolkit.sizes import format_size
 
 from .address import pick_row, pick_run
@@ -78,7 +78,7 @@ def submit_command(sweep: Sweep, args) -> int:
     sweep.write_plan_cache()
     client = sweep.client
     states = sweep.states(reuse=not args.no_reuse)
-    wanted = {"new", "failed"} if args.retry else {"new"}
+    wanted = {"new", "failed"} if args.retry or args.restart else {"new"}
     todo = [s.run for s in states if s.state in wanted and s.run.same_as is None]    # a shared run once
     needs = cache_needs(spec, todo)               # the latent caches the runs to submit read
     check_stage(spec, needs)
@@ -115,7 +115,8 @@ def submit_command(sweep: Sweep, args) -> int:
         try:
             after = submit_stage(spec, needs, sweep.manifest)     # training waits for the caches it reads
             for kind in sorted(kinds):
-                tasks = [Task(run.run_name, run.executor, TrainJob(run.overrides(spec, tracking_uri(), parent_id)),
+                tasks = [Task(run.run_name, run.executor, TrainJob(run.overrides(spec, tracking_uri(), parent_id),
+                                                                    restart=args.restart),
                               after.get(run.run_name, ()))
                          for run in todo if run.executor.kind == kind]
                 with exported(job_environment()):
@@ -123,7 +124,7 @@ def submit_command(sweep: Sweep, args) -> int:
                 jobs += submitted
                 sweep.record_submission(todo, submitted, parent_id, kind)
         except Exception as err:
-            client.set_tag(parent_id, "failure_reason", f"{type(err).__name__}: {err}")
+            client.set_tag(parent_id, "failure_reason", reason(err))
             client.set_terminated(parent_id, "FAILED")
             raise
         client.set_tag(parent_id, "job_ids", ",".join(sorted({j.job_id for j in jobs}))[:5000])
@@ -245,7 +246,8 @@ def show_command(sweep: Sweep, runs: list[PlannedRun], args) -> int:
           f"{run.gflops:.2f} GFLOPs; resolved as its job resolves it (tracking.uri: the store; a local or slurm "
           f"job logs through the sweep's server)")
     print(resolved.recorded_yaml(), end="")
-    changes = config_differences(flatten(base.cfg), flatten(run.cfg), base.cfg.model, run.cfg.model,
+    shown = [r.interpolated.shown(flatten(r.cfg)) for r in (base, run)]      # `${oc.env:...}` as written
+    changes = config_differences(*shown, base.cfg.model, run.cfg.model,
                                  lambda key: not affects_result(key) or key == "run.seed")
     print(f"# difference from the baseline row {base.label!r} (same seed and grid point): "
           + (f"{len(changes)} keys" if changes else "none" if run is not base else "this is the baseline row"))
@@ -327,19 +329,25 @@ def wait_command(sweep: Sweep, poll_s: float = 10.0, console: Console | None = N
 
 
 def cancel_command(sweep: Sweep, args=None) -> int:
-    """Stop the sweep's live jobs, using the same live states as `status`; without a manifest, the jobs are
+    """Stop the sweep's live jobs, using the same live states as `status` (a job is only ever this sweep's own:
+    harness/sweep/executors/), then the sweep's trainers whose job is gone; without a manifest, the jobs are
     found in the sweep's submitit folders."""
     spec, manifest = sweep.spec, sweep.manifest
     records = [*manifest["runs"].values(), *manifest.get("evaluations", {}).values()] if manifest else []
     known = {(r["executor"], r["job_id"]) for r in records}
-    for kind, cls in EXECUTORS.items():          # jobs the manifest does not list (or no manifest at all)
-        records += [r for r in cls(spec.folder, spec.name).discover() if (kind, r["job_id"]) not in known]
+    executors = {kind: cls(spec.folder, spec.name) for kind, cls in EXECUTORS.items()}
+    for kind, executor in executors.items():     # jobs the manifest does not list (or no manifest at all)
+        records += [r for r in executor.discover() if (kind, r["job_id"]) not in known]
     if not records:
         raise NotSubmitted(None, reason=f"nothing submitted for {spec.name} under {spec.folder}",
                            source=str(spec.path))
-    cancelled = {kind: cls.cancel([r for r in records if r["executor"] == kind]) for kind, cls in EXECUTORS.items()}
+    cancelled = {kind: executor.cancel([r for r in records if r["executor"] == kind])
+                 for kind, executor in executors.items()}
+    orphans = [trainer for executor in executors.values() for trainer in executor.stop_orphans()]
     print("cancelled " + ", ".join(f"{len(ids)} {kind}" for kind, ids in cancelled.items() if kind != "debug")
           + " jobs" + ("" if manifest else " (no manifest: jobs found in the submitit folders)"))
+    if orphans:
+        print(f"stopped {len(orphans)} trainer(s) whose job was gone: {', '.join(orphans)}")
     return 0
 
 

@@ -5,6 +5,9 @@ leaves the previous file intact), each carrying a SHA-256 of its contents (every
 shape, and every other value), and the previous one kept beside it (`last.prev.pt`). Loading verifies the
 checksum: a truncated, zero-byte or garbled file is refused in one line naming it, renamed to
 `<name>.corrupt` for inspection, and resuming falls back to the previous checkpoint when that one is good.
+When none is good, resuming is refused, and refused again on the next attempt (the damaged files set aside
+before are still the run's only checkpoints): a run is never silently started again at step 0. A write
+that fails (a full disk) is one line naming the file, the cause and the free space (`toolkit.files`).
 The random state needs no saving: every step reseeds its generators from (seed, rank, step).
 """
 from __future__ import annotations
@@ -18,13 +21,19 @@ from typing import Any
 
 import torch
 
+from toolkit.errors import LocatedError
 from toolkit.files import atomic_write
 
 CHECKSUM_KEY = "checksum_sha256"
+CORRUPT_SUFFIX = ".corrupt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LocatedError):
     """A checkpoint that cannot be trusted; the message is one line naming the file."""
+
+
+class NoGoodCheckpoint(CheckpointError):
+    """Every checkpoint of a run is damaged (now, or set aside as damaged by an earlier attempt)."""
 
 
 def state_digest(state: Any) -> str:
@@ -108,19 +117,36 @@ def load_checkpoint(path: Path, verify: bool = True) -> dict:
     return state
 
 
+def corrupt_path(path: Path) -> Path:
+    return path.with_name(path.name + CORRUPT_SUFFIX)
+
+
 def load_latest(path: Path) -> tuple[dict, Path, list[str]] | None:
     """The newest good checkpoint among `path` and its previous ones: (state, file, problems with newer files),
-    or None when none exists. A bad file is kept as `<name>.corrupt`; CheckpointError when none is good."""
+    or None when the run has none (a new run). A bad file is kept as `<name>.corrupt`; NoGoodCheckpoint when none
+    is good, or when none exists but damaged ones were set aside before (by an earlier attempt)."""
     problems = []
     for candidate in rolling(path):
         try:
             return load_checkpoint(candidate), candidate, problems
         except CheckpointError as err:
-            problems.append(str(err))
-            os.replace(candidate, candidate.with_name(candidate.name + ".corrupt"))
+            problems.append(f"{err} (kept as {corrupt_path(candidate).name})")
+            os.replace(candidate, corrupt_path(candidate))
+    if not problems:
+        path = Path(path)
+        problems = [_set_aside(p) for p in sorted(path.parent.glob(f"{path.stem}*{path.suffix}{CORRUPT_SUFFIX}"))]
     if problems:
-        raise CheckpointError("; ".join(problems) + " (kept as .corrupt); no good checkpoint to resume from")
+        raise NoGoodCheckpoint("; ".join(problems) + "; no good checkpoint to resume from")
     return None
+
+
+def _set_aside(path: Path) -> str:
+    """Why a checkpoint set aside by an earlier attempt was damaged (verified again: the reason is not kept)."""
+    try:
+        load_checkpoint(path)
+    except CheckpointError as err:
+        return f"{err} (set aside by an earlier attempt)"
+    return f"{path}: set aside as damaged by an earlier attempt, yet it verifies now (rename it to resume from it)"
 
 
 def remove_partial_writes(folder: Path) -> list[Path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -52,12 +53,61 @@ def register_configs() -> None:
         store.store(group="model", name=name, node=ModelConfig(**fields))
 
 
+RESOLVER_CALL = re.compile(r"\$\{[\w.]+:")     # `${oc.env:VAR}`, not `${model.hidden_size}` (another key's value)
+
+
+@dataclass(frozen=True)
+class Interpolated:
+    """The keys of a config set by `${...}` expressions, and the text resolvers gave them (an environment variable
+    may hold a secret): every view of the config that is printed, logged or stored shows the expression instead."""
+    expressions: dict[str, str] = dataclasses.field(default_factory=dict)   # key -> `${...}` it was set by
+    values: dict[str, str] = dataclasses.field(default_factory=dict)        # resolved text -> its expression
+
+    @classmethod
+    def of(cls, tree: DictConfig) -> "Interpolated":
+        """From a composed (not yet resolved) config tree; a value that does not resolve is left out."""
+        raw = OmegaConf.to_container(tree, resolve=False)
+        expressions = {key: value for key, value in flatten(raw).items() if isinstance(value, str) and "${" in value}
+        plain, values = OmegaConf.create(raw), {}
+        for key, expression in expressions.items():
+            if RESOLVER_CALL.search(expression):
+                try:
+                    value = OmegaConf.select(plain, key, throw_on_resolution_failure=True)
+                except Exception:                 # an unset variable: its error names the expression
+                    continue
+                if value is not None and len(str(value)) >= 3:
+                    values[str(value)] = expression
+        return cls(expressions, values)
+
+    def hide(self, text: str) -> str:
+        for value in sorted(self.values, key=len, reverse=True):
+            text = text.replace(value, self.values[value])
+        return text
+
+    def shown(self, flat: dict[str, Any]) -> dict[str, Any]:
+        """A flattened config as it may be shown: expressions in place of their values."""
+        return {**flat, **{key: expression for key, expression in self.expressions.items() if key in flat}}
+
+    def error(self, err: ConfigError) -> ConfigError:
+        """The error with the expression in place of every value resolved from one."""
+        value = self.expressions.get(err.key, err.value) if err.has_value else err.value
+        if isinstance(value, str):
+            value = self.hide(value)
+        return type(err)(err.key, value, self.hide(err.reason), source=err.source,
+                         suggestion=err.suggestion and self.hide(err.suggestion))
+
+
 @dataclass
 class ResolvedConfig:
     cfg: TrainConfig
     model_preset: str               # the `model` option chosen (before field overrides)
     overrides: list[str]
-    expressions: dict[str, str] = dataclasses.field(default_factory=dict)   # key -> `${...}` it was set by
+    interpolated: Interpolated = dataclasses.field(default_factory=Interpolated)
+
+    @property
+    def expressions(self) -> dict[str, str]:
+        """key -> the `${...}` expression that set it."""
+        return self.interpolated.expressions
 
     @property
     def signature(self) -> str:
@@ -95,14 +145,15 @@ def resolve(overrides: Iterable[str] = (), source: str = "overrides", check_path
     leaves data paths unchecked (a config printed, not run)."""
     overrides = list(overrides)
     composed, model_preset = compose_config(overrides, source)
-    expressions = {key: value for key, value in flatten(OmegaConf.to_container(composed, resolve=False)).items()
-                   if isinstance(value, str) and "${" in value}
+    interpolated = Interpolated.of(composed)
     try:
         cfg: TrainConfig = OmegaConf.to_object(composed)
+        validate(cfg, check_paths)
     except OmegaConfBaseException as err:
-        raise config_error(err, source) from None
-    validate(cfg, check_paths)
-    return ResolvedConfig(cfg, model_preset, overrides, expressions)
+        raise interpolated.error(config_error(err, source)) from None
+    except ConfigError as err:
+        raise interpolated.error(err) from None
+    return ResolvedConfig(cfg, model_preset, overrides, interpolated)
 
 
 def config_error(err: Exception, source: str | None) -> ConfigError:

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import DataConfig
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, LocatedError, reason
 from toolkit.fields import check_choices
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -322,12 +322,19 @@ def center_crop_arr(pil_image, image_size: int) -> np.ndarray:
     return arr[crop_y:crop_y + image_size, crop_x:crop_x + image_size]
 
 
+class ImageError(LocatedError):
+    """An image file that cannot be read or decoded: one line naming it and the decoder's message."""
+
+
 def load_image(path: str, resolution: int) -> torch.Tensor:
-    """One image file -> (3, R, R) float32 in [-1, 1]."""
+    """One image file -> (3, R, R) float32 in [-1, 1]; ImageError naming the file when it does not decode."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        arr = center_crop_arr(img.convert("RGB"), resolution)
+    try:
+        with Image.open(path) as img:
+            arr = center_crop_arr(img.convert("RGB"), resolution)
+    except Exception as err:                 # whatever the decoder raises on a damaged or foreign file
+        raise ImageError(f"{path}: cannot decode the image ({reason(err)})") from None
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 

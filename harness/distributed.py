@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, reason
 
 
 @dataclass
@@ -102,7 +102,7 @@ def from_main(fn: Callable[[], Any], env: DistEnv) -> Any:
             message = [("config", (err.key, {**fields, **({"value": err.value} if err.has_value else {})}))]
         except Exception as err:
             failure = err
-            message = [("error", f"{type(err).__name__}: {err}")]
+            message = [("error", reason(err))]
     dist.broadcast_object_list(message, src=0, group=env.control)
     if failure is not None:
         raise failure

@@ -14,6 +14,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from toolkit.errors import reason
 from toolkit.files import atomic_write_text
 
 from .config import TrackingConfig
@@ -76,7 +77,7 @@ class Tracker:
                     self.logged_through[key] = max(m.step for m in history) if history else -1
         except BaseException as err:
             if self.run_id is not None:
-                self._try_finish("FAILED", f"{type(err).__name__}: {err}")
+                self._try_finish("FAILED", reason(err))
             raise
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:

@@ -31,7 +31,8 @@ from toolkit.fields import field_meta, no_effect
 from .config import TrainConfig
 
 CONF_DIR = Path(__file__).parent / "conf"
-USAGE = ("python -m harness.train [+experiment=NAME] [model=PRESET] [KEY=VALUE ...] [--cfg job] [--info] [-v]\n"
+USAGE = ("python -m harness.train [+experiment=NAME] [model=PRESET] [KEY=VALUE ...] [--cfg job] [--info] [--restart] "
+         "[-v]\n"
          "       python -m harness.train --help [GROUP]\n"
          "       python -m harness.train --switch-table [--readme README.md]")
 EXIT_INTERRUPTED = 3          # SIGTERM/SIGUSR2: a checkpoint was written; the job is requeued
@@ -48,6 +49,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--info", action="store_true",
                    help="print where the config comes from (defaults, preset, overrides), its signature and its "
                         "difference from the schema defaults, and exit")
+    p.add_argument("--restart", action="store_true",
+                   help="a run whose every checkpoint is damaged starts again at step 0, in its MLflow run "
+                        "(without it: refused)")
     p.add_argument("--switch-table", action="store_true",
                    help="print the table of the recipe's loss and optimizer switches (Markdown), generated from "
                         "harness/config.py")
@@ -81,7 +85,7 @@ def _main(argv: list[str]) -> int:
         return 0
     from .trainer import Interrupted, train
     try:
-        result = train(resolve(args.overrides))
+        result = train(resolve(args.overrides), restart=args.restart)
     except Interrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -167,6 +171,7 @@ def help_text(group: str = "all") -> str:
                 "  -h, --help [GROUP]  this help, or one config group's fields (" + ", ".join(names) + ")",
                 "  -c, --cfg job       print the resolved config (YAML) and exit; nothing runs",
                 "  --info              where the config comes from, its signature and difference from the defaults",
+                "  --restart           a run whose every checkpoint is damaged starts again at step 0 (else refused)",
                 "  -v, --verbose       let libraries talk (MLflow INFO lines, run links)", "",
                 "experiments (+experiment=NAME, harness/conf/experiment/):"]
         described = experiments()
@@ -201,7 +206,7 @@ def info_text(resolved) -> str:
     from .tracking import tracking_uri
     cfg = resolved.cfg
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    delta = result_delta(cfg)
+    delta = resolved.interpolated.shown(result_delta(cfg))      # `${oc.env:...}` as written, never its value
     lines = [f"config search path: {CONF_DIR} (train.yaml, experiment/*.yaml)",
              "schema: harness/config.py TrainConfig; model presets: models/presets.py",
              f"defaults: train_schema, model: {resolved.model_preset}, experiment: {cfg.experiment}",
@@ -211,7 +216,7 @@ def info_text(resolved) -> str:
              f"signature: {resolved.signature} (version {SIGNATURE_VERSION})",
              f"differences from the schema defaults that change the result ({len(delta)}; they make the signature):"]
     lines += [f"  {key}={value_text(value)}" for key, value in delta.items()]
-    return "\n".join(lines) + "\n"
+    return resolved.interpolated.hide("\n".join(lines) + "\n")
 
 
 

@@ -7,8 +7,11 @@
 
 Order of work: resolve and validate the config; build data, objective, REPA encoder and metric (all
 refusals happen here, before any MLflow run exists); resume from `<run dir>/checkpoints/last.pt` when
-present; train; evaluate at the configured points; end the MLflow run FINISHED, FAILED (exception or
-non-finite loss, reason tagged) or KILLED (SIGTERM/SIGUSR2: checkpoint written first).
+present (a damaged one set aside and said, on the terminal and in the `checkpoint_fallback` tag `status` shows; a
+run whose every checkpoint is damaged is refused, and starts again at step 0, in its MLflow run, only when
+`restart` says so: `--restart`); train; evaluate at the configured points; end the MLflow run FINISHED, FAILED
+(exception or non-finite loss; the reason tagged in one line naming the cause and the file) or KILLED
+(SIGTERM/SIGUSR2: checkpoint written first).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -29,10 +32,19 @@ from torchvision.utils import make_grid, save_image
 
 from models.convert import load_weights
 from models.transformer import build_model
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, reason
+from toolkit.files import atomic_write_text
 
 from . import distributed, parallel
-from .checkpoint import CheckpointError, keep_copy, load_checkpoint, load_latest, remove_partial_writes, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    NoGoodCheckpoint,
+    keep_copy,
+    load_checkpoint,
+    load_latest,
+    remove_partial_writes,
+    save_checkpoint,
+)
 from .configure import SIGNATURE_VERSION, ResolvedConfig
 from .data import StepBatches, build_dataset
 from .ema import EMA
@@ -43,6 +55,7 @@ from .objectives import draw_normal, make_objective
 from .optim import base_lr, build_optimizer, clip_at, lr_at
 from .protocol import EvalProtocol
 from .retention import best_metric, copy_name, delete, higher_is_better, removable
+from .sweep.processes import start_identity
 from .telemetry import Efficiency, StepTimer, device_name, system_metrics
 from .tracking import NullTracker, Tracker, migrated_signatures, tracking_uri, write_json
 from .vae import image_channels, is_latent
@@ -94,10 +107,16 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20      # KiB on Linux
 
 
+RUN_ID_FILE = "mlflow_run_id"   # the run folder's MLflow run, kept beside its checkpoints: a run restarted at step 0
+                                # (every checkpoint damaged) continues it
+
+
 class RunFolderLock:
     """An exclusive lock on a run folder for the trainer's lifetime: a second trainer of the same run (a
     retry while the first still runs) is refused instead of interleaving steps into the same checkpoint and
-    MLflow run. The kernel releases it when the process dies, however it dies."""
+    MLflow run. The kernel releases it when the process dies, however it dies. The lock file names its holder
+    (`pid P on HOST`, then the process's start identity): what `cancel` reads to stop a trainer whose job is
+    gone, and checks, so a recycled pid is never taken for it (`lock_holder`)."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / ".lock"
@@ -111,17 +130,28 @@ class RunFolderLock:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.seek(0)
-            holder = self.handle.read().strip() or "another process"
+            holder = (self.handle.read().strip().splitlines() or ["another process"])[0]
             self.handle.close()
             raise ConfigError("run.name", self.path.parent.name, f"the run folder {self.path.parent} is in use by "
                               f"{holder}; wait for it to end (or cancel it) before starting the run again") from None
         self.handle.truncate(0)
-        self.handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        self.handle.write(f"pid {os.getpid()} on {socket.gethostname()}\nstarted {start_identity(os.getpid())}\n")
         self.handle.flush()
         return self
 
     def __exit__(self, *exc):
         self.handle.close()
+
+
+def lock_holder(run_dir: Path) -> tuple[int, str, str | None] | None:
+    """(pid, host, start identity) the run folder's lock file names, or None (no lock file, or not one of ours)."""
+    try:
+        lines = (Path(run_dir) / ".lock").read_text().splitlines()
+        _, pid, _, host = lines[0].split(" ", 3)
+        started = lines[1].removeprefix("started ") if len(lines) > 1 else None
+        return int(pid), host, started
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class StopFlag:
@@ -144,8 +174,9 @@ class StopFlag:
 
 
 class Trainer:
-    def __init__(self, resolved: ResolvedConfig):
+    def __init__(self, resolved: ResolvedConfig, restart: bool = False):
         self.resolved = resolved
+        self.restart = restart            # start again at step 0 when every checkpoint is damaged (--restart)
         cfg = self.cfg = resolved.cfg
         self.device = pick_device(cfg.run.device)
         self.run_dir = Path(cfg.run.out_dir) / cfg.run.name
@@ -228,7 +259,7 @@ class Trainer:
         self.efficiency = Efficiency(training_flops(cfg), device_name(self.device), cfg.train.precision)
         self.step = 0
         self.run_id = None
-        self.checkpoint_problems: list[str] = []
+        self.checkpoint_note = ""         # a damaged checkpoint set aside, said on the terminal and in `status`
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -243,15 +274,23 @@ class Trainer:
 
     def resume(self) -> bool:
         """Continue from the newest good checkpoint of the run folder (a damaged newest one is set aside and
-        reported; see harness/checkpoint.py). A checkpoint written under another signature is refused, unless
+        said; see harness/checkpoint.py). A checkpoint written under another signature is refused, unless
         `run_sweep.py migrate` re-signed its MLflow run from that signature to this one. Rank 0 chooses the
-        file (and refuses for every rank); every rank loads that file, so all resume from the same step."""
+        file (and refuses for every rank); every rank loads that file, so all resume from the same step. When
+        every checkpoint is damaged the run is refused, unless `restart`: then it starts again at step 0 in the
+        MLflow run the run folder records, and says so."""
         if self.cfg.run.resume != "auto":
             return False
         chosen = distributed.from_main(self._choose_checkpoint, self.env)
         if chosen is None:
             return False
-        path, step, self.checkpoint_problems = chosen
+        path, step, self.checkpoint_note = chosen
+        if path is None:                          # restarted at step 0 in the same MLflow run
+            self.run_id = self._recorded_run_id()
+            if self.env.is_main:
+                print(f"{self.checkpoint_note}; continuing MLflow run {self.run_id or '(none recorded: a new one)'}",
+                      flush=True)
+            return False
         state = load_checkpoint(path, verify=False)       # rank 0 verified it, and no rank writes it now
         if state["step"] != step:
             raise CheckpointError(f"{path}: replaced while the ranks resumed (step {state['step']} != {step})")
@@ -260,14 +299,20 @@ class Trainer:
         parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.step = state["step"]
         self.run_id = state["mlflow_run_id"] or None
+        if self.env.is_main and self.checkpoint_note:
+            print(self.checkpoint_note, flush=True)
         print(f"rank {self.env.rank}: resumed from {path} at step {self.step}", flush=True)
         return True
 
-    def _choose_checkpoint(self) -> tuple[Path, int, list[str]] | None:
+    def _choose_checkpoint(self) -> tuple[Path | None, int, str] | None:
+        """(file, step, what was set aside) to resume from; (None, 0, why) to restart at step 0 (`restart`)."""
         try:
             found = load_latest(self.ckpt_path)
-        except CheckpointError as err:
-            raise ConfigError("run.resume", "auto", str(err)) from None
+        except NoGoodCheckpoint as err:
+            if not self.restart:
+                raise NoGoodCheckpoint(f"{err}; --restart starts the run again at step 0 (in the same MLflow run), "
+                                       f"or put a good checkpoint at {self.ckpt_path}") from None
+            return None, 0, f"restarted at step 0 (--restart): {err}"
         if found is None:
             return None
         state, path, problems = found
@@ -276,7 +321,12 @@ class Trainer:
             raise ConfigError("run.name", self.cfg.run.name, f"{path} holds a run of another config "
                               f"(signature {state['signature']} != {signature}); choose another "
                               f"run.name or run.resume=never")
-        return path, state["step"], problems
+        note = f"resumed from {path.name} at step {state['step']}: {'; '.join(problems)}" if problems else ""
+        return path, state["step"], note
+
+    def _recorded_run_id(self) -> str | None:
+        path = self.run_dir / RUN_ID_FILE
+        return (path.read_text().strip() or None) if path.exists() else None
 
     def _migrated(self, state: dict) -> bool:
         if not state.get("mlflow_run_id"):
@@ -427,8 +477,8 @@ class Trainer:
         tags = {"experiment": cfg.experiment, "preset": self.resolved.model_preset,
                 "signature": self.resolved.signature, "signature_version": str(SIGNATURE_VERSION),
                 "checkpoint": str(self.ckpt_path.resolve()), "total_steps": str(self.total_steps)}
-        if self.checkpoint_problems:
-            tags["checkpoint_fallback"] = "; ".join(self.checkpoint_problems)[:5000]
+        if self.checkpoint_note:
+            tags["checkpoint_fallback"] = self.checkpoint_note[:5000]
         if self.encoder is not None and self.encoder.random_weights:
             tags["repa_encoder"] = "random"
         if self.perceptual is not None and self.perceptual.random_weights:
@@ -453,11 +503,13 @@ class Trainer:
         def open_tracker() -> str:                # rank 0 tracks; its failure stops every rank
             nonlocal tracker
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            tracker = Tracker(cfg.tracking, self.run_dir, cfg.tracking.run_name or cfg.run.name, self.run_id, tags,
-                              self.resolved.recorded())
+            shown = {k: self.resolved.expressions.get(f"tracking.tags.{k}", v) for k, v in cfg.tracking.tags.items()}
+            tracker = Tracker(replace(cfg.tracking, tags=shown), self.run_dir, cfg.tracking.run_name or cfg.run.name,
+                              self.run_id, tags, self.resolved.recorded())
             if resumed and self.best_metric:     # the policy ranks the copies of the earlier attempts too
                 self.scores = tracker.history(self.best_metric)
             (self.run_dir / "config.yaml").write_text(self.resolved.recorded_yaml())
+            atomic_write_text(self.run_dir / RUN_ID_FILE, tracker.run_id)
             if not resumed:
                 tracker.log_artifact(self.run_dir / "config.yaml")
             return tracker.run_id
@@ -480,7 +532,7 @@ class Trainer:
             tracker.finish("KILLED")
             raise
         except BaseException as err:
-            tracker.finish("FAILED", reason=f"{type(err).__name__}: {err}")
+            tracker.finish("FAILED", reason=reason(err))
             raise
         finally:
             stop.restore()
@@ -585,8 +637,9 @@ class Progress:
             self.bar.close()
 
 
-def train(resolved: ResolvedConfig) -> RunResult:
-    trainer = Trainer(resolved)
+def train(resolved: ResolvedConfig, restart: bool = False) -> RunResult:
+    """One run; `restart`: a run whose every checkpoint is damaged starts again at step 0 (else it is refused)."""
+    trainer = Trainer(resolved, restart)
     try:
         return trainer.run()
     finally:

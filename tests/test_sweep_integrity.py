@@ -319,6 +319,40 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     (lambda p: p.write_text(p.read_text().replace("max_parallel: 4", "max_parallel: true")), "max_parallel"),
     (lambda p: p.write_text(p.read_text().replace("name: s\n", "name: " + "n" * 300 + "\n")), "at most 100"),
     (lambda p: p.write_text(p.read_text().replace("seeds:", "seed:")), "seed: unknown key"),
+    # round three: non-finite numbers, values YAML reads as something else, control and bidi characters, paths
+    (lambda p: p.write_text(p.read_text().replace("model.depth: 2", "model.depth: 2\n  optim.lr: .nan")),
+     "overrides.optim.lr=nan: not a finite number"),
+    (lambda p: p.write_text(p.read_text() + "grid: {optim.weight_decay: [0.0, .inf]}\n"),
+     "grid.optim.weight_decay[1]=inf: not a finite number"),
+    (lambda p: p.write_text(p.read_text().replace("max_parallel: 4", "max_parallel: 4\n  timeout_min: -.inf")),
+     "executor.timeout_min=-inf: not a finite number"),
+    (lambda p: p.write_text(p.read_text().replace("model.depth: 2", "model.depth: 2\n  data.path: 2024-01-31")),
+     "overrides.data.path='2024-01-31': YAML reads this as date"),
+    (lambda p: p.write_text(p.read_text().replace("label: patch-wise", 'label: "patch-wise \\u202e1.0 :DIF"')),
+     "rows[0].label='patch-wise \\u202e1.0 :DIF': holds the bidirectional-override character U+202E"),
+    (lambda p: p.write_text(p.read_text().replace("label: patch-wise", 'label: "patch\\e[2Jwise"')),
+     "rows[0].label='patch\\x1b[2Jwise': holds the control character U+001B"),
+    (lambda p: p.write_text(p.read_text() + 'description: "Which\\rAdaLN?"\n'), "description='Which\\rAdaLN?'"),
+    (lambda p: p.write_text(p.read_text().replace("model.adaln: B", 'model.adaln: B\n    "model.\\u2066depth": 3')),
+     "holds the bidirectional-override character U+2066"),
+    (lambda p: p.write_text(p.read_text().replace("kind: local\n  max_parallel: 4", 'kind: slurm\n  partition: '
+                                                  '"gpu\\n#SBATCH --uid=0"')),
+     "executor.partition='gpu\\n#SBATCH --uid=0': holds the control character U+000A"),
+    (lambda p: p.write_text(p.read_text().replace("label: patch-wise", "label: ' patch-wise'")),
+     "rows[0].label=' patch-wise': leading or trailing spaces"),
+    (lambda p: p.write_text(p.read_text().replace("name: s\n", "name: --help\n")), "starting with a letter or digit"),
+    (lambda p: p.write_text(p.read_text().replace("experiment: tiny_digits", "experiment: ../train")),
+     "experiment='../train': unknown experiment"),
+    (lambda p: p.write_text(p.read_text().replace("model.adaln: B", "model: 5")),
+     "rows[0].set.model=5: unknown option"),
+    (lambda p: (p.with_name("a_file").write_text("x"),
+                p.write_text(re.sub(r"output: .*", f"output: {p.with_name('a_file')}", p.read_text()))),
+     "is a file, not a folder: the sweep's folder would be"),
+    (lambda p: p.write_text(p.read_text() + "reuse_from: [missing.yaml]\n"), "reuse_from[0]='missing.yaml': no such "
+                                                                             "sweep file"),
+    (lambda p: p.write_text(p.read_text() + "reuse_from: ['sqlite:////nowhere/mlflow.db']\n"), "no such store"),
+    (lambda p: p.write_text(p.read_text() + "tracking: {uri: 'sqlite:///mlflow.db'}\n"),
+     "a relative sqlite path depends on the working directory"),
 ])
 def test_hostile_sweep_files_are_refused_in_one_line_before_anything_is_created(sweep_dir, capsys, make, expected):
     path = write_sweep(sweep_dir)
@@ -329,6 +363,26 @@ def test_hostile_sweep_files_are_refused_in_one_line_before_anything_is_created(
     assert err.startswith(f"error: {path}: ") and expected in err, err
     assert time.time() - started < 30                        # planning a huge grid is refused, not attempted
     assert not (sweep_dir / "out").exists()
+
+
+def test_a_manifest_deleted_or_replaced_at_submission_is_reported_with_what_the_store_holds(sweep_dir, capsys):
+    path = debug_sweep(sweep_dir, "lost", seeds=[0], rows=[{"label": "b", "set": {"model.adaln": "B"}}])
+    assert main([str(path)]) == 0
+    spec = load_sweep(path)
+    manifest = spec.folder / "manifest.json"
+    manifest.rename(manifest.with_suffix(".bak"))
+    capsys.readouterr()
+    assert main([str(path)]) == 2
+    err = error_line(capsys)
+    assert (f"no submission recorded in {manifest}, but the store {store_uri(spec)} (store id " in err
+            and "holds 1 runs of sweep lost (1 finished): the manifest was deleted or replaced" in err)
+    assert not manifest.exists()                                 # never silently recreated
+    other = debug_sweep(sweep_dir, "other", seeds=[0], rows=[{"label": "b", "set": {"model.adaln": "B"}}])
+    assert main([str(other)]) == 0
+    manifest.write_text((load_sweep(other).folder / "manifest.json").read_text())
+    capsys.readouterr()
+    assert main([str(path)]) == 2
+    assert f"{manifest} is the manifest of sweep 'other', not of lost: it was replaced" in error_line(capsys)
 
 
 def test_a_mistyped_top_level_key_suggests_the_right_one(sweep_dir, capsys):
@@ -354,6 +408,30 @@ def test_environment_interpolations_are_recorded_as_expressions_not_values(sweep
     assert "s3cr3t-token" not in json.dumps(run.data.params)
     config = (load_sweep(path).folder / plan_sweep(load_sweep(path))[0].run_name / "config.yaml").read_text()
     assert "${oc.env:DITLAB_TEST_SECRET}" in config and "s3cr3t-token" not in config
+
+
+def test_dry_runs_and_refusals_show_the_expression_never_the_secret(sweep_dir, monkeypatch, capsys):
+    from harness.train import main as train_main
+    secret = "/s3cr3t-t0ken/images"
+    monkeypatch.setenv("DITLAB_TEST_SECRET", secret)
+    path = debug_sweep(sweep_dir, "dry", seeds=[0], rows=[{"label": "b", "set": {"model.adaln": "B"}},
+                                                          {"label": "env", "set": {"model.adaln": "C", "data.path":
+                                                                                   "${oc.env:DITLAB_TEST_SECRET}"}}])
+    for args in (["--dry-run"], ["--dry-run", "--show", "env"]):
+        assert main([str(path), *args]) == 0
+        out = capsys.readouterr().out
+        assert secret not in out and "${oc.env:DITLAB_TEST_SECRET}" in out
+    overrides = ["+experiment=tiny_digits", "data.path=${oc.env:DITLAB_TEST_SECRET}"]
+    assert train_main([*overrides, "--info"]) == 0
+    out = capsys.readouterr().out
+    assert secret not in out and "data.path=${oc.env:DITLAB_TEST_SECRET}" in out
+    assert train_main([*overrides, "data.name=imagefolder"]) == 2          # refused: the path does not exist
+    err = capsys.readouterr().err
+    assert secret not in err and "data.path='${oc.env:DITLAB_TEST_SECRET}': does not exist" in err
+    path.write_text(path.read_text().replace("model.adaln: C", "model.adaln: C\n    data.name: imagefolder"))
+    assert main([str(path)]) == 2                                          # and at submission
+    err = capsys.readouterr().err
+    assert secret not in err and "data.path='${oc.env:DITLAB_TEST_SECRET}': does not exist" in err
 
 
 def test_initial_weights_count_by_their_contents_not_their_path(tmp_path):

@@ -24,7 +24,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis.ui import start_ui, stop_ui
 from commands.cli import main
-from harness.sweep.server import pid_alive, store_uri
+from harness.sweep.processes import pid_alive
+from harness.sweep.server import store_uri
 from harness.sweep.sweep import Sweep
 
 CHROMIUM = Path("/usr/bin/chromium")

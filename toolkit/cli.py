@@ -4,7 +4,8 @@
 - Errors are one line on stderr and exit code 2, in one format:
   `error: WHERE: KEY[=VALUE]: reason (did you mean X?)`, WHERE being the file the key is in, `overrides` (a
   `key=value` of the command line) or `command line` (an option or argument); the suggestion is the closest
-  valid key, preset, label, option or verb.
+  valid key, preset, label, option or verb. A failure that names its own file and cause (`LocatedError`: a
+  damaged checkpoint, a full disk, an image that does not decode) is one line too, `error: FILE: cause`, exit 1.
 - Libraries are quiet unless `-v`: no MLflow INFO lines, no "View run" links, no notebook-kernel warnings.
 - `--help` answers at once: this module imports nothing heavy, and commands import torch, mlflow and hydra
   only once their arguments are parsed (tests/test_cli.py checks it).
@@ -17,7 +18,7 @@ import re
 import sys
 from typing import Callable
 
-from .errors import ConfigError, closest
+from .errors import ConfigError, LocatedError, closest
 
 COMMAND_LINE = "command line"
 # Library settings for a quiet run, read from the environment, so the jobs and servers a command starts (which
@@ -93,6 +94,9 @@ def run(main: Callable[[], int], source: str = COMMAND_LINE) -> int:
         return main()
     except ConfigError as err:
         return report(err, source)
+    except LocatedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except BrokenPipeError:                      # `... --help | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

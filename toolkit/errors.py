@@ -7,6 +7,7 @@ the command line (`toolkit.cli`) prints it and exits with code 2.
 from __future__ import annotations
 
 import difflib
+import errno
 from typing import Any
 
 _NO_VALUE = object()
@@ -87,3 +88,45 @@ def from_omegaconf(err: Exception, source: str | None, keys=(), prefix: str = ""
     unknown = key is not None and key not in keys and ("not in" in reason or "not found" in reason)
     return ConfigError(key, reason=reason.replace(f"full_key: {key}", "").strip(), source=source,
                        suggestion=closest_key(key, keys) if unknown else None)
+
+
+# ---- why something failed: one line naming the cause (and the file) ------------------------------------------
+
+MAX_REASON = 1000               # characters of a reason (a tag, a status line)
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+class LocatedError(RuntimeError):
+    """A failure whose message is the whole reason: one line naming the file and the cause (a damaged checkpoint,
+    an image that does not decode, a write that found the disk full). Shown as it is, without its type."""
+
+
+def reason_line(text: str) -> str:
+    """A stored or relayed reason as one line: a traceback's last line (the exception it ends with, as a worker
+    process or a job's result relays it: torch's DataLoader, submitit), else its first line; at most MAX_REASON
+    characters."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1] if any(_TRACEBACK in line for line in lines) else lines[0]
+    return line if len(line) <= MAX_REASON else line[:MAX_REASON - 3] + "..."
+
+
+def reason(err: BaseException) -> str:
+    """Why `err` happened, in one line: a ConfigError or LocatedError as its message; an OSError with its errno's
+    name, its message and its file; anything else as `Type: message`. A message relayed from another process
+    (a traceback: a DataLoader worker's, a job's) gives its last line, the original exception's."""
+    if isinstance(err, OSError) and err.errno is not None and err.strerror:
+        files = [str(f) for f in (err.filename, err.filename2) if f is not None]
+        name = errno.errorcode.get(err.errno, str(err.errno))
+        return reason_line(f"{err.strerror} ({name})" + (": " + " -> ".join(files) if files else ""))
+    message = str(err)
+    line = reason_line(message)
+    if _TRACEBACK in message:                     # relayed: the line is `module.Type: message`
+        head, _, rest = line.partition(": ")
+        if rest and head.rsplit(".", 1)[-1] == type(err).__name__:
+            return rest if isinstance(err, (ConfigError, LocatedError)) else f"{type(err).__name__}: {rest}"
+        return line
+    if isinstance(err, (ConfigError, LocatedError)):
+        return line
+    return reason_line(f"{type(err).__name__}: {line}") if line else type(err).__name__

@@ -25,6 +25,10 @@ it, and `tags.eval_protocol = '<signature>'` finds one protocol's evaluations of
 evaluation at its end is its config's protocol evaluated on its final checkpoint (the training run carries the
 protocol's signature as its `eval_protocol` tag), so it counts as that evaluation: the same protocol is never
 computed twice.
+
+Grey models (one channel: the MNIST demo) write their samples with the grey replicated to three channels, as a
+grey reference image is read. A shard or scoring job that fails writes its one-line reason to its run's shard
+folder (`jobs.explained`), and the command prints it: never only "see the logs".
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ from toolkit.files import atomic_write, atomic_write_text
 from ..metric_registry import count_tag  # noqa: F401  (re-exported: the ADM suite's name suffixes)
 from ..protocol import PROTOCOL_KEYS, EvalProtocol
 from .executors import Task, executor_class
+from .jobs import JOB_FAILURE_FILE, explained, job_failure
 
 if TYPE_CHECKING:
     from .plan import PlannedRun
@@ -141,14 +146,17 @@ class ShardJob:
     """Fill the given shards of one run under one protocol, in order, skipping complete ones (idempotent)."""
 
     def __call__(self, checkpoint: str, protocol: str, shards: list[Shard]) -> list[str]:
-        import torch
-
-        from ..evaluate import protocol_batches, sample_batch, to_uint8
-
         todo = [shard for shard in shards if not shard_complete(shard)]
         if not todo:
             return []
-        protocol = EvalProtocol(protocol)
+        with explained(Path(todo[0].path).parent, fresh=False):
+            return self._fill(checkpoint, EvalProtocol(protocol), todo)
+
+    def _fill(self, checkpoint: str, protocol: EvalProtocol, todo: list[Shard]) -> list[str]:
+        import torch
+
+        from ..evaluate import protocol_batches, sample_batch
+
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, objective, cfg, step = load_ema_model(checkpoint, device, protocol.ema_decay)
         vae = load_decoder(cfg, device)
@@ -161,7 +169,7 @@ class ShardJob:
                 if shard.start <= start < shard.start + shard.count:
                     out, classes = sample_batch(model, objective, cfg, protocol, seed, b, start, count, device,
                                                 vae)
-                    images.append(to_uint8(out).permute(0, 2, 3, 1).numpy())
+                    images.append(adm_images(out))
                     labels.append(classes.numpy())
             arrays = {"arr_0": np.concatenate(images), "arr_1": np.concatenate(labels)}
 
@@ -174,6 +182,14 @@ class ShardJob:
         return written
 
 
+def adm_images(x) -> np.ndarray:
+    """Samples (N, C, H, W) in [-1, 1] as ADM images, uint8 (N, H, W, 3): one grey channel replicated to three, as
+    a grey reference image is read (PIL's convert("RGB"), harness.adm_metrics)."""
+    import torch
+    x = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 METRICS_FILE = "metrics.json"
 
 
@@ -183,9 +199,10 @@ class MetricsJob:
     def __call__(self, folder: str, reference: str, metrics: list[str], inception: str, cache_dir: Optional[str],
                  batch_size: int = 100) -> dict:
         from ..adm_metrics import Evaluator, open_input
-        evaluator = Evaluator(inception, "auto", batch_size, cache_dir, inception_key="--inception")
-        values = evaluator.evaluate(open_input(folder, "SAMPLES"), open_input(reference, "REF"), metrics)
-        atomic_write_text(Path(folder) / METRICS_FILE, json.dumps(values))
+        with explained(Path(folder), fresh=False):
+            evaluator = Evaluator(inception, "auto", batch_size, cache_dir, inception_key="--inception")
+            values = evaluator.evaluate(open_input(folder, "SAMPLES"), open_input(reference, "REF"), metrics)
+            atomic_write_text(Path(folder) / METRICS_FILE, json.dumps(values))
         return values
 
 
@@ -213,10 +230,13 @@ def score(cfg, protocol: EvalProtocol, shards: list[Shard], folder: Path, metric
         from ..adm_metrics import METRICS
         return MetricsJob()(str(folder), protocol["eval.reference"], list(metrics or METRICS),
                             protocol["eval.inception"], cache_dir or cfg.eval.cache_dir)
-    scorer = _scorer(json.dumps(dataclasses.asdict(cfg.data), sort_keys=True), cfg.model.in_channels, protocol.metric,
+    from ..vae import image_channels
+    channels = image_channels(cfg)                # a grey shard holds its channel three times (adm_images)
+    scorer = _scorer(json.dumps(dataclasses.asdict(cfg.data), sort_keys=True), channels, protocol.metric,
                      protocol.num_samples, protocol["eval.inception"], cfg.eval.cache_dir,
                      "cuda" if torch.cuda.is_available() else "cpu")
     images, labels = read_shards(shards)
+    images = images[:, :channels]
     values = {k: float(v) for k, v in scorer.evaluate(images, labels if cfg.model.num_classes else None).items()}
     return {**values, **scorer.own_metrics()}
 
@@ -445,9 +465,9 @@ def plan_evaluation(sweep: Sweep, label: Optional[str], num: int, shards: int, r
 
 def _submit(spec: SweepSpec, tasks: list[Task], wait: bool = True) -> list[dict]:
     """Submit tasks with the sweep's executor and (`wait`) wait until none is live (debug runs them in-process)."""
-    executor = executor_class(spec.executor.kind)
+    executor = executor_class(spec.executor.kind)(spec.folder, f"{spec.name}-eval")
     records = [dataclasses.asdict(record) | {"submitted": time.time()}
-               for record in executor(spec.folder, f"{spec.name}-eval").submit(tasks)] if tasks else []
+               for record in executor.submit(tasks)] if tasks else []
     while wait and any(state in executor.LIVE for state in executor.states(records).values()):
         time.sleep(5)
     return records
@@ -467,6 +487,17 @@ def submit_shards(spec: SweepSpec, missing: list[tuple[EvalTarget, list[Shard]]]
     return _submit(spec, [Task(f"{t.run.run_name}/shard{shard.index}", task_spec,
                                functools.partial(ShardJob(), str(t.checkpoint), t.protocol.values_json, [shard]))
                           for t, shards in missing for shard in shards], wait)
+
+
+def why_failed(spec: SweepSpec, target: EvalTarget, records: list[dict], missing: str) -> str:
+    """One line: the reason a job of `target` wrote (`jobs.explained`), else what its jobs' states say."""
+    found = job_failure(target.folder)
+    if found:
+        return found
+    mine = [r for r in records if r["run_name"].startswith(f"{target.run.run_name}/")]
+    states = executor_class(spec.executor.kind)(spec.folder, f"{spec.name}-eval").states(mine) if mine else {}
+    ended = ", ".join(f"job {job} {state}" for job, state in sorted(states.items()))
+    return f"{missing} not written: its job ended without a reason ({ended or 'no job'}; killed, or out of time?)"
 
 
 def evaluate_sweep(sweep: Sweep, label: Optional[str] = None,
@@ -509,24 +540,28 @@ def evaluate_sweep(sweep: Sweep, label: Optional[str] = None,
     echo(f"{len(todo)} runs, {num} samples each in {shards} shards under {todo[0][0].protocol.name}; "
          f"{len(to_fill)} shards to fill (executor {kind})"
          + (f"; first missing: {to_fill[0].path}" if to_fill else ""))
+    for target, _ in todo:                               # this command's jobs say why they failed, if they do
+        (target.folder / JOB_FAILURE_FILE).unlink(missing_ok=True)
     records = submit_shards(spec, missing, wait)
     if to_fill and not wait:
         echo(f"submitted {len(to_fill)} shard tasks; run the same command again to score them when they end")
         return 0
     incomplete = [t for t, _ in todo if t.missing()]
     if incomplete:
-        for record in records:
-            echo(f"  job {record['job_id']}: log {record['stderr']}")
+        for target in incomplete:
+            echo(f"  {target.run.label} seed {target.run.seed}: "
+                 + why_failed(spec, target, records, f"shard {target.missing()[0].path}"))
         echo(f"{len(incomplete)} runs still miss shards; run the same command again to resume")
         return 1
-    _submit(spec, [Task(f"{t.run.run_name}/metrics", one_device(spec.executor),
-                        functools.partial(MetricsJob(), str(t.folder), t.protocol["eval.reference"], list(metrics),
-                                          t.protocol["eval.inception"], cache_dir)) for t, _ in todo])
+    records = _submit(spec, [Task(f"{t.run.run_name}/metrics", one_device(spec.executor),
+                                  functools.partial(MetricsJob(), str(t.folder), t.protocol["eval.reference"],
+                                                    list(metrics), t.protocol["eval.inception"], cache_dir))
+                             for t, _ in todo])
     for target, found in todo:
         scored = target.folder / METRICS_FILE
         if not scored.is_file():
-            echo(f"  {target.run.label} seed {target.run.seed}: scoring failed (see the job logs under "
-                 f"{spec.folder / 'submitit'})")
+            echo(f"  {target.run.label} seed {target.run.seed}: scoring failed: "
+                 + why_failed(spec, target, records, str(scored)))
             return 1
         values = json.loads(scored.read_text())
         nested = target.store == sweep.store_uri

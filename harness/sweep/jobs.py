@@ -1,8 +1,11 @@
 """What a sweep's job runs: one training run, resumable from its run folder.
 
-From its first line a job makes sure a failure is explained: the trainer ends its MLflow run FAILED with
-the reason, and a failure before the run reaches MLflow (a config that no longer resolves after an
-upgrade, a store that is gone) is written to `<run folder>/job_failure.json`, which `status` shows.
+From its first line a job makes sure a failure is explained, in one line naming the cause and the file
+(`toolkit.errors.reason`): the trainer ends its MLflow run FAILED with the reason, and every failure, also one
+before the run reaches MLflow (a config that no longer resolves after an upgrade, a store that is gone, every
+checkpoint damaged), is written to `<run folder>/job_failure.json`, which `status` shows. Every job of every
+verb does the same in its own folder (`explained`): `run_sweep.py eval` prints its shard and scoring jobs'
+reasons from there.
 
 A run's output also goes to `<run folder>/job.log` (every attempt appended, a failure's traceback included),
 so `run_sweep.py logs` shows one run's lines even when one job runs several runs (a local lane).
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import submitit
 
+from toolkit.errors import reason
 from toolkit.files import atomic_write_text
 
 JOB_FAILURE_FILE = "job_failure.json"
@@ -101,25 +105,47 @@ def run_log(folder: Path | None):
             sys.stdout, sys.stderr = streams
 
 
-class TrainJob(submitit.helpers.Checkpointable):
-    """One sweep run as a checkpointable submitit job; `checkpoint()` resubmits the same call."""
+@contextlib.contextmanager
+def explained(folder: Path | None, fresh: bool = True):
+    """Write why the block failed, one line (`reason`), to `<folder>/job_failure.json` (not for a job stopped by
+    a signal: that is no failure of its own). `fresh`: an earlier attempt's reason is removed first (a folder of
+    one job; the folder of several jobs is cleared by the command that submits them)."""
+    if folder is not None and fresh:
+        (folder / JOB_FAILURE_FILE).unlink(missing_ok=True)
+    try:
+        yield
+    except Exception as err:
+        if folder is not None and type(err).__name__ != "Interrupted":
+            atomic_write_text(folder / JOB_FAILURE_FILE, json.dumps({"reason": reason(err), "time": time.time()}))
+        raise
 
-    def __init__(self, overrides: list[str]):
-        self.overrides = overrides
+
+def job_failure(folder: Path) -> str | None:
+    """Why the latest job working in `folder` failed, as it wrote it (`explained`), or None."""
+    try:
+        return json.loads((Path(folder) / JOB_FAILURE_FILE).read_text()).get("reason")
+    except (OSError, ValueError):
+        return None
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """One sweep run as a checkpointable submitit job; `checkpoint()` resubmits the same call. `restart`: a run whose
+    every checkpoint is damaged starts again at step 0 (`--restart`) instead of being refused."""
+
+    def __init__(self, overrides: list[str], restart: bool = False):
+        self.overrides, self.restart = overrides, restart
 
     def __call__(self) -> dict:
         os.environ.update(JOB_ENVIRONMENT)
         folder = run_folder(self.overrides)
-        if folder is not None:
-            (folder / JOB_FAILURE_FILE).unlink(missing_ok=True)     # an earlier attempt's reason is stale now
-        with run_log(folder) as log:
+        with run_log(folder) as log, explained(folder):
             try:
                 from ..configure import resolve
                 from ..trainer import Interrupted, train
                 if "SLURM_JOB_ID" in os.environ:
                     _distributed_env()
                 try:
-                    result = train(resolve(self.overrides))
+                    result = train(resolve(self.overrides), restart=self.restart)
                 except Interrupted as err:
                     if err.signum == signal.SIGUSR2:   # the trainer restored submitit's handler: let it requeue
                         signal.raise_signal(signal.SIGUSR2)
@@ -128,16 +154,8 @@ class TrainJob(submitit.helpers.Checkpointable):
                             # --kill-on-bad-exit) before it does. The requeue stops this task.
                             time.sleep(REQUEUE_GRACE_S)
                     raise
-            except Exception as err:
+            except Exception:
                 if log is not None:               # the job's own log gets it from submitit
                     traceback.print_exc(file=log)
-                if type(err).__name__ != "Interrupted":
-                    self._explain(err)
                 raise
         return {"run_id": result.run_id, "step": result.step, **result.metrics}
-
-    def _explain(self, err: Exception) -> None:
-        folder = run_folder(self.overrides)
-        if folder is not None:
-            atomic_write_text(folder / JOB_FAILURE_FILE,
-                              json.dumps({"reason": f"{type(err).__name__}: {err}", "time": time.time()}))

@@ -26,6 +26,7 @@ from toolkit.files import atomic_write_text
 
 from ..config import TrainConfig
 from ..configure import (
+    Interpolated,
     affects_result,
     affects_training,
     compose_config,
@@ -61,6 +62,7 @@ class PlannedRun:
     same_as: int | None = None          # the index of an earlier planned run that is the same run (one signature:
                                         # a grid point that only moves a switch without effect on this row's model)
     disk: Footprint | None = None       # its checkpoints at most (harness/retention.py); None: read from the cache
+    interpolated: Interpolated = field(default_factory=Interpolated)   # `${...}` values: shown as expressions
 
     @property
     def title(self) -> str:
@@ -121,29 +123,34 @@ def complexity(model: ModelConfig) -> tuple[int, float, int]:
 
 
 @lru_cache(maxsize=4096)
-def _resolve_cached(experiment: str, overrides_json: str) -> TrainConfig:
+def _resolve_cached(experiment: str, overrides_json: str) -> tuple[TrainConfig, Interpolated]:
     overrides = json.loads(overrides_json)
     groups = tuple((k, str(v)) for k, v in overrides.items() if k in GROUP_KEYS)
     composed, _ = _composed(experiment, groups)
     fields = [f"{k}={json.dumps(v)}" for k, v in overrides.items() if k not in GROUP_KEYS]
+    interpolated = Interpolated()
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(composed, OmegaConf.from_dotlist(fields)))
+        merged = OmegaConf.merge(composed, OmegaConf.from_dotlist(fields))
+        interpolated = Interpolated.of(merged)
+        cfg = OmegaConf.to_object(merged)
+        validate(cfg, check_paths=False)         # data paths: at submission (`check_data_paths`), not in a dry run
     except OmegaConfBaseException as err:
-        raise config_error(err, None) from None
-    validate(cfg, check_paths=False)             # data paths: at submission (`check_data_paths`), not in a dry run
-    return cfg
+        raise interpolated.error(config_error(err, None)) from None
+    except ConfigError as err:
+        raise interpolated.error(err) from None
+    return cfg, interpolated
 
 
-def resolve_fast(experiment: str, overrides: dict) -> TrainConfig:
+def resolve_fast(experiment: str, overrides: dict) -> tuple[TrainConfig, Interpolated]:
     """Equivalent to `configure.resolve` for plain `key: value` overrides. Composition is cached per
     model preset and resolution per distinct override set; runs that differ only in `run.seed` share
     everything but their `run` section (the returned configs are read, never mutated)."""
     seed = overrides.get("run.seed")
     rest = {k: v for k, v in overrides.items() if k != "run.seed"}
-    cfg = _resolve_cached(experiment, json.dumps(rest))
+    cfg, interpolated = _resolve_cached(experiment, json.dumps(rest))
     if seed is None:
-        return cfg
-    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
+        return cfg, interpolated
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed)), interpolated
 
 
 def _where(spec: SweepSpec, row: int, key: str | None) -> str:
@@ -178,7 +185,7 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
             for seed in spec.seeds:
                 overrides = {**spec.overrides, **row.set, **point, "run.seed": seed}
                 try:
-                    cfg = resolve_fast(spec.experiment, overrides)
+                    cfg, interpolated = resolve_fast(spec.experiment, overrides)
                     check_world_size(cfg, executor)
                     params, gflops, trained = complexity(cfg.model)
                 except ConfigError as err:
@@ -190,7 +197,8 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                     index=len(runs), label=row.label, row=row_index, seed=seed, grid=point,
                     config_overrides=[to_override(k, v) for k, v in overrides.items()],
                     run_name=run_name, signature=signature, executor=executor, cfg=cfg,
-                    params=params, gflops=gflops, paper=row.paper, disk=footprint(cfg, trained)))
+                    params=params, gflops=gflops, paper=row.paper, disk=footprint(cfg, trained),
+                    interpolated=interpolated))
     first: dict[str, PlannedRun] = {}
     for run in runs:                             # one signature is one run, trained once
         other = first.setdefault(run.signature, run)
@@ -224,8 +232,9 @@ def check_data_paths(spec: SweepSpec, runs: list[PlannedRun]) -> None:
     for run in runs:
         init = run.cfg.model.init_from
         if init and not Path(init).is_file():
-            raise SweepError(_where(spec, run.row, "model.init_from"), init, "file does not exist (checked at "
-                             "submission; a dry run does not look at files)", source=str(spec.path))
+            raise SweepError(_where(spec, run.row, "model.init_from"),
+                             run.interpolated.expressions.get("model.init_from", init), "file does not exist (checked "
+                             "at submission; a dry run does not look at files)", source=str(spec.path))
         data = run.cfg.data
         key = repr((data, run.cfg.model.in_channels, is_latent(run.cfg) and run.cfg.vae))
         if key in seen:
@@ -236,14 +245,17 @@ def check_data_paths(spec: SweepSpec, runs: list[PlannedRun]) -> None:
                 validate_vae(run.cfg, check_paths=True)
             validate_data(data, data.resolution, image_channels(run.cfg))
         except ConfigError as err:
+            err = run.interpolated.error(err)
             reason = f"{err.reason} (checked at submission; a dry run does not look at data paths)"
             raise SweepError(_where(spec, run.row, err.key), err.value, reason, source=str(spec.path)) from None
 
 
 def data_paths(runs: list[PlannedRun]) -> list[str]:
-    """The data paths and initial weights of a plan (what a dry run does not check)."""
-    return sorted({path for run in runs if run.cfg is not None
-                   for path in (run.cfg.data.path, run.cfg.model.init_from) if path})
+    """The data paths and initial weights of a plan (what a dry run does not check), as written: a path read from
+    the environment as its `${oc.env:...}` expression."""
+    return sorted({run.interpolated.expressions.get(key, path) for run in runs if run.cfg is not None
+                   for key, path in (("data.path", run.cfg.data.path), ("model.init_from", run.cfg.model.init_from))
+                   if path})
 
 
 # ---- the plan cache: status and tables of big sweeps without re-planning ----------------------------

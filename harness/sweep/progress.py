@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from toolkit.errors import reason_line
+
 from ..metric_registry import preferred
 from .state import RunState
 
@@ -45,7 +47,8 @@ class Line:
     metric: tuple[str, float] | None
     eta_s: float | None
     job: str
-    note: str                         # a failure's reason; the heartbeat's age of a live run
+    note: str                         # a failure's reason; the heartbeat's age of a live run; a damaged checkpoint
+                                      # set aside (resumed from the previous one, or restarted at step 0)
 
     @classmethod
     def of(cls, s: RunState) -> "Line":
@@ -59,11 +62,14 @@ class Line:
         if s.state == "running" and total and s.step is not None and speed and batch.isdigit():
             eta = (total - s.step) * int(batch) / speed
         grid = " " + json.dumps(s.run.grid) if s.run.grid else ""
-        note = ""
+        notes = []
         if s.state == "failed":
-            note = s.reason or ""
+            notes.append(reason_line(s.reason or ""))
         elif s.state == "running" and s.heartbeat_age_s is not None:
-            note = f"heartbeat {age(s.heartbeat_age_s)} ago"
+            notes.append(f"heartbeat {age(s.heartbeat_age_s)} ago")
+        if tags.get("checkpoint_fallback") and s.state != "failed":     # a damaged checkpoint was set aside
+            notes.append(reason_line(tags["checkpoint_fallback"]))
+        note = "; ".join(note for note in notes if note)
         shown = preferred(key for key in metrics if key != "loss")      # the loss has a column of its own
         return cls(s.run.label + grid, s.run.seed, s.shown, s.step, total, s.loss,
                    (shown, metrics[shown]) if shown else None, eta, s.job_id or "-", note)

@@ -2,10 +2,11 @@
 
 Jobs never write one sqlite file concurrently: for the slurm and local executors they log over HTTP to
 an `mlflow server` that owns the store (sqlite under the sweep folder, or the PostgreSQL database of
-`tracking.uri`). The server runs detached, so `run_sweep.py` returns while jobs run; its pid and URL are in
-server.json. The database and the experiment are created (`store.prepare_store`) before the server and any job
-start. A server that listens beyond the loopback requires the sweep's credentials (harness/sweep/auth.py) and
-accepts the Host names its jobs use (MLflow refuses other Host headers than local and private addresses).
+`tracking.uri`). The server runs detached, so `run_sweep.py` returns while jobs run; its pid, start identity and
+URL are in server.json (a recycled pid is never taken for it, nor stopped: harness/sweep/processes.py). The
+database and the experiment are created (`store.prepare_store`) before the server and any job start. A server
+that listens beyond the loopback requires the sweep's credentials (harness/sweep/auth.py) and accepts the Host
+names its jobs use (MLflow refuses other Host headers than local and private addresses).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from .auth import Credentials, loopback, sweep_credentials
-from .processes import pid_alive, stop_groups
+from .processes import OwnedProcess, start_identity, stop_groups
 from .spec import SweepSpec
 from .store import store_uri
 
@@ -56,7 +57,11 @@ def running_server(spec: SweepSpec) -> str | None:
     if not path.exists():
         return None
     info = json.loads(path.read_text())
-    return info["url"] if pid_alive(info["pid"]) and answers(info["url"], server_credentials(spec)) else None
+    return info["url"] if _process(info).alive() and answers(info["url"], server_credentials(spec)) else None
+
+
+def _process(info: dict) -> OwnedProcess:
+    return OwnedProcess(info["pid"], None, info.get("started"))
 
 
 def server_credentials(spec: SweepSpec) -> Credentials | None:
@@ -129,8 +134,8 @@ def start_server(spec: SweepSpec, host: str | None = None, port: int | None = No
                                      host, port, timeout, auth, names)
     if host in WILDCARDS:
         url = f"http://{socket.gethostname()}:{url.rsplit(':', 1)[1]}"
-    _info_path(spec).write_text(json.dumps({"pid": proc.pid, "url": url, "backend": backend,
-                                            "auth": auth is not None}))
+    _info_path(spec).write_text(json.dumps({"pid": proc.pid, "started": start_identity(proc.pid), "url": url,
+                                            "backend": backend, "auth": auth is not None}))
     return url
 
 
@@ -138,6 +143,8 @@ def stop_server(spec: SweepSpec) -> bool:
     path = _info_path(spec)
     if not path.exists():
         return False
-    stop_groups([json.loads(path.read_text())["pid"]])
+    info = json.loads(path.read_text())
+    if _process(info).alive():
+        stop_groups([info["pid"]])
     path.unlink()
     return True

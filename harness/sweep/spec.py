@@ -38,7 +38,12 @@ evaluate:                              # evaluations of every finished run, no r
 
 The file is never rewritten: its text, comments included, is what gets logged to MLflow. Everything a
 hostile or careless file can get wrong is refused here or in planning, in one line naming the file and
-the key, before anything is created.
+the key, before anything is created: among others, values YAML reads as something else than numbers, text,
+booleans, lists and mappings (a date, bytes), non-finite numbers (`.nan`, `.inf`), text with control or
+bidirectional-override characters anywhere (a label that rewrites the terminal or reads backwards; a newline
+in an executor field that would add a line to the job script; only `description` and `notes` may span lines),
+an unknown experiment, an `output` that is (or lies under) a file, a `reuse_from` sweep file or sqlite store
+that does not exist, a relative sqlite store (it would depend on the working directory).
 
 `paper:` numbers are kept as written (`3.50` stays `3.50` in every table: `PaperValue`, a float that
 keeps its YAML text) and must be numbers. `paper_metric` says what they measure — the paper's metric
@@ -51,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import unicodedata
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,16 +64,19 @@ from typing import Any, Optional
 
 import yaml
 
-from toolkit.errors import ConfigError, closest
+from toolkit.errors import ConfigError, closest, unknown
 from toolkit.sizes import parse_size
 
-from ..configure import SEED_RANGE, affects_result, affects_training, schema_keys
+from ..configure import SEED_RANGE, affects_result, affects_training, group_options, schema_keys
 from ..metric_registry import METRICS as REGISTERED_METRICS
 from ..protocol import PROTOCOL_KEYS, protocol_defaults
 from .executors import ExecutorSpec, parse_spec
 from .safe_yaml import read_yaml
 
 MAX_NAME = 100                  # the name is a folder and an MLflow experiment name
+MAX_LABEL = 200                 # a label is an MLflow run name, a table row and a plot legend
+MULTILINE_KEYS = ("description", "notes")     # Markdown: the only text that may hold line breaks and tabs
+BIDI_CONTROLS = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # Config keys a sweep sets itself for every run: rows, grid and overrides may not.
 OWNED_KEYS = {"run.seed": "the sweep's `seeds:` set it", "run.name": "the sweep names its runs",
               "run.out_dir": "runs live in the sweep's folder (`output:`)", "run.resume": "jobs always resume",
@@ -232,12 +241,17 @@ def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
     for key in raw:
         if key not in TOP_KEYS:
             raise _unknown_key(str(key), sorted(TOP_KEYS))
+    _check_values(raw)
     for key in ("name", "experiment"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ConfigError(key, reason="required, a non-empty string")
     name = raw["name"]
-    if not name.replace("_", "").replace("-", "").isalnum() or not name.isascii():
-        raise ConfigError("name", name, "use letters, digits, '-' and '_' only")
+    if not name.replace("_", "").replace("-", "").isalnum() or not name.isascii() or not name[0].isalnum():
+        raise ConfigError("name", name, "use letters, digits, '-' and '_' only, starting with a letter or digit")
+    experiments = group_options("experiment")
+    if raw["experiment"] not in experiments:
+        raise ConfigError("experiment", raw["experiment"], f"unknown experiment (harness/conf/experiment/), expected "
+                          f"one of {experiments}", suggestion=closest(raw["experiment"], experiments))
     if len(name) > MAX_NAME:
         raise ConfigError("name", f"{name[:20]}...", f"{len(name)} characters; at most {MAX_NAME} "
                                                    f"(it names a folder and an MLflow experiment)")
@@ -274,6 +288,7 @@ def _parse(path: Path, text: str, raw: Any) -> SweepSpec:
     reuse_from = raw.get("reuse_from") or []
     if not isinstance(reuse_from, list) or not all(isinstance(v, str) and v for v in reuse_from):
         raise ConfigError("reuse_from", reuse_from, "expected a list of sweep files or tracking URIs")
+    _check_paths(path, raw, reuse_from, tracking)
     max_runs = raw.get("max_runs", SweepSpec.max_runs)
     if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
         raise ConfigError("max_runs", max_runs, "expected a positive integer")
@@ -315,6 +330,11 @@ def _rows(rows: Any, executor: ExecutorSpec, paper_texts: dict) -> list[RowSpec]
         label = row.get("label")
         if not isinstance(label, str) or not label.strip():
             raise ConfigError(f"{key}.label", reason="required, a non-empty string")
+        if len(label) > MAX_LABEL:
+            raise ConfigError(f"{key}.label", f"{label[:20]}...", f"{len(label)} characters; at most {MAX_LABEL} (a "
+                              f"label is a run name and a table row)")
+        if label != label.strip():
+            raise ConfigError(f"{key}.label", label, "leading or trailing spaces (they hide in tables and plots)")
         if label in labels:
             raise ConfigError(f"{key}.label", label, "duplicate label")
         labels.add(label)
@@ -352,13 +372,77 @@ def _unknown_key(path: str, options: list[str]) -> ConfigError:
 
 
 def _check_config_keys(values: dict, where: str) -> None:
-    """Config overrides name config keys; the keys the sweep sets itself are refused, saying why."""
+    """Config overrides name config keys; the keys the sweep sets itself are refused, saying why; a model preset is
+    named by a string (a grid axis: a list of them)."""
     for key in values:
         if not isinstance(key, str):
             raise ConfigError(f"{where}.{key}", reason="expected a config key such as model.adaln")
         owned = OWNED_KEYS.get(key) or OWNED_KEYS.get(key.split(".")[0])
         if owned:
             raise ConfigError(f"{where}.{key}", reason=f"set by the sweep, not by a row ({owned})")
+        if key == "model":
+            for preset in values[key] if where == "grid" and isinstance(values[key], list) else [values[key]]:
+                if preset not in group_options("model"):
+                    raise unknown(f"{where}.{key}", preset, group_options("model"), "option")
+
+
+def _check_values(node: Any, where: str = "") -> None:
+    """Every key and value of the file: plain YAML types (a date or bytes would reach the runs as something else),
+    finite numbers, and text without control or bidirectional-override characters."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str):
+                _check_text(key, path, multiline=False)
+            _check_values(value, path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_values(value, f"{where}[{i}]")
+    elif isinstance(node, str):
+        _check_text(node, where, multiline=where in MULTILINE_KEYS)
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(where, node, "not a finite number")
+    elif node is not None and not isinstance(node, (bool, int, float)):
+        raise ConfigError(where, str(node), f"YAML reads this as {type(node).__name__}, not a number, text, boolean, "
+                          "list or mapping (quote it to mean text)")
+
+
+def _check_text(text: str, where: str, multiline: bool) -> None:
+    for char in text:
+        category = unicodedata.category(char)
+        if char in BIDI_CONTROLS or (category in ("Cc", "Zl", "Zp") and not (multiline and char in "\n\t")):
+            kind = "bidirectional-override" if char in BIDI_CONTROLS else "control" if category == "Cc" \
+                else "line-separator"
+            raise ConfigError(where, text[:80], f"holds the {kind} character U+{ord(char):04X}; write plain text")
+
+
+def _check_paths(path: Path, raw: dict, reuse_from: list[str], tracking: dict) -> None:
+    """The folders and files the sweep names: `output` must be (or become) a folder, never a file or under one;
+    `reuse_from` sweep files and sqlite stores must exist; a sqlite store is an absolute path."""
+    base = path.resolve().parent
+    folder = (base / raw.get("output", SweepSpec.output) / raw["name"]).resolve()
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                key = "name" if place == folder else "output"
+                raise ConfigError(key, raw[key] if key in raw else SweepSpec.output, f"{place} is a file, not a "
+                                  f"folder: the sweep's folder would be {folder}")
+            break
+    for i, entry in enumerate(reuse_from):
+        if "://" not in entry:
+            other = Path(entry) if Path(entry).is_absolute() else base / entry
+            if not other.is_file():
+                raise ConfigError(f"reuse_from[{i}]", entry, f"no such sweep file ({other})")
+        elif entry.startswith("sqlite:") and not _sqlite_file(entry).is_file():
+            raise ConfigError(f"reuse_from[{i}]", entry, f"no such store ({_sqlite_file(entry)})")
+    uri = tracking.get("uri")
+    if isinstance(uri, str) and uri.startswith("sqlite:") and not _sqlite_file(uri).is_absolute():
+        raise ConfigError("tracking.uri", uri, "a relative sqlite path depends on the working directory; write "
+                          "sqlite:////absolute/path.db")
+
+
+def _sqlite_file(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:").removeprefix("///"))
 
 
 def _seeds(seeds: Any) -> list[int]:

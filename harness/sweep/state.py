@@ -14,8 +14,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from toolkit.errors import reason_line
+
 from .executors import JobRecord, executor_class
-from .jobs import JOB_FAILURE_FILE
+from .jobs import job_failure
 from .plan import PlannedRun
 from .reader import Readers
 from .spec import SweepSpec
@@ -81,25 +83,21 @@ def mlflow_runs(client: MlflowClient, experiment_name: str, sweep: str, readers:
     return latest
 
 
-def scheduler_states(records: list[dict]) -> dict[str, str]:
-    """job id -> state: one query per executor kind (one sacct call for all SLURM jobs)."""
+def scheduler_states(spec: SweepSpec, records: list[dict]) -> dict[str, str]:
+    """job id -> state: one query per executor kind (one sacct call for all SLURM jobs), each job checked to be
+    this sweep's."""
     states: dict[str, str] = {}
     for kind in {r["executor"] for r in records}:
-        states.update(executor_class(kind).states([r for r in records if r["executor"] == kind]))
+        executor = executor_class(kind)(spec.folder, spec.name)
+        states.update(executor.states([r for r in records if r["executor"] == kind]))
     return states
-
-
-def job_failure(spec: SweepSpec, run_name: str) -> str | None:
-    """Why a job ended before its run reached MLflow, as the job wrote it."""
-    path = spec.folder / run_name / JOB_FAILURE_FILE
-    return json.loads(path.read_text()).get("reason") if path.exists() else None
 
 
 def sweep_states(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient, manifest: dict,
                  reuse: bool = True, readers: Readers | None = None) -> list[RunState]:
     tracked = mlflow_runs(client, spec.experiment_name, spec.name, readers)
     submitted = [manifest["runs"][r.run_name] for r in runs if r.run_name in manifest["runs"]]
-    jobs = scheduler_states(submitted) if submitted else {}
+    jobs = scheduler_states(spec, submitted) if submitted else {}
     wanted = {r.signature for r in runs if tracked.get(r.signature) is None
               or tracked[r.signature].info.status != "FINISHED"}
     elsewhere = finished_runs(reuse_stores(spec), wanted, readers) if reuse and wanted else {}
@@ -131,8 +129,9 @@ def sweep_states(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient, 
         heartbeat = metrics.pop("system/heartbeat", metrics.pop("heartbeat", None))
         step = metrics.get("system/step", metrics.get("step"))
         reason = None
-        if state == "failed":
-            reason = (found.data.tags.get("failure_reason") if found else None) or job_failure(spec, run.run_name) \
+        if state == "failed":                     # the latest attempt's own reason first (it may not reach MLflow)
+            reason = job_failure(spec.folder / run.run_name) \
+                or (reason_line(found.data.tags.get("failure_reason", "")) if found else None) \
                 or (f"job {job_id} ended ({job_state})" if job_id else None)
         states.append(RunState(run, state, found.info.run_id if found else None,
                                None if step is None else int(step), metrics.get("loss"),

@@ -5,7 +5,9 @@ The store is `<sweep folder>/mlflow.db` (sqlite) unless `tracking.uri` names ano
 tracking server's URL). Its experiment
 carries a random `ditlab.store_id` tag, written at the first submission and recorded in the manifest;
 every later command checks both before reading, so a deleted or replaced store (or manifest) is reported
-instead of being silently recreated empty — opening a missing sqlite file with MLflow would create it.
+instead of being silently recreated empty — opening a missing sqlite file with MLflow would create it. A
+submission without a manifest (or with another sweep's) into a store that already holds this sweep's runs is
+refused too, saying what the store holds: a new manifest would lose the job ids of those runs.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from toolkit.errors import ConfigError
 
 from ..tracking import ensure_experiment, mlflow_client
-from .reader import Readers
+from .reader import Readers, all_runs
 from .spec import SweepSpec
 
 STORE_ID_TAG = "ditlab.store_id"
@@ -50,10 +52,15 @@ def sqlite_path(uri: str) -> Path | None:
 def prepare_store(spec: SweepSpec, manifest: dict) -> str:
     """Create (first submission) or check (later ones) the store and the experiment, before any job fans out;
     records the store's identity in the manifest; returns the experiment id."""
+    if manifest.get("sweep") != spec.name:
+        raise StoreProblem(None, reason=f"{spec.folder / 'manifest.json'} is the manifest of sweep "
+                                        f"{manifest.get('sweep')!r}, not of {spec.name}: it was replaced; restore "
+                                        f"this sweep's manifest", source=str(spec.path))
     if manifest["runs"] or manifest.get("store"):
         client = open_store(spec, manifest)       # refuses a store that is gone or was replaced
         experiment_id = client.get_experiment_by_name(spec.experiment_name).experiment_id
     else:
+        check_no_earlier_runs(spec)
         spec.folder.mkdir(parents=True, exist_ok=True)
         client = mlflow_client(store_uri(spec))
         experiment_id = ensure_experiment(client, spec.experiment_name, spec.folder / "mlartifacts")
@@ -63,6 +70,31 @@ def prepare_store(spec: SweepSpec, manifest: dict) -> str:
         client.set_experiment_tag(experiment_id, STORE_ID_TAG, store_id)
     manifest["store"] = {"uri": store_uri(spec), "store_id": store_id}
     return experiment_id
+
+
+def check_no_earlier_runs(spec: SweepSpec) -> None:
+    """A first submission (no submission in the manifest) into a store that already holds runs of this sweep means
+    its manifest was deleted or replaced: refused, with what the store holds. Creates no file."""
+    uri = store_uri(spec)
+    if sqlite_path(uri) is not None and not sqlite_path(uri).exists():
+        return
+    client = mlflow_client(uri)
+    experiment = client.get_experiment_by_name(spec.experiment_name)
+    if experiment is None:
+        return
+    runs = [run for run in all_runs(client, [experiment.experiment_id], f"tags.sweep = '{spec.name}'")
+            if run.data.tags.get("sweep_role") != "parent"]
+    if runs:
+        counts = {}
+        for run in runs:
+            counts[run.info.status.lower()] = counts.get(run.info.status.lower(), 0) + 1
+        held = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        raise StoreProblem(None, reason=f"no submission recorded in {spec.folder / 'manifest.json'}, but the store "
+                                        f"{uri} (store id {experiment.tags.get(STORE_ID_TAG, 'none')}) holds "
+                                        f"{len(runs)} runs of sweep {spec.name} ({held}): the manifest was deleted "
+                                        f"or replaced and their job ids are lost; restore it (`cancel` finds live "
+                                        f"jobs without it), or move {spec.folder} away to start the sweep over",
+                           source=str(spec.path))
 
 
 def _exists(uri: str) -> bool:

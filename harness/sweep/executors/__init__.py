@@ -9,7 +9,10 @@ one module here (every module of the package is imported, and each registers its
 
 A task is one picklable callable (a training run, an evaluation shard); its job's log files and
 submitit's bookkeeping live under `<sweep folder>/submitit/<kind>/<job id>/`, which is also how
-`cancel` finds a sweep's jobs when its manifest is gone.
+`cancel` finds a sweep's jobs when its manifest is gone. A job id is only ever taken for this sweep's job when
+the scheduler or the process says so (its submission or command line names that folder, and a local process
+started when it was recorded): `states` shows another sweep's job under a reused id as GONE, and `cancel`
+never stops it.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import pkgutil
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -58,6 +61,9 @@ class Task:
                                           # when they ended, and the task checks what it needs
 
 
+GONE = "GONE"                   # the job's id now names another job or process (ids are reused): this one ended
+
+
 @dataclass
 class JobRecord:
     run_name: str
@@ -65,6 +71,7 @@ class JobRecord:
     stdout: str
     stderr: str
     executor: str
+    started: Optional[str] = None         # a local job's process as it started (processes.start_identity)
 
 
 class Executor:
@@ -82,29 +89,36 @@ class Executor:
     def submit(self, tasks: list[Task]) -> list[JobRecord]:
         raise NotImplementedError
 
-    @classmethod
-    def states(cls, records: list[dict]) -> dict[str, str]:
-        """job id -> the scheduler's state of each job."""
+    def states(self, records: list[dict]) -> dict[str, str]:
+        """job id -> the scheduler's state of each job (GONE: its id names another sweep's job now)."""
         raise NotImplementedError
 
-    @classmethod
-    def cancel(cls, records: list[dict]) -> list[str]:
-        """Stop every job of `records` that is live; returns their ids."""
+    def cancel(self, records: list[dict]) -> list[str]:
+        """Stop every job of `records` that is live and this sweep's; returns their ids."""
         raise NotImplementedError
+
+    def stop_orphans(self) -> list[str]:
+        """Stop the trainers of this sweep whose job is gone; returns what was stopped."""
+        return []
 
     def discover(self) -> list[dict]:
         """Records of every job ever submitted from this folder (no run names): what `cancel` uses when the
         manifest is gone."""
         if not self.jobs_folder.is_dir():
             return []
-        return [{"run_name": None, "job_id": path.name, "executor": self.kind, "submitted": path.stat().st_mtime}
+        return [{"run_name": None, "job_id": path.name, "executor": self.kind, "submitted": path.stat().st_mtime,
+                 "started": self.recorded_start(path)}
                 for path in sorted(self.jobs_folder.iterdir())
                 if path.is_dir() and re.fullmatch(self.JOB_ID, path.name)]
 
+    def recorded_start(self, job_folder: Path) -> str | None:
+        """A job's process start identity as its folder records it (executors whose jobs are processes)."""
+        return None
+
     @staticmethod
-    def _record(task: Task, job, kind: str) -> JobRecord:
+    def _record(task: Task, job, kind: str, started: str | None = None) -> JobRecord:
         paths = job.paths
-        return JobRecord(task.name, str(job.job_id), str(Path(paths.stdout)), str(Path(paths.stderr)), kind)
+        return JobRecord(task.name, str(job.job_id), str(Path(paths.stdout)), str(Path(paths.stderr)), kind, started)
 
 
 EXECUTORS: dict[str, type[Executor]] = {}

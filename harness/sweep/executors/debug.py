@@ -31,10 +31,8 @@ class DebugExecutor(Executor):
             job.result()
         return records
 
-    @classmethod
-    def states(cls, records: list[dict]) -> dict[str, str]:
+    def states(self, records: list[dict]) -> dict[str, str]:
         return {r["job_id"]: "ENDED" for r in records}
 
-    @classmethod
-    def cancel(cls, records: list[dict]) -> list[str]:
+    def cancel(self, records: list[dict]) -> list[str]:
         return []

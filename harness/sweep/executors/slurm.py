@@ -20,7 +20,7 @@ import submitit
 
 from toolkit.errors import ConfigError
 
-from . import Executor, ExecutorSpec, JobRecord, Task, count, register
+from . import GONE, Executor, ExecutorSpec, JobRecord, Task, count, register
 
 ACCOUNTING_LAG_S = 600          # sacct may not list a just-submitted job yet
 
@@ -52,6 +52,13 @@ class SlurmSpec(ExecutorSpec):
         return self.nodes * self.ranks_per_node
 
     def check(self, where: str) -> None:
+        for i, line in enumerate(self.setup):     # lines of the job script, each one line of text
+            if not isinstance(line, str):
+                raise ConfigError(f"{where}.setup[{i}]", line, "expected a shell line (text)")
+        for key, value in self.additional_parameters.items():
+            if isinstance(value, (list, dict)) or value is None:
+                raise ConfigError(f"{where}.additional_parameters.{key}", value, "expected one sbatch option "
+                                  "value (text or a number)")
         if self.gpus_per_node and self.tasks_per_node not in (None, self.gpus_per_node):
             raise ConfigError(f"{where}.tasks_per_node", self.tasks_per_node, f"one rank per GPU: leave it out or "
                               f"set it to gpus_per_node={self.gpus_per_node}")
@@ -94,18 +101,21 @@ class SlurmExecutor(Executor):
             records += [self._record(task, job, self.kind) for task, job in zip(members, jobs)]
         return records
 
-    @classmethod
-    def states(cls, records: list[dict]) -> dict[str, str]:
-        """One `sacct` call for every job; a pending array shows as one line `123_[0-3]`."""
+    def states(self, records: list[dict]) -> dict[str, str]:
+        """One `sacct` call for every job; a pending array shows as one line `123_[0-3]`. A job whose submission
+        (sacct's SubmitLine: `sbatch <jobs folder>/.submission_file_...`) does not name this sweep's job folder is
+        another's under a reused id: GONE."""
         ids = sorted({r["job_id"] for r in records})
         if not ids:
             return {}
-        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(ids)],
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,SubmitLine", "-j", ",".join(ids)],
                              capture_output=True, text=True, timeout=60)
         states: dict[str, str] = {}
         for line in out.stdout.splitlines():
-            job_id, _, state = line.partition("|")
-            states[job_id] = state.split()[0] if state else "UNKNOWN"
+            job_id, _, rest = line.partition("|")
+            state, _, submit_line = rest.partition("|")
+            ours = not submit_line or f"{self.jobs_folder}/" in submit_line     # (no SubmitLine: SLURM < 20.11)
+            states[job_id] = (state.split()[0] if state else "UNKNOWN") if ours else GONE
         for line_id in [i for i in states if "_[" in i]:
             base = line_id.split("_[")[0]
             for r in records:
@@ -117,10 +127,9 @@ class SlurmExecutor(Executor):
                 states[r["job_id"]] = "PENDING"
         return states
 
-    @classmethod
-    def cancel(cls, records: list[dict]) -> list[str]:
-        states = cls.states(records)
-        live = sorted({r["job_id"] for r in records if states.get(r["job_id"]) in cls.LIVE})
+    def cancel(self, records: list[dict]) -> list[str]:
+        states = self.states(records)
+        live = sorted({r["job_id"] for r in records if states.get(r["job_id"]) in self.LIVE})
         if live:
             subprocess.run(["scancel", *live], check=False)
         return live
