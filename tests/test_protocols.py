@@ -246,7 +246,7 @@ def test_the_selection_picks_the_proxys_argmin_and_confirms_with_another_seed(tr
             assert r.data.params["eval.seed"] == "2" and r.data.params["eval.num_samples"] == "40"
             assert r.data.tags["selection_signature"] == selection.data.tags["selection_signature"]
     capsys.readouterr()
-    assert main(["table", str(path), "--metric", "fd"]) == 0         # default: the selected, confirmed numbers
+    assert main(["table", str(path), "--metric", "fd", "--wide"]) == 0    # default: the selected, confirmed numbers
     table = capsys.readouterr().out
     assert "each row at the protocol its selection chose" in table and "then confirmed with eval.num_samples=40, " \
         "eval.seed=2" in table and "(n=2)" in table
@@ -380,7 +380,7 @@ def test_a_v2_store_is_migrated_and_its_runs_reused_not_retrained(tmp_path, monk
         assert tags["signature"] == planned[label].signature and tags["signature_previous"] == v2[label]
         assert tags["signature_version"] == "3" and tags["eval_protocol_version"] == "0"
         assert tags["checkpoint"].startswith(str(spec.folder / planned[label].run_name))
-    assert main(["table", str(path), "--metric", "fd"]) == 0
+    assert main(["table", str(path), "--metric", "fd", "--wide"]) == 0
     table = capsys.readouterr().out
     assert table.count("(n=1)") == 4 and "offline20-ab2x2-cfg1-ema0.99-seedrun-v0" in table
     assert "logged before protocols" in table
