@@ -85,12 +85,17 @@ CONFIGS = {   # small CPU configurations, each about 0.2-0.6 GB at its peak
 }
 
 
-def measured_peak(overrides: list[str]) -> int:
+def measured_peak(overrides: list[str], tries: int = 2) -> int:
+    """The smallest of `tries` fresh processes' peaks: what the allocator adds to the tensors only ever raises the
+    RSS (on the loaded 2-core CI machine one process in a few measured up to 1.8x the others)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(overrides)], cwd=ROOT, env=env, text=True,
-                         capture_output=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return int(out.stdout.strip().splitlines()[-1])
+    peaks = []
+    for _ in range(tries):
+        out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(overrides)], cwd=ROOT, env=env, text=True,
+                             capture_output=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        peaks.append(int(out.stdout.strip().splitlines()[-1]))
+    return min(peaks)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
