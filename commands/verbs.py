@@ -317,7 +317,7 @@ def wait_command(sweep: Sweep, poll_s: float = 10.0, console: Console | None = N
         return code
     shown = None
     while True:
-        live = live_jobs(records)
+        live = live_jobs(sweep.spec, records)
         states = sweep.states()
         lines = evaluation_lines(sweep, states)
         if lines != shown:

@@ -58,8 +58,8 @@ def migrate_store(sweep: Sweep, dry_run: bool = False) -> int:
     tag of their own evaluation (version 0: harness/protocol.py)."""
     from .protocols import live_jobs
     manifest = sweep.manifest or {}
-    live = live_jobs({**{f"run/{k}": v for k, v in manifest.get("runs", {}).items()},
-                      **manifest.get("evaluations", {})})
+    live = live_jobs(sweep.spec, {**{f"run/{k}": v for k, v in manifest.get("runs", {}).items()},
+                                  **manifest.get("evaluations", {})})
     if live and not dry_run:
         raise ConfigError("migrate", reason=f"{len(set(live.values()))} jobs of the sweep are queued or running; "
                           "wait for them (or cancel them) before migrating")

@@ -321,7 +321,7 @@ def stages(sweep, plan: EvaluationPlan, states: list[RunState], training_jobs: d
     from .store import reuse_stores
     spec = sweep.spec
     records = (sweep.manifest or {}).get("evaluations", {})
-    live = live_jobs(records)
+    live = live_jobs(spec, records)
     done = done_evaluations(states, home_of(sweep))
     stores_cache: list[list[str]] = []
 
@@ -385,14 +385,14 @@ def stages(sweep, plan: EvaluationPlan, states: list[RunState], training_jobs: d
     return Stages(grid, confirm, computed, sum(len(v) for v in queued.values()))
 
 
-def live_jobs(records: dict[str, dict]) -> dict[str, str]:
-    """Task name -> job id of the evaluation jobs of earlier submissions that are still queued or running."""
+def live_jobs(spec: SweepSpec, records: dict[str, dict]) -> dict[str, str]:
+    """Task name -> job id of the sweep's jobs of earlier submissions that are still queued or running."""
     out = {}
     for kind in {r["executor"] for r in records.values()}:
         mine = {name: r for name, r in records.items() if r["executor"] == kind}
-        states = executor_class(kind).states(list(mine.values()))
-        out.update({name: r["job_id"] for name, r in mine.items()
-                    if states.get(r["job_id"]) in executor_class(kind).LIVE})
+        executor = executor_class(kind)(spec.folder, spec.name)      # its jobs only (harness/sweep/processes.py)
+        states = executor.states(list(mine.values()))
+        out.update({name: r["job_id"] for name, r in mine.items() if states.get(r["job_id"]) in executor.LIVE})
     return out
 
 
