@@ -99,8 +99,9 @@ def submit_command(sweep: Sweep, args) -> int:
                 server_url or start_server(spec)
         return uris["uri"]
 
-    def job_environment() -> dict[str, str]:  # the sweep's server credentials, which jobs inherit
-        return server_credentials(spec).job_environment() if tracking_uri() != sweep.store_uri else {}
+    def job_environment() -> dict[str, str]:  # the sweep's server credentials (if it requires them): jobs inherit them
+        credentials = server_credentials(spec) if tracking_uri() != sweep.store_uri else None
+        return credentials.job_environment() if credentials else {}
 
     if todo:
         kinds = {run.executor.kind for run in todo}

@@ -133,11 +133,18 @@ def load_latest(path: Path) -> tuple[dict, Path, list[str]] | None:
             problems.append(f"{err} (kept as {corrupt_path(candidate).name})")
             os.replace(candidate, corrupt_path(candidate))
     if not problems:
-        path = Path(path)
-        problems = [_set_aside(p) for p in sorted(path.parent.glob(f"{path.stem}*{path.suffix}{CORRUPT_SUFFIX}"))]
+        problems = [_set_aside(corrupt) for corrupt in set_aside(Path(path))]
     if problems:
         raise NoGoodCheckpoint("; ".join(problems) + "; no good checkpoint to resume from")
     return None
+
+
+def set_aside(path: Path) -> list[Path]:
+    """The damaged checkpoints earlier attempts set aside (`<name>.corrupt`), newest first."""
+    pattern = re.compile(rf"{re.escape(path.stem)}(?:\.prev(\d*))?{re.escape(path.suffix)}{re.escape(CORRUPT_SUFFIX)}")
+    found = [(int(m[1] or 1) if m[1] is not None else 0, p) for p in path.parent.glob(f"{path.stem}*{CORRUPT_SUFFIX}")
+             if (m := pattern.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
 
 
 def _set_aside(path: Path) -> str:

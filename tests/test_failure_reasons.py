@@ -215,10 +215,10 @@ def test_eval_of_a_grey_model_scores_and_a_failing_job_prints_its_reason(sweep_d
                        overrides={**TINY, "eval.sampler.steps": 2, "eval.reference": str(reference)})
     path.write_text(path.read_text().replace("experiment: tiny_digits", "experiment: tiny_mnist"))
     assert main([str(path)]) == 0
-    (target,), _ = plan_evaluation(Sweep.open(path), None, 8, 2, None, [], 0)
+    (target,), _ = plan_evaluation(Sweep.open(path), None, 8, 2, None, [], 0, batch_size=4)
     target.folder.mkdir(parents=True)
     np.savez(target.shards[0].path, arr_0=np.zeros((4, 16, 16, 1), np.uint8), arr_1=np.zeros(4, np.int64))
-    args = ["eval", str(path), "--num", "8", "--shards", "2", "--metrics", "fid,precision,recall",
+    args = ["eval", str(path), "--num", "8", "--shards", "2", "--batch-size", "4", "--metrics", "fid,precision,recall",
             "--cache-dir", str(sweep_dir / "cache")]
     capsys.readouterr()
     assert main(args) == 1
