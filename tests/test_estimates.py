@@ -21,12 +21,13 @@ from models.complexity import count_flops
 
 # One training step's peak memory, measured: a fresh process builds what the trainer builds (model, EMA, the
 # optimizer, PixelGen's perceptual losses) and runs three steps of `training_losses`, backward, the optimizer and the
-# EMA update. Its peak RSS (ru_maxrss) less its
+# EMA update. Its peak RSS (the kernel's VmHWM of its own memory: ru_maxrss would start from the RSS of the pytest
+# process it was forked from, which Linux carries across exec) less its
 # RSS before building them, after a warm-up step at batch 1 has paged in the code those steps run. glibc is told to
 # give large blocks back to the system at once (MALLOC_MMAP_THRESHOLD_): otherwise it keeps freed memory in its heap
 # and the RSS says more about the allocator than about the tensors the estimate counts.
 MEASURE = """
-import gc, json, resource, sys
+import gc, json, re, sys
 import psutil, torch
 from harness.configure import resolve
 from harness.ema import EMA
@@ -67,7 +68,8 @@ before = psutil.Process().memory_info().rss
 parts = build()
 for _ in range(3):
     step(*parts, cfg.train.global_batch)
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before))
+peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) * 1024
+print(json.dumps(peak - before))
 """
 
 CONFIGS = {   # small CPU configurations, each about 0.2-0.6 GB at its peak
@@ -85,17 +87,12 @@ CONFIGS = {   # small CPU configurations, each about 0.2-0.6 GB at its peak
 }
 
 
-def measured_peak(overrides: list[str], tries: int = 2) -> int:
-    """The smallest of `tries` fresh processes' peaks: what the allocator adds to the tensors only ever raises the
-    RSS (on the loaded 2-core CI machine one process in a few measured up to 1.8x the others)."""
+def measured_peak(overrides: list[str]) -> int:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    peaks = []
-    for _ in range(tries):
-        out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(overrides)], cwd=ROOT, env=env, text=True,
-                             capture_output=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
-        peaks.append(int(out.stdout.strip().splitlines()[-1]))
-    return min(peaks)
+    out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(overrides)], cwd=ROOT, env=env, text=True,
+                         capture_output=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
