@@ -92,7 +92,7 @@ def test_finished_runs_are_reused_across_sweeps_and_no_reuse_trains_anew(trackin
     reused = states(second)[("pixel-wise", 0)]
     assert reused.state == "done" and reused.source == "first"
     assert reused.mlflow_run.data.tags["sweep"] == "first"
-    assert main(["table", str(second), "--metric", "loss"]) == 0
+    assert main(["table", str(second), "--metric", "loss", "--wide"]) == 0
     table = capsys.readouterr().out
     assert table.count("(n=1)") == 2                  # the reused row is in this sweep's table
     assert main([str(second), "--no-reuse"]) == 0

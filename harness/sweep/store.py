@@ -52,10 +52,7 @@ def sqlite_path(uri: str) -> Path | None:
 def prepare_store(spec: SweepSpec, manifest: dict) -> str:
     """Create (first submission) or check (later ones) the store and the experiment, before any job fans out;
     records the store's identity in the manifest; returns the experiment id."""
-    if manifest.get("sweep") != spec.name:
-        raise StoreProblem(None, reason=f"{spec.folder / 'manifest.json'} is the manifest of sweep "
-                                        f"{manifest.get('sweep')!r}, not of {spec.name}: it was replaced; restore "
-                                        f"this sweep's manifest", source=str(spec.path))
+    check_manifest_of(spec, manifest)
     if manifest["runs"] or manifest.get("store"):
         client = open_store(spec, manifest)       # refuses a store that is gone or was replaced
         experiment_id = client.get_experiment_by_name(spec.experiment_name).experiment_id
@@ -97,6 +94,14 @@ def check_no_earlier_runs(spec: SweepSpec) -> None:
                            source=str(spec.path))
 
 
+def check_manifest_of(spec: SweepSpec, manifest: dict) -> None:
+    """Refuse another sweep's manifest in this sweep's folder (copied or replaced), before its store is read."""
+    if manifest.get("sweep") != spec.name:
+        raise StoreProblem(None, reason=f"{spec.folder / 'manifest.json'} is the manifest of sweep "
+                                        f"{manifest.get('sweep')!r}, not of {spec.name}: it was replaced; restore "
+                                        f"this sweep's manifest", source=str(spec.path))
+
+
 def _exists(uri: str) -> bool:
     path = sqlite_path(uri)
     return path is not None and path.exists()
@@ -109,6 +114,7 @@ def open_store(spec: SweepSpec, manifest: dict | None) -> MlflowClient:
         raise NotSubmitted(None, reason=f"nothing submitted for {spec.name} under {spec.folder} (no manifest.json"
                                         f"{'; the store is there: the manifest was removed?' if _exists(uri) else ''})",
                            source=str(spec.path))
+    check_manifest_of(spec, manifest)
     submitted = len(manifest["runs"])
     recorded = manifest.get("store") or {}
     path = sqlite_path(uri)
