@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -72,6 +73,26 @@ class Recorder:
         assert x.shape[0] == t.shape[0] == y.shape[0]
         self.calls.append((x.shape[0], float(t[0])))
         return self.fn(x, t, y)
+
+
+OFFICIAL = ROOT / "tests" / "fixtures" / "official"     # golden outputs of the official codes (their README)
+
+
+def official_outputs(name: str) -> tuple[dict, dict]:
+    """A golden fixture's tensors and its `official` metadata (what the official code was called with)."""
+    from safetensors import safe_open
+    with safe_open(str(OFFICIAL / name), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["official"])
+
+
+def switch_fixture_maker():
+    """tests/fixtures/official/make_switch_fixtures.py as a module: the seeded models and weights it made the
+    2026 switches' fixtures with."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_switch_fixtures", OFFICIAL / "make_switch_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_evaluated_sweep(folder: Path, name: str, steps: int, eval_step: int, paper: dict, **more) -> Path:

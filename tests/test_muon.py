@@ -1,32 +1,19 @@
 """Muon on the blocks' matrices with AdamW on the rest (`optim.optimizer=muon`, harness/optim.py): PRX's optimizer
 (golden fixture made by running PRX's `create_muon_optimizer` with its muon.yaml: tests/fixtures/official/README.md),
 which parameters go where, that nothing but the blocks' matrices changes, and that it checkpoints as one."""
-import importlib.util
-import json
 
 import pytest
 import torch
-from conftest import ROOT
-from safetensors import safe_open
+from conftest import official_outputs, switch_fixture_maker
 
 from harness.config import OptimConfig
 from harness.optim import MuonWithAdamW, build_optimizer, is_muon_matrix
 from harness.parallel import load_optimizer_state, optimizer_state
 
-FIXTURES = ROOT / "tests" / "fixtures" / "official"
-
-
-def maker():
-    spec = importlib.util.spec_from_file_location("make_switch_fixtures", FIXTURES / "make_switch_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def golden():
-    with safe_open(str(FIXTURES / "prx_muon.safetensors"), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["official"])
+    return official_outputs("prx_muon.safetensors")
 
 
 def prx_config(**changes) -> OptimConfig:
@@ -37,7 +24,7 @@ def prx_config(**changes) -> OptimConfig:
 
 def run(cfg: OptimConfig, tensors: dict, steps: int, lr: float = 1e-4) -> dict[str, torch.Tensor]:
     """Our optimizer from the fixture's initial weights through its gradients, as the trainer steps it."""
-    fixtures = maker()
+    fixtures = switch_fixture_maker()
     model = fixtures.muon_model()
     model.load_state_dict({k.removeprefix("initial/"): v for k, v in tensors.items() if k.startswith("initial/")},
                           strict=False)
@@ -82,7 +69,7 @@ def test_steps_equal_prxs(golden):
 
 
 def test_prx_rule_sends_block_matrices_to_muon_and_the_rest_to_adamw():
-    model = maker().muon_model()
+    model = switch_fixture_maker().muon_model()
     optimizer = build_optimizer(model, prx_config(), 1e-4, fused=False)
     assert isinstance(optimizer, MuonWithAdamW) and isinstance(optimizer.muon, torch.optim.Muon)
     muon = {id(p) for group in optimizer.muon.param_groups for p in group["params"]}
@@ -110,7 +97,7 @@ def test_the_state_checkpoints_and_resumes_as_one_optimizer(golden):
     """Two steps, then the state through the trainer's checkpoint form (keyed by parameter name) into a fresh
     optimizer: the next step equals an uninterrupted run's."""
     tensors, _ = golden
-    fixtures = maker()
+    fixtures = switch_fixture_maker()
 
     def fresh():
         model = fixtures.muon_model()

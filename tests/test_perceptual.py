@@ -1,13 +1,10 @@
 """PixelGen's perceptual losses (harness/perceptual.py): the official loss terms to 1e-5 (golden fixture made by
 running PixelGen's trainer: tests/fixtures/official/README.md), the noise gate, where the weights come from, and
 that the switch changes the loss by its terms and nothing else."""
-import importlib.util
-import json
 
 import pytest
 import torch
-from conftest import ROOT
-from safetensors import safe_open
+from conftest import official_outputs, switch_fixture_maker
 from safetensors.torch import save_file
 
 from harness.config import ObjectiveConfig, PerceptualConfig
@@ -17,22 +14,13 @@ from harness.repa import RepaEncoder, repa_loss
 from models.presets import model_config
 from toolkit.errors import ConfigError
 
-FIXTURES = ROOT / "tests" / "fixtures" / "official"
 PIXELGEN_XL = dict(lpips_weight=0.1, dino_weight=0.01, t_min=0.3)      # configs_c2i/PixelGen_XL.yaml
 
-
-def maker():
-    """The fixture maker (tests/fixtures/official/make_switch_fixtures.py): its seeded VGG16 weights."""
-    spec = importlib.util.spec_from_file_location("make_switch_fixtures", FIXTURES / "make_switch_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def golden():
-    with safe_open(str(FIXTURES / "pixelgen_loss.safetensors"), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["official"])
+    return official_outputs("pixelgen_loss.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +31,7 @@ def networks(golden, tmp_path_factory):
 
     tensors, _ = golden
     vgg = tmp_path_factory.mktemp("vgg") / "vgg16.safetensors"
-    save_file(maker().random_vgg16(), str(vgg))
+    save_file(switch_fixture_maker().random_vgg16(), str(vgg))
     lpips = lpips_network(str(vgg))
     for key, value in lpips.state_dict().items():           # the package's linear heads are the official ones
         if key.startswith("lin"):
@@ -135,7 +123,7 @@ def test_weights_come_from_a_file_the_hub_cache_or_random_with_one_line_when_mis
     with pytest.raises(ConfigError, match="perceptual.vgg_weights='.*missing.pth': file does not exist"):
         lpips_network(str(tmp_path / "missing.pth"))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    state = maker().random_vgg16(seed=3)
+    state = switch_fixture_maker().random_vgg16(seed=3)
     torch.save({**state, "classifier.0.weight": torch.zeros(2, 2)}, tmp_path / "hub" / "checkpoints" /
                "vgg16-397923af.pth")
     from_hub = lpips_network("hub")
