@@ -51,6 +51,7 @@ from harness.losses import training_losses  # noqa: E402
 from harness.objectives import make_objective  # noqa: E402
 from harness.optim import build_optimizer  # noqa: E402
 from harness.parity import case_config  # noqa: E402
+from harness.protocol import EvalProtocol  # noqa: E402
 from harness.telemetry import Efficiency, device_name  # noqa: E402
 from models.families import build_model, miniature  # noqa: E402
 from models.presets import model_config  # noqa: E402
@@ -286,7 +287,8 @@ def sampling_section(s: Settings) -> dict:
               torch.rand(b, device=s.device), torch.zeros(b, dtype=torch.long, device=s.device))
     sync(s.device)
     start = time.perf_counter()
-    generate(model, objective, cfg, s.sample_batch, seed=0, env=DistEnv(), device=s.device)
+    protocol = EvalProtocol.of(cfg).with_changes({"eval.num_samples": s.sample_batch, "eval.seed": 0})
+    generate(model, objective, cfg, protocol, 0, DistEnv(), s.device)
     sync(s.device)
     seconds = time.perf_counter() - start
     sampler = cfg.eval.sampler

@@ -131,7 +131,7 @@ def test_a_killed_prepare_resumes_and_ends_with_the_same_cache(cache, tmp_path):
     command = [sys.executable, "-m", "harness.latents", "prepare", *overrides, "--device", "cpu"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     markers = tmp_path / ".killed.partial" / "chunks"
-    wait_until(lambda: proc.poll() is not None or len(list(markers.glob("*.json"))) >= 1, timeout=300,
+    wait_until(lambda: proc.poll() is not None or len(list(markers.glob("*.json"))) >= 1, timeout=300, every=0.002,
                what="a first chunk")
     assert proc.poll() is None, proc.stdout.read()
     proc.send_signal(signal.SIGKILL)                               # a real kill: no handler, no cleanup
