@@ -174,8 +174,9 @@ def test_report_executes_and_shows_table_diffs_failures(report, sweep):
     assert Path(interpreter).resolve() == Path(sys.executable).resolve()
     commit = sweep.client.get_run(sweep.frame["mlflow_run_id"].iloc[0]).data.tags["git_commit"]
     assert f"| runs' git commit | {commit}" in text
-    # the figures are embedded, so the notebook and the HTML stand alone: 4 plots and 3 sample grids
-    assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) == 4 + 3
+    # the figures are embedded, so the notebook and the HTML stand alone: 5 plots (the runs' efficiency among them)
+    # and 3 sample grids
+    assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) == 5 + 3
     html = html_path.read_text()
     assert html_path.suffix == ".html" and "data:image/png;base64" in html
     assert "Ablation report: rep" in html and "NonFiniteLoss" in html and "model.adaln" in html
