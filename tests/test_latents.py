@@ -5,6 +5,7 @@ The VAEs here are diffusers' AutoencoderKL with random weights at toy width, or 
 digits (`vae.source=train`): the SD-VAE weights come from a hub these machines cannot reach.
 """
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -129,7 +130,8 @@ def test_a_killed_prepare_resumes_and_ends_with_the_same_cache(cache, tmp_path):
     folder, _ = cache
     overrides = latent_overrides(tmp_path, "killed")
     command = [sys.executable, "-m", "harness.latents", "prepare", *overrides, "--device", "cpu"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})    # one core: ~0.1 s a chunk to catch
     markers = tmp_path / ".killed.partial" / "chunks"
     wait_until(lambda: proc.poll() is not None or len(list(markers.glob("*.json"))) >= 1, timeout=300, every=0.002,
                what="a first chunk")
