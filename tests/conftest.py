@@ -237,6 +237,23 @@ def release_when_requeued(job_id: str) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
 
+def submit_with_a_lost_node(monkeypatch, path: Path, step: int, which=lambda cfg: True) -> None:
+    """Submit the sweep at `path` with a training step that raises (a lost node) when a run `which(cfg)` accepts
+    reaches `step`, so it ends failed with its checkpoints so far; the training step is whole again afterwards."""
+    from commands.cli import main
+    from harness.trainer import Trainer
+    original = Trainer.train_step
+
+    def lost_node(self, x, y):
+        if self.step == step and which(self.cfg):
+            raise RuntimeError("node lost")
+        return original(self, x, y)
+
+    monkeypatch.setattr(Trainer, "train_step", lost_node)
+    assert main([str(path)]) == 0
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+
 def states(path: Path) -> dict:
     return {(s.run.label, s.run.seed): s for s in Sweep.open(path).states()}
 

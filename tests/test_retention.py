@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, SLOW, TINY, TINY_OFFLINE_EVAL, states, write_sweep
+from conftest import ROOT, SLOW, TINY, TINY_OFFLINE_EVAL, states, submit_with_a_lost_node, write_sweep
 from mlflow.tracking import MlflowClient
 
 from commands.cli import main
@@ -21,7 +21,7 @@ from harness.retention import copies
 from harness.sweep.plan import plan_sweep
 from harness.sweep.spec import load_sweep
 from harness.sweep.store import store_uri
-from harness.trainer import Trainer, train
+from harness.trainer import train
 
 
 def error_line(capsys) -> str:
@@ -121,16 +121,7 @@ def test_a_resumed_run_keeps_exactly_the_checkpoints_an_uninterrupted_run_keeps(
     path = write_sweep(sweep_dir, name="keep", executor="debug", seeds=[0],
                        rows=[{"label": "pixel-wise", "set": {"model.adaln": "C"}}],
                        overrides={**BEST_OF_FOUR, "eval.cache_dir": str(sweep_dir / "cache")})
-    original = Trainer.train_step
-
-    def crash_after_step_6(self, x, y):
-        if self.step == 6:
-            raise RuntimeError("node lost")
-        return original(self, x, y)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_after_step_6)
-    assert main([str(path)]) == 0
-    monkeypatch.setattr(Trainer, "train_step", original)
+    submit_with_a_lost_node(monkeypatch, path, step=6)
     spec = load_sweep(path)
     (run,) = plan_sweep(spec)
     folder = spec.folder / run.run_name / "checkpoints"
@@ -171,16 +162,8 @@ def test_gc_frees_what_the_policy_allows_and_a_gc_killed_at_any_point_leaves_eve
     keep_all = {**TINY, **TINY_OFFLINE_EVAL, "train.steps": 6, "checkpoint.every_steps": 2, "eval.at_steps": [2, 4],
                 "checkpoint.keep_latest": 3, "eval.cache_dir": str(sweep_dir / "cache")}
     path = write_sweep(sweep_dir, name="gc", executor="debug", seeds=[0], overrides=keep_all)
-    original = Trainer.train_step
-
-    def pixelwise_dies_at_step_5(self, x, y):      # one run is left unfinished, to be resumed after the gc
-        if self.step == 4 and self.cfg.model.adaln == "C":
-            raise RuntimeError("node lost")
-        return original(self, x, y)
-
-    monkeypatch.setattr(Trainer, "train_step", pixelwise_dies_at_step_5)
-    assert main([str(path)]) == 0
-    monkeypatch.setattr(Trainer, "train_step", original)
+    # one run is left unfinished, to be resumed after the gc
+    submit_with_a_lost_node(monkeypatch, path, step=4, which=lambda cfg: cfg.model.adaln == "C")
     spec = load_sweep(path)
     folders = {run.label: spec.folder / run.run_name / "checkpoints" for run in plan_sweep(spec)}
     assert kept(folders["patch-wise"]) == {"last.pt": 6, "last.prev.pt": 4, "last.prev2.pt": 2,

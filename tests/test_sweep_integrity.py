@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SLOW, STORES, TINY, states, tiny_overrides, wait_until, write_sweep
+from conftest import ROOT, SLOW, STORES, TINY, states, submit_with_a_lost_node, tiny_overrides, wait_until, write_sweep
 from mlflow.tracking import MlflowClient
 
 from commands.cli import main
@@ -33,7 +33,7 @@ from harness.sweep.plan import plan_sweep
 from harness.sweep.processes import pid_alive
 from harness.sweep.spec import load_sweep
 from harness.sweep.store import store_uri
-from harness.trainer import RunFolderLock, Trainer, train
+from harness.trainer import RunFolderLock, train
 from models.config import ModelConfig
 
 
@@ -106,16 +106,7 @@ def test_migration_resigns_runs_and_resume_accepts_a_checkpoint_of_the_old_signa
                                                                                     monkeypatch):
     path = debug_sweep(sweep_dir, "migr", seeds=[0], rows=[{"label": "pixel-wise", "set": {"model.adaln": "C"}}],
                        overrides={**TINY, "train.steps": 6}, tracking=tracking)
-    original = Trainer.train_step
-
-    def crash_at_step_5(self, x, y):                 # the first attempt dies after its step-4 checkpoint
-        if self.step == 4:
-            raise RuntimeError("node lost")
-        return original(self, x, y)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_5)
-    assert main([str(path)]) == 0
-    monkeypatch.setattr(Trainer, "train_step", original)
+    submit_with_a_lost_node(monkeypatch, path, step=4)   # the first attempt dies after its step-4 checkpoint
     spec = load_sweep(path)
     (run,) = plan_sweep(spec)
     client = MlflowClient(store_uri(spec))
