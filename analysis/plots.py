@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +60,14 @@ class Series:
         return MARKERS[self.point % len(MARKERS)]
 
 
-def row_colours(sweep: SweepRuns) -> dict[str, str]:
-    """label -> colour (hex), fixed by the row's index in the sweep file."""
-    n = len(sweep.labels)
+def row_colours(labels: list[str]) -> dict[str, str]:
+    """label -> colour (hex), fixed by the row's index in the sweep file (`labels` in the file's order): the same in
+    every figure, the report and the MLflow UI."""
+    n = len(labels)
     cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"]
     if n <= 20:
-        return {label: to_hex(cmap(i % cmap.N)) for i, label in enumerate(sweep.labels)}
-    return {label: to_hex(cmap(i / max(1, n - 1))) for i, label in enumerate(sweep.labels)}
+        return {label: to_hex(cmap(i % cmap.N)) for i, label in enumerate(labels)}
+    return {label: to_hex(cmap(i / max(1, n - 1))) for i, label in enumerate(labels)}
 
 
 def sweep_series(sweep: SweepRuns) -> list[Series]:
@@ -446,7 +448,7 @@ def efficiency_figure(sweep: SweepRuns, colours: dict[str, str]) -> Figure:
 def build_figures(sweep: SweepRuns, metric: str) -> dict[str, Figure]:
     """name -> figure; names are the file stems `make_plots` writes. Progress figures with fewer than two
     points are left out (`progress_notes` says which)."""
-    colours = row_colours(sweep)
+    colours = row_colours(sweep.labels)
     stem = file_stem(metric)
     figures = {}
     if len(progress_points(sweep, "loss")) >= 2:
@@ -476,6 +478,32 @@ def make_plots(sweep: SweepRuns, out_dir: str | Path, metric: str) -> list[Path]
             fig.savefig(path, dpi=DPI, metadata=None if suffix == ".png" else {"Creator": "ditlab analysis"})
             paths.append(path)
     return paths
+
+
+def samples_side_by_side(sweep: SweepRuns, grids: list, path: str | Path, per_line: int = 4) -> Path:
+    """The rows' sample grids (`analysis.samples.RowGrid`) in one figure, `per_line` to a line, each under its row's
+    label in the row's colour; a row without a grid says why in its place. The report's summary shows it."""
+    import matplotlib.image
+    colours = row_colours(sweep.labels)
+    lines = -(-max(1, len(grids)) // per_line)
+    columns = min(per_line, max(1, len(grids)))
+    fig = Figure(figsize=(3.2 * columns, 3.6 * lines), layout="constrained")
+    axes = fig.subplots(lines, columns, squeeze=False).ravel()
+    for ax, grid in zip(axes, grids):
+        name = grid.label + ("" if grid.grid in ("{}", "", None) else f" {grid.grid}")
+        ax.set_title(textwrap.fill(name, 30), fontsize=9, color=colours.get(grid.label, "black"))
+        if grid.path is None:
+            ax.text(0.5, 0.5, textwrap.fill(f"no grid: {grid.reason}", 30), ha="center", va="center",
+                    transform=ax.transAxes, color="0.4", fontsize=8)
+        else:
+            ax.imshow(matplotlib.image.imread(grid.path), interpolation="nearest")
+        ax.set_axis_off()
+    for ax in axes[len(grids):]:
+        ax.set_axis_off()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
 
 
 def log_plots(sweep: SweepRuns, paths: list[Path]) -> int:

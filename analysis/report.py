@@ -5,15 +5,22 @@
 
 The notebook holds no numbers of its own: it opens the sweep and reads MLflow (`load_sweep_runs`), so it
 re-runs later on its own (`papermill <notebook> out.ipynb`, or top to bottom in Jupyter) and shows the
-sweep as it is then. Sections: the sweep's description and notes (from its file), the ablation table
-(with class accuracy beside the distance, and its caption: interval, test, what ours and the paper's numbers
-are), one sample grid per row from the same noise and labels (`analysis.samples`), the plots (`analysis.plots`;
-progress plots only with two
-evaluation points or more), each row's resolved config difference from the baseline row (settings
-without effect on the row's model left out: `ModelConfig.inert_fields`), the failed and missing runs
-with their reasons, and the environment (versions, the runs' git commits). The HTML shows the outputs
-only; the notebook keeps the code. The notebook, the HTML and the table (`table.md`, `.tex`, `.csv`) are
-logged to the sweep's latest parent MLflow run under `report/` (the plots under `plots/`).
+sweep as it is then. It opens with its answer:
+
+- Summary: the question (the sweep's `description`), the answer (the table's verdict), the table at a glance
+  (`analysis.glance`), and one sample grid per row side by side, every row from the same noise and labels
+  (`analysis.samples`); then a box with the recipe every row shares;
+- What each row changes: its resolved config against the baseline and against the row above, every key that
+  differs named (settings without effect on the row's model left out: `ModelConfig.inert_fields`);
+- Details: the sweep file, the full table with its caption (interval, test, what ours and the paper's numbers
+  are), the evaluation protocols, the run behind each grid, the plots (`analysis.plots`; progress plots only with
+  two evaluation points or more), the failed and missing runs with their reasons, and the environment
+  (versions, the runs' git commits).
+
+Paths are shown relative to the sweep folder. The HTML shows the outputs only; the notebook keeps the code.
+The notebook, the HTML and the table (`table.md`, `.tex`, `.csv`) are logged to the sweep's latest parent MLflow
+run under `report/` (the plots under `plots/`, the sample grids under `samples/`), and the parent run's description
+links to them (`link_report`).
 """
 from __future__ import annotations
 
@@ -34,16 +41,19 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from harness import configure
 from harness.metric_registry import entry, sample_metrics_of_training
+from harness.sweep.store import sqlite_path
 from harness.sweep.sweep import Sweep
 from models.config import ModelConfig
 from toolkit.cli import kernel_arguments
 
-from .glance import render
+from .glance import render, short_header
 from .runs import SweepRuns
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Bookkeeping keys that differ between any two runs and say nothing about what a row changes.
 BOOKKEEPING_KEYS = ("run.name", "run.out_dir", "run.resume", "run.seed", "tracking.")
+SIDE_BY_SIDE = "side_by_side.png"        # the summary's sample grids, under the report's `samples/`
+REPORT_LINKS = "**The report:**"         # where the links start in the parent run's description
 STATE_REASON = {"new": "not submitted", "pending": "queued, not started", "running": "still running"}
 
 
@@ -92,42 +102,126 @@ def model_config_of(config: dict[str, str]) -> ModelConfig:
     return ModelConfig(**values)
 
 
-def config_differences(sweep: SweepRuns) -> pd.DataFrame:
-    """Long frame (label, key, baseline, value): for every row but the baseline, the resolved config
-    keys whose value differs from the baseline row's. Left out: bookkeeping keys (run names, paths,
-    tracking) and model switches without effect on the row's model (`ModelConfig.inert_fields`, e.g.
-    `adaln` without a pixel pathway); a switch that has no effect on the baseline's model says so."""
-    configs = row_configs(sweep)
-    baseline_label = sweep.spec.baseline_label
-    base = configs.get(baseline_label, {})
+def config_differences(sweep: SweepRuns, against: str = "baseline",
+                       configs: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
+    """Long frame (label, key, baseline, value): for every row but the first compared, the resolved config
+    keys whose value differs from the baseline row's (`against="baseline"`; the column `baseline` holds the
+    baseline's value) or from the row above's (`against="previous"`; `baseline` holds the row above's value).
+    Left out: bookkeeping keys (run names, paths, tracking) and model switches without effect on the row's model
+    (`ModelConfig.inert_fields`, e.g. `adaln` without a pixel pathway); a switch that has no effect on the
+    compared row's model says so."""
+    configs = row_configs(sweep) if configs is None else configs
     records = []
-    for label in sweep.labels:
-        if label == baseline_label:
+    for index, label in enumerate(sweep.labels):
+        other = sweep.spec.baseline_label if against == "baseline" else (sweep.labels[index - 1] if index else None)
+        if other is None or other == label:
             continue
-        config = configs[label]
+        base, config = configs.get(other, {}), configs[label]
         records += [{"label": label, "key": key, "baseline": a, "value": b} for key, a, b in
                     configure.config_differences(base, config, model_config_of(base), model_config_of(config),
                                                  _is_bookkeeping)]
     return pd.DataFrame(records, columns=["label", "key", "baseline", "value"])
 
 
-def differences_markdown(sweep: SweepRuns, differences: pd.DataFrame | None = None) -> str:
-    differences = config_differences(sweep) if differences is None else differences
+def differences_markdown(sweep: SweepRuns, configs: dict[str, dict[str, str]] | None = None) -> str:
+    """Each row's differences against the baseline and against the row above, every differing key named: one
+    table per row (a value equal to this row's shows as `=`)."""
+    configs = row_configs(sweep) if configs is None else configs
     baseline = sweep.spec.baseline_label
-    lines = [f"Baseline row: **{_md(baseline)}**. Listed: the resolved config keys whose value differs from "
-             f"the baseline's (first seed of each row; run names, paths and tracking left out, and model "
-             f"switches that have no effect on the row's model).", ""]
-    for label in sweep.labels:
-        if label == baseline:
+    against = {kind: {label: dict(zip(group["key"], group["baseline"]))
+                      for label, group in config_differences(sweep, kind, configs).groupby("label", sort=False)}
+               for kind in ("baseline", "previous")}
+    lines = [f"Baseline row: **{_md(baseline)}**. Listed: the resolved config keys whose value differs from the "
+             f"baseline's or from the row above's (first seed of each row; run names, paths and tracking left "
+             f"out, and model switches that have no effect on the row's model).", ""]
+    for index, label in enumerate(sweep.labels):
+        if index == 0 and label == baseline:
             continue
-        rows = differences[differences["label"] == label]
-        lines.append(f"**{_md(label)}**" + ("" if len(rows) else ": same effective config as the baseline"))
+        above = sweep.labels[index - 1] if index else None
+        to_base, to_above = against["baseline"].get(label, {}), against["previous"].get(label, {})
+        keys = sorted(set(to_base) | set(to_above))
+        name = f"**{_md(label)}**"
+        if label == baseline:
+            lines += [f"{name} (the baseline)" + (f": {_keys(len(to_above))} from the row above" if to_above
+                                                   else ": same effective config as the row above"), ""]
+            if not keys:
+                continue
+        elif not keys:
+            lines += [f"{name}: same effective config as the baseline" + ("" if above in (None, baseline) else
+                                                                         " and the row above"), ""]
+            continue
+        else:
+            lines += [f"{name}: {_keys(len(to_base))} from the baseline"
+                      + ("" if above in (None, baseline) else f", {_keys(len(to_above))} from the row above "
+                                                            f"({_md(above)})"), ""]
+        show_above = above is not None and above != baseline
+        config = configs.get(label, {})
+        header = ["key"] + (["baseline"] if label != baseline else []) + (["row above"] if show_above else []) \
+            + ["this row"]
+        lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for key in keys:
+            value = config.get(key, "(unset)")
+            cells = [f"`{key}`"] + ([_md(shown_value(sweep, to_base.get(key, "=")))] if label != baseline else []) \
+                + ([_md(shown_value(sweep, to_above.get(key, "=")))] if show_above else []) \
+                + [_md(shown_value(sweep, value))]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        if len(rows):
-            lines += ["| key | baseline | this row |", "| --- | --- | --- |"]
-            lines += [f"| `{r.key}` | {_md(r.baseline)} | {_md(r.value)} |" for r in rows.itertuples()]
-            lines.append("")
     return "\n".join(lines)
+
+
+def _keys(n: int) -> str:
+    return f"{n} key differs" if n == 1 else f"{n} keys differ"
+
+
+# ---- the summary: the question, its answer, the table, the samples side by side; the shared recipe ----------
+
+# The settings a reader looks for first in a recipe (shown first, when every row shares them).
+RECIPE_KEYS = ("data.name", "data.resolution", "model.patch_size", "model.hidden_size", "model.depth",
+               "objective.kind", "model.prediction", "train.steps", "train.epochs", "train.global_batch",
+               "optim.optimizer", "optim.lr", "ema.eval_decay", "eval.metric", "eval.num_samples",
+               "eval.sampler.kind", "eval.sampler.steps", "eval.sampler.cfg_scale")
+
+
+def question(sweep: SweepRuns, table) -> str:
+    """What the sweep asks: its `description`, else what every ablation asks of its table's metric."""
+    return sweep.spec.description or (f"How does each row change {short_header(table.primary)[:-2]} against the "
+                                      f"baseline row {sweep.spec.baseline_label}?")
+
+
+def summary_markdown(sweep: SweepRuns, table) -> str:
+    """The report's opening: the question, the answer (the table's verdict), the table at a glance."""
+    return f"**Question.** {_md(question(sweep, table))}\n\n**Answer.** " + render(table, "markdown")
+
+
+def shared_recipe(sweep: SweepRuns, configs: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    """The resolved settings every row shares (bookkeeping left out), `RECIPE_KEYS` first."""
+    configs = list((row_configs(sweep) if configs is None else configs).values())
+    configs = [c for c in configs if c] or [{}]
+    shared = {key: value for key, value in configs[0].items()
+              if not _is_bookkeeping(key) and all(c.get(key) == value for c in configs[1:])}
+    return {**{k: shared[k] for k in RECIPE_KEYS if k in shared}, **dict(sorted(shared.items()))}
+
+
+def recipe_markdown(sweep: SweepRuns, configs: dict[str, dict[str, str]] | None = None) -> str:
+    """A box (a block quote): the headline settings every row shares, then every other shared setting by
+    section, and the keys that vary between rows."""
+    configs = row_configs(sweep) if configs is None else configs
+    shared = shared_recipe(sweep, configs)
+    headline = [k for k in RECIPE_KEYS if k in shared]
+    varied = sorted({k for c in configs.values() for k in c if not _is_bookkeeping(k)} - set(shared))
+    sections: dict[str, list[str]] = {}
+    for key, value in shared.items():
+        if key not in headline:
+            section, _, name = key.partition(".")
+            sections.setdefault(section, []).append(f"{name or section} {value}")
+    shared = {key: shown_value(sweep, value) for key, value in shared.items()}
+    lines = [f"**The recipe every row shares** ({sweep.spec.experiment} experiment, {len(sweep.labels)} rows, "
+             f"seeds {sweep.spec.seeds}): " + " · ".join(f"`{k}` {_md(shared[k])}" for k in headline), ""]
+    for section, items in sections.items():
+        lines += [f"*{_md(section)}*: " + " · ".join(_md(item) for item in items), ""]
+    lines += ["*Varied between rows* (each row's values below): "
+              + (", ".join(f"`{k}`" for k in varied) if varied else "nothing")]
+    return "\n".join("> " + line if line else ">" for line in lines)
 
 
 def failed_runs(sweep: SweepRuns) -> pd.DataFrame:
@@ -154,7 +248,7 @@ def failed_markdown(sweep: SweepRuns, failed: pd.DataFrame | None = None) -> str
              "| row | seed | grid | state | reason | run |", "| --- | --- | --- | --- | --- | --- |"]
     for r in failed.itertuples():
         grid = "" if r.grid in ("{}", "", None) else r.grid
-        lines.append(f"| {_md(r.label)} | {r.seed} | {_md(grid)} | {r.state} | {_md(r.reason)} | "
+        lines.append(f"| {_md(r.label)} | {r.seed} | {_md(grid)} | {r.state} | {_md(shown_text(sweep, r.reason))} | "
                      f"{_md(r.run_name)} |")
     return "\n".join(lines)
 
@@ -164,7 +258,8 @@ def environment(sweep: SweepRuns) -> dict[str, str]:
     commits and hosts, from the MLflow tags of one query)."""
     import matplotlib
     import mlflow
-    info = {"python": sys.version.split()[0], "interpreter": sys.executable, "platform": platform.platform()}
+    info = {"python": sys.version.split()[0], "interpreter": shown_path(sweep, sys.executable),
+            "platform": platform.platform()}
     try:
         import torch
         info["torch"] = torch.__version__
@@ -179,7 +274,7 @@ def environment(sweep: SweepRuns) -> dict[str, str]:
         info["runs' git commit"] += "  (the runs were made at different commits)"
     info["runs' hosts"] = ", ".join(hosts) if hosts else "-"
     info["report's git commit"] = _git_commit()
-    info["tracking store"] = str(sweep.client.tracking_uri)
+    info["tracking store"] = shown_store(sweep)
     info["parent MLflow run"] = sweep.parent_run_id or "none (never submitted)"
     info["generated"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     return info
@@ -200,6 +295,30 @@ def run_tags(sweep: SweepRuns) -> dict[str, dict[str, str]]:
     return {r.info.run_id: dict(r.data.tags) for r in runs.values() if r.info.run_id in ids}
 
 
+def shown_path(sweep: SweepRuns, path: str | Path) -> str:
+    """A path as the report shows it: relative to the sweep folder, so that it names no folder of the machine
+    that made it and still holds where the sweep folder is copied with its checkout."""
+    return os.path.relpath(Path(path).resolve(), sweep.spec.folder.resolve())
+
+
+def shown_value(sweep: SweepRuns, value: str) -> str:
+    """A config value as the report shows it: an absolute path relative to the sweep folder, anything else as is."""
+    return shown_path(sweep, value) if os.path.isabs(value) and "\n" not in value else value
+
+
+def shown_text(sweep: SweepRuns, text: str) -> str:
+    """A message (a failure reason) with the sweep folder's absolute path written relative to it."""
+    folder = str(sweep.spec.folder.resolve())
+    return text.replace(folder + os.sep, "").replace(folder, ".")
+
+
+def shown_store(sweep: SweepRuns) -> str:
+    """The tracking store: a sqlite file by its path relative to the sweep folder; a database or server by URI."""
+    uri = str(sweep.client.tracking_uri)
+    path = sqlite_path(uri)
+    return f"sqlite: {shown_path(sweep, path)}" if path is not None else uri
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
@@ -216,7 +335,7 @@ def _md(value) -> str:
     Markdown — a label such as "+ RoPE" stays text, not a bullet."""
     text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
     text = text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
-    for char in "*`<":                               # emphasis, code, HTML
+    for char in "*_`<":                              # emphasis, code, HTML
         text = text.replace(char, "\\" + char)
     if text[:1] in ("+", "-", "#", ">"):             # a list marker, heading or quote at the start of a line
         return "\\" + text
@@ -286,7 +405,7 @@ def samples_markdown(sweep: SweepRuns, grids) -> list[tuple[str, str | None]]:
     for grid in grids:
         name = grid.label + ("" if grid.grid in ("{}", "", None) else f" {grid.grid}")
         if grid.path is None:
-            out.append((f"**{_md(name)}**: no grid ({_md(grid.reason)}).", None))
+            out.append((f"**{_md(name)}**: no grid ({_md(shown_text(sweep, grid.reason))}).", None))
             continue
         same = (frame["label"] == grid.label) & (frame["grid"] == grid.grid) & (frame["seed"] == grid.seed)
         run = frame[same].iloc[0]
@@ -310,17 +429,7 @@ def build_notebook(sweep: Sweep, out_dir: str | Path, metric: str | None = None,
                      for i, row in enumerate(spec.rows))
     grid = f" crossed with the grid {json.dumps(spec.grid)}" if spec.grid else ""
     cells = [
-        new_markdown_cell(
-            f"# Ablation report: {spec.name}\n\n"
-            + (f"{spec.description}\n\n" if spec.description else "")
-            + f"Sweep file `{sweep_path}` (experiment `{spec.experiment}`): {len(spec.rows)} rows{grid}, "
-            f"seeds {spec.seeds}, compared against the baseline row **{_md(spec.baseline_label)}**.\n\n"
-            f"{rows}\n\n"
-            + (f"**Notes.** {spec.notes}\n\n" if spec.notes else "")
-            + "Everything below is read from the sweep's MLflow store when the notebook runs "
-            "(`load_sweep_runs`), so re-running it shows the sweep as it is then: "
-            "`papermill this.ipynb out.ipynb -p metric fd`, or run all cells in Jupyter. "
-            "Generated by `analysis.report.write_report`."),
+        new_markdown_cell(f"# Ablation report: {spec.name}\n\n## Summary"),
         new_code_cell(
             "# Parameters (papermill: -p sweep_path ... -p metric ...). metric None: fid, else fd, else loss.\n"
             f"sweep_path = {str(sweep_path)!r}\n"
@@ -338,9 +447,10 @@ def build_notebook(sweep: Sweep, out_dir: str | Path, metric: str | None = None,
             "os.chdir(workdir)                 # where a relative `output:` of the sweep file resolves\n\n"
             "import pandas as pd\n"
             "from IPython.display import Image, Markdown, display\n\n"
-            "from analysis.plots import make_plots, progress_notes\n"
+            "from analysis.plots import make_plots, progress_notes, samples_side_by_side\n"
             "from analysis.report import (differences_markdown, environment_markdown, evaluation_markdown,\n"
-            "                             failed_markdown, samples_markdown, write_tables)\n"
+            "                             failed_markdown, recipe_markdown, row_configs, samples_markdown,\n"
+            "                             shown_path, shown_store, summary_markdown, write_tables)\n"
             "from analysis.samples import GRID_SEED, sample_grids\n"
             "from analysis.runs import load_sweep_runs\n"
             "from analysis.table import build_table, default_metric\n"
@@ -350,51 +460,69 @@ def build_notebook(sweep: Sweep, out_dir: str | Path, metric: str | None = None,
         new_code_cell(
             "sweep = load_sweep_runs(Sweep.open(sweep_path))\n"
             "metric = metric or default_metric(sweep)\n"
+            "table = build_table(sweep, metric)\n"
+            "grids = sample_grids(sweep, Path(out_dir) / \"samples\")\n"
+            "configs = row_configs(sweep)"),
+        new_code_cell(
+            "display(Markdown(summary_markdown(sweep, table)))\n"
+            f"side_by_side = samples_side_by_side(sweep, grids, Path(out_dir) / \"samples\" / {SIDE_BY_SIDE!r})\n"
+            "display(Image(filename=str(side_by_side)))\n"
+            "display(Markdown(f\"Samples of each row's first finished seed, every row from the same noise (seed \"\n"
+            "                 f\"{GRID_SEED}) and the same labels (columns: classes; lines: noise draws), so rows \"\n"
+            "                 f\"compare image by image (`{shown_path(sweep, side_by_side)}`).\"))"),
+        new_code_cell("display(Markdown(recipe_markdown(sweep, configs)))"),
+        new_markdown_cell("## What each row changes"),
+        new_code_cell("display(Markdown(differences_markdown(sweep, configs)))"),
+        new_markdown_cell(
+            "## Details\n\n"
+            + (f"{spec.description}\n\n" if spec.description else "")
+            + f"Sweep file `{os.path.relpath(sweep_path, spec.folder.resolve())}` (relative to the sweep folder; "
+            f"experiment `{spec.experiment}`): {len(spec.rows)} rows{grid}, seeds {spec.seeds}, compared against "
+            f"the baseline row **{_md(spec.baseline_label)}**.\n\n"
+            f"{rows}\n\n"
+            + (f"**Notes.** {spec.notes}\n\n" if spec.notes else "")
+            + "Everything in this report is read from the sweep's MLflow store when the notebook runs "
+            "(`load_sweep_runs`), so re-running it shows the sweep as it is then: "
+            "`papermill this.ipynb out.ipynb -p metric fd`, or run all cells in Jupyter. Paths are relative to "
+            "the sweep folder. Generated by `analysis.report.write_report`."),
+        new_code_cell(
             "states = sweep.frame[\"state\"].value_counts()\n"
             "display(Markdown(f\"**{len(sweep.frame)} planned runs**: \"\n"
             "                 + \", \".join(f\"{n} {state}\" for state, n in states.items())\n"
-            "                 + f\". Metric: **{metric}**; MLflow store `{sweep.client.tracking_uri}`, \"\n"
+            "                 + f\". Metric: **{metric}**; MLflow store `{shown_store(sweep)}`, \"\n"
             "                 f\"parent run `{sweep.parent_run_id}`.\"))"),
-        new_markdown_cell("## Ablation table\n\nMean and 95% t-interval over the finished seeds (n), class "
-                          "accuracy beside the distance where the runs logged it, paired t-tests against the "
+        new_markdown_cell("### The ablation table in full\n\nMean and 95% t-interval over the finished seeds (n), "
+                          "class accuracy beside the distance where the runs logged it, paired t-tests against the "
                           "baseline and the row above set beside the paper's ordering, and the runs' states; the "
                           "caption below the table says what each number is."),
         new_code_cell(
-            "table = build_table(sweep, metric)\n"
             "display(Markdown(table.to_markdown()))\n"
-            "table_paths = write_tables(table, out_dir)"),
-        new_code_cell("display(Markdown(f\"The numbers behind the table (each seed's value, the intervals, the \"\n"
-                      "                 f\"tests): `{table_paths[2]}`; LaTeX: `{table_paths[1]}`.\"))"),
-        new_markdown_cell("## Evaluation protocols\n\nWhat the numbers are: the protocol each was evaluated under "
+            "table_paths = write_tables(table, out_dir)\n"
+            "csv, tex = (shown_path(sweep, p) for p in table_paths[2:0:-1])\n"
+            "display(Markdown(f\"The numbers behind the table (each seed's value, the intervals, the tests): \"\n"
+            "                 f\"`{csv}`; LaTeX: `{tex}`.\"))"),
+        new_markdown_cell("### Evaluation protocols\n\nWhat the numbers are: the protocol each was evaluated under "
                           "(sampler, guidance, EMA, samples, seed, scorer), every protocol the runs were evaluated "
                           "under, and the sweep's `evaluate:` grid and selection."),
         new_code_cell("display(Markdown(evaluation_markdown(sweep, metric)))"),
-        new_markdown_cell("## Samples\n\nOne grid per row, every row from the same noise and the same labels "
-                          "(columns: classes; lines: noise draws), so rows compare image by image: the row's "
-                          "first finished seed, its final checkpoint with the EMA weights it was evaluated with, "
-                          "sampled by its own sampler settings."),
+        new_markdown_cell("### Samples\n\nThe run behind each row's grid in the summary: its final checkpoint with "
+                          "the EMA weights it was evaluated with, sampled by its own sampler settings."),
         new_code_cell(
-            "grids = sample_grids(sweep, Path(out_dir) / \"samples\")\n"
-            "display(Markdown(f\"Noise: seed {GRID_SEED}, the same tensor for every row.\"))\n"
             "for caption, path in samples_markdown(sweep, grids):\n"
-            "    display(Markdown(caption))\n"
-            "    if path:\n"
-            "        display(Image(filename=path))"),
-        new_markdown_cell("## Plots\n\nOne colour per row in every figure; written as PNG and PDF next to "
-                          "this report."),
+            "    display(Markdown(caption + (f\" (`{shown_path(sweep, path)}`)\" if path else \"\")))"),
+        new_markdown_cell("### Plots\n\nOne colour per row in every figure (the colours of the summary's sample "
+                          "titles); written as PNG and PDF next to this report."),
         new_code_cell(
             "plot_paths = make_plots(sweep, Path(out_dir) / \"plots\", metric)\n"
             "for note in progress_notes(sweep, metric):\n"
             "    display(Markdown(note))\n"
             "for path in plot_paths:\n"
             "    if path.suffix == \".png\":\n"
-            "        display(Markdown(f\"**{path.stem}** (`{path}`, and `.pdf`)\"))\n"
+            "        display(Markdown(f\"**{path.stem}** (`{shown_path(sweep, path)}`, and `.pdf`)\"))\n"
             "        display(Image(filename=str(path)))"),
-        new_markdown_cell("## Config differences from the baseline"),
-        new_code_cell("display(Markdown(differences_markdown(sweep)))"),
-        new_markdown_cell("## Failed and missing runs"),
+        new_markdown_cell("### Failed and missing runs"),
         new_code_cell("display(Markdown(failed_markdown(sweep)))"),
-        new_markdown_cell("## Environment"),
+        new_markdown_cell("### Environment"),
         new_code_cell("display(Markdown(environment_markdown(sweep)))"),
     ]
     nb = new_notebook(cells=cells)
@@ -464,4 +592,22 @@ def write_report(sweep: Sweep, out_dir: Path | None = None, metric: str | None =
                 for path in sorted((out_dir / folder).glob("*")):
                     if path.suffix in (".png", ".pdf") and path.stat().st_mtime >= started:
                         client.log_artifact(parent, str(path), folder)
+            link_report(client, parent, html_path.name, (out_dir / "samples" / SIDE_BY_SIDE).exists())
     return notebook_path, html_path
+
+
+
+def link_report(client, parent: str, html_name: str, with_samples: bool) -> None:
+    """Append to the parent run's description (MLflow's `mlflow.note.content`, Markdown) links to the report, its
+    table and plots in the UI's artifact view, and the rows' samples side by side; links of an earlier report are
+    replaced. Relative links: they hold on any host and port the UI is served from."""
+    run = client.get_run(parent)
+    note = run.data.tags.get("mlflow.note.content", "").split("\n\n" + REPORT_LINKS)[0].split(REPORT_LINKS)[0]
+    view = f"#/experiments/{run.info.experiment_id}/runs/{parent}/artifactPath"
+    training = "?workflowType=machine_learning"        # MLflow's model-training navigation, not its GenAI one
+    links = (f"{REPORT_LINKS} [{_md(html_name)}]({view}/report/{html_name}{training}) · "
+             f"[the table]({view}/report/table.md{training}) · [the plots]({view}/plots{training})")
+    if with_samples:
+        links += (f"\n\n![every row's samples, from the same noise](get-artifact?path=samples%2F{SIDE_BY_SIDE}"
+                  f"&run_uuid={parent})")
+    client.set_tag(parent, "mlflow.note.content", (note + "\n\n" if note else "") + links)

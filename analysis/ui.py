@@ -9,8 +9,10 @@ built from MLflow's own state, tags and names (nothing patched):
   by row label (one colour per row, the row's mean beside its runs), with the columns that matter on the first
   screen — the metric, the loss and the parameters the rows switch — instead of MLflow's defaults;
 - `workflowType=machine_learning` opens MLflow's model-training side navigation instead of the GenAI one;
-- runs are named `LABEL · seed S` (the trainer's `tracking.run_name`), and the experiment's description is the
-  sweep's `description:`.
+- runs are named `LABEL · seed S` (the trainer's `tracking.run_name`), drawn in their row's colour (the report's:
+  MLflow's `mlflow.runColor` tag), their `row` tag zero-padded so that it sorts as the file's order; the
+  experiment's description is the sweep's `description:`, and the parent run's links to the report
+  (`analysis.report.link_report`).
 
 MLflow's Assistant panel opens by itself on a browser's first visit to a local server; closing it once is
 remembered by the browser (MLflow offers no switch to keep it closed).
@@ -58,14 +60,15 @@ def prepare_view(sweep: Sweep) -> tuple[str, str]:
 
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."       # MLflow's prefix of a shared view's experiment tag
+RUN_COLOR_TAG = "mlflow.runColor"                 # the colour MLflow's UI draws a run in (its "change colour")
 COLUMN_WIDTH = 110                                # pixels: a number to 4 digits, a parameter's value
 
 
 def view_state(spec: SweepSpec, runs: list) -> dict:
     """The sweep's view of the runs table, in MLflow's shared-view format (search facets and UI state of its
     experiment page): the sweep's runs in row order, grouped by label; columns (beside MLflow's fixed run name,
-    start time and duration): the metric, then the result-affecting parameters whose value differs between
-    runs, narrow enough for several to fit on the first screen."""
+    start time and duration): the seed, the metric, then the result-affecting parameters whose value differs
+    between runs, narrow enough for several to fit on the first screen."""
     from harness.configure import affects_result
     children = [run for run in runs if "label" in run.data.tags]
     logged = {key for run in children for key in run.data.metrics}
@@ -73,7 +76,8 @@ def view_state(spec: SweepSpec, runs: list) -> dict:
     keys = sorted({key for run in children for key in run.data.params})
     switched = [key for key in keys if key != "run.seed" and affects_result(key)
                 and len({run.data.params.get(key) for run in children}) > 1]
-    columns = [f"metrics.`{metric}`", *(f"params.`{key}`" for key in switched)]
+    # the seed as a column of its own: a long label cuts the `LABEL · seed S` run name before its seed
+    columns = ["tags.`seed`", f"metrics.`{metric}`", *(f"params.`{key}`" for key in switched)]
     return {
         "searchFilter": f"tags.sweep = '{spec.name}'", "orderByKey": "tags.`row`", "orderByAsc": True,
         "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
@@ -85,9 +89,16 @@ def view_state(spec: SweepSpec, runs: list) -> dict:
 
 
 def sweep_view(client, spec: SweepSpec, experiment: str) -> str:
-    """Write the sweep's view (and the experiment's description) to its experiment; returns the view's key."""
+    """Write the sweep's view (and the experiment's description) to its experiment, and each run's colour (its
+    row's, as in the report) to the run; returns the view's key."""
+    from analysis.plots import row_colours
     runs = list(all_runs(client, [experiment], f"tags.sweep = '{spec.name}'"))
     client.set_experiment_tag(experiment, SHARED_VIEW_TAG + spec.name, json.dumps(view_state(spec, runs)))
+    colours = row_colours([row.label for row in spec.rows])
+    for run in runs:
+        colour = colours.get(run.data.tags.get("label"))
+        if colour and run.data.tags.get(RUN_COLOR_TAG) != colour:
+            client.set_tag(run.info.run_id, RUN_COLOR_TAG, colour)
     if spec.description:
         client.set_experiment_tag(experiment, "mlflow.note.content", spec.description)
     return spec.name

@@ -6,7 +6,7 @@
     python run_sweep.py submit SWEEP.yaml ...         (the same)
     python run_sweep.py status SWEEP.yaml [--watch]
     python run_sweep.py cancel SWEEP.yaml
-    python run_sweep.py logs SWEEP.yaml LABEL [--seed S]
+    python run_sweep.py logs SWEEP.yaml LABEL [--seed S] [-f]
     python run_sweep.py mlflow-server SWEEP.yaml [--backend-uri URI] [--host H] [--port P] [--stop]
     python run_sweep.py migrate SWEEP.yaml [--dry-run]   (re-sign the store's runs after a signature change)
     python run_sweep.py gc SWEEP.yaml [--dry-run]        (delete the checkpoints the checkpoint policy does not keep)
@@ -80,6 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("label", help="the run: its row's label, a piece of it, the row index, a signature prefix, or "
                    "its run name")
     p.add_argument("--seed", type=int, help="the run's seed (needed when the row has several)")
+    p.add_argument("-f", "--follow", action="store_true", help="print the log as it grows until the run's job ends")
     p = verb("mlflow-server", "start (or stop) the sweep's MLflow tracking server")
     p.add_argument("sweep")
     p.add_argument("--backend-uri", help="the database it serves, which must be the sweep's store (default: the "

@@ -6,6 +6,7 @@ the verbs of results hand it on to `analysis/`. Every error is a ConfigError nam
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 import time
 
@@ -353,18 +354,40 @@ def cancel_command(sweep: Sweep, args=None) -> int:
 
 
 def logs_command(sweep: Sweep, args) -> int:
-    """One run's output: `<run folder>/job.log`, every attempt (jobs.run_log)."""
-    sweep.check_store()
+    """One run's output: `<run folder>/job.log`, every attempt (jobs.run_log); `-f` follows it while its job runs.
+    Reads no store (MLflow is not imported)."""
+    sweep.check_submitted()
     run = pick_run(sweep.spec, sweep.plan, args.label, args.seed, "label")
     path = sweep.folder / run.run_name / RUN_LOG_FILE
-    print(f"==> {run.title} ({run.run_name}): {path}")
-    if path.exists():
-        sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
-        return 0
     record = sweep.manifest["runs"].get(run.run_name)
-    print("not submitted" if record is None else f"no log yet: its job {record['job_id']} has not started this "
-          f"run (the job's own log: {record['stderr']})")
+    print(f"==> {run.title} ({run.run_name}): {path}")
+    if record is not None and args.follow:
+        follow_log(sweep.spec, path, record)
+    elif path.exists():
+        sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
+    else:
+        print("not submitted" if record is None else f"no log yet: its job {record['job_id']} has not started this "
+              f"run (the job's own log: {record['stderr']})")
     return 0
+
+
+def follow_log(spec: SweepSpec, path, record: dict, every: float = 1.0) -> None:
+    """Print a run's log as it grows (`logs -f`) until its job has ended (asked of its scheduler), then the rest."""
+    from harness.sweep.state import scheduler_states
+    live, position = executor_class(record["executor"]).LIVE, 0
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")    # a read may end inside a character
+    while True:
+        alive = scheduler_states(spec, [record]).get(record["job_id"]) in live
+        if path.exists():
+            with path.open("rb") as log:
+                log.seek(position)
+                chunk = log.read()
+            position += len(chunk)
+            sys.stdout.write(decoder.decode(chunk, final=not alive))
+            sys.stdout.flush()
+        if not alive:
+            return
+        time.sleep(every)
 
 
 def server_command(sweep: Sweep, args) -> int:

@@ -179,14 +179,14 @@ def group_options(group: str) -> list[str]:
 def validate(cfg: TrainConfig, check_paths: bool = True) -> None:
     """Field checks that need no network; the trainer adds data and REPA checks. `check_paths=False` (a dry
     run of a sweep planned away from its cluster) leaves data paths unchecked."""
+    cfg.model.validate()
+    check_choices(cfg, "")                    # a misspelt value is refused before torch is imported
     from .data import HELD_OUT_DATASETS, validate_data
     from .objectives import validate_objective
     from .perceptual import validate_perceptual
     from .retention import validate_policy
     from .sampling import validate_sampler, validate_sde_noise
 
-    cfg.model.validate()
-    check_choices(cfg, "")
     validate_objective(cfg.objective, cfg.model)
     validate_sampler(cfg.eval.sampler, cfg.objective.kind, cfg.objective.ddpm_steps)
     validate_sde_noise(cfg.eval.sampler, cfg.objective.noise_scale)

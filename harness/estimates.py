@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from models.complexity import count_flops
 from models.config import ModelConfig
 from toolkit.files import atomic_write_text, default_cache_dir
 
@@ -63,6 +62,7 @@ class TrainingFlops:
 
 
 def training_flops(cfg: TrainConfig) -> TrainingFlops:
+    from models.complexity import count_flops  # torch: only when a plan is costed, not when the sweep is read
     encoder = _encoder_of(cfg)
     return TrainingFlops(_by_model("flops", cfg.model, lambda m: 3 * count_flops(m, training=True)),
                          encoder_flops(encoder, cfg.model.grid_size) if encoder else 0,

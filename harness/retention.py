@@ -26,7 +26,6 @@ from pathlib import Path
 from toolkit.errors import ConfigError, closest
 from toolkit.sizes import format_size
 
-from .checkpoint import rolling
 from .config import CheckpointConfig, TrainConfig
 from .metric_registry import lower_is_better, preferred, scored_by
 
@@ -78,6 +77,7 @@ def removable(folder: Path, policy: CheckpointConfig, scores: dict[int, float], 
 
     Rolling checkpoints beyond the newest `keep_latest` go (only while `keep_latest` newer ones are there);
     evaluation copies go when `keep_best` ranks them out, never milestones; a copy without a score is kept."""
+    from .checkpoint import rolling  # torch: the read-only verbs plan disk footprints without it
     out = rolling(Path(folder) / ROLLING)[policy.keep_latest:]
     unranked: list[int] = []
     if policy.keep_best is not None:

@@ -201,6 +201,33 @@ SLOW = {**TINY, "train.steps": 40, "train.global_batch": 32, "model.hidden_size"
         "checkpoint.every_steps": 5, "train.log_every": 5}
 
 
+# An entry point run as a user types it, in a child that reports which of the heavy modules it imported.
+HEAVY = ("torch", "mlflow", "hydra")
+IMPORT_PROBE = """
+import runpy, sys
+target, sys.argv = sys.argv[1], sys.argv[1:]
+code = 0
+try:
+    if target.endswith(".py"):
+        runpy.run_path(target, run_name="__main__")
+    else:
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+except SystemExit as done:
+    code = done.code
+print("IMPORTED", ",".join(sorted(m for m in %r if m in sys.modules)), file=sys.stderr)
+sys.exit(code)
+""" % (HEAVY,)
+
+
+def run_counting_imports(target: str, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """(the finished child, the heavy modules it imported) of `python TARGET ARGS` (a script or a module)."""
+    result = subprocess.run([sys.executable, "-c", IMPORT_PROBE, target, *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    imported = [line.split(" ", 1)[1] for line in result.stderr.splitlines() if line.startswith("IMPORTED ")]
+    assert imported, result.stderr[-2000:]
+    return result, [m for m in imported[-1].split(",") if m]
+
+
 def tiny_overrides(tmp_path: Path, name="run", steps=6, **extra) -> list[str]:
     """One training run's command line: tiny_digits with the TINY model for a handful of steps."""
     items = {**TINY, "run.out_dir": str(tmp_path / "runs"), "run.name": name, "train.steps": steps,

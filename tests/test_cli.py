@@ -5,13 +5,11 @@ input in one line, `error: WHERE: KEY: reason (did you mean X?)`, with the close
 option or verb."""
 import dataclasses
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, write_sweep
+from conftest import ROOT, run_counting_imports, write_sweep
 
 from commands import cli as sweep_cli
 from harness import audit
@@ -23,21 +21,6 @@ from models.config import ModelConfig
 from models.presets import preset_names
 from toolkit.docs import field_docs
 
-HEAVY = ("torch", "mlflow", "hydra")
-
-# `--help` of every entry point, as a user types it; the child reports which heavy modules it imported.
-PROBE = """
-import runpy, sys
-target, sys.argv = sys.argv[1], sys.argv[1:]
-try:
-    if target.endswith(".py"):
-        runpy.run_path(target, run_name="__main__")
-    else:
-        runpy.run_module(target, run_name="__main__", alter_sys=True)
-except SystemExit as done:
-    code = done.code
-print("IMPORTED", sorted(m for m in %r if m in sys.modules), "EXIT", code, file=sys.stderr)
-""" % (HEAVY,)
 HELP_CALLS = [("harness.train", "--help"), ("harness.train", "-h"), ("harness.audit", "--help"),
               ("harness.latents", "--help"), ("harness.latents", "prepare --help"), ("harness.parity", "--help"),
               ("models.inspect", "--help"), ("run_sweep.py", "--help"),
@@ -46,9 +29,8 @@ HELP_CALLS = [("harness.train", "--help"), ("harness.train", "-h"), ("harness.au
 
 @pytest.mark.parametrize("target, args", HELP_CALLS)
 def test_help_imports_neither_torch_nor_mlflow_nor_hydra(target, args):
-    result = subprocess.run([sys.executable, "-c", PROBE, target, *args.split()], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
-    assert "IMPORTED [] EXIT 0" in result.stderr, result.stderr[-2000:]
+    result, imported = run_counting_imports(target, *args.split())
+    assert imported == [] and result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
 
 

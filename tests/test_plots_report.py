@@ -14,7 +14,14 @@ from matplotlib.colors import to_rgb
 
 import harness.sampling
 from analysis.plots import build_figures, log_plots, make_plots, progress_notes, row_colours
-from analysis.report import config_differences, failed_runs, write_report
+from analysis.report import (
+    config_differences,
+    failed_runs,
+    link_report,
+    recipe_markdown,
+    shared_recipe,
+    write_report,
+)
 from analysis.runs import load_sweep_runs, metric_history
 from analysis.samples import GRID_SEED, sample_grids
 from harness.sweep.sweep import Sweep
@@ -71,9 +78,9 @@ def test_every_plot_is_written_as_png_and_pdf(sweep, tmp_path):
 
 
 def test_each_row_has_one_colour_in_every_figure(sweep):
-    colours = row_colours(sweep)
+    colours = row_colours(sweep.labels)
     assert list(colours) == LABELS and len(set(colours.values())) == len(LABELS)
-    assert colours == row_colours(load_sweep_runs(Sweep.open(sweep.spec.path)))            # fixed, not random
+    assert colours == row_colours(load_sweep_runs(Sweep.open(sweep.spec.path)).labels)            # fixed, not random
     figures = build_figures(sweep, "fd")
     for name, fig in figures.items():
         seen = set()
@@ -99,7 +106,7 @@ def test_bar_chart_keeps_a_slot_for_the_failed_row(sweep):
     fig = build_figures(sweep, "fd")["fd_per_row"]
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == LABELS                  # the file's order
-    colours = row_colours(sweep)
+    colours = row_colours(sweep.labels)
     for tick in ax.get_xticklabels():
         assert to_rgb(tick.get_color()) == pytest.approx(to_rgb(colours[tick.get_text()]))
     bars = [p for p in ax.patches if p.get_gid() in colours]
@@ -141,6 +148,12 @@ def test_config_differences_and_failed_runs(sweep):
     assert by_row["diverges"]["optim.lr"] == ("0.001", "1000000000000.0")
     # adaln (C here, B in the baseline) does nothing without a pixel pathway: not listed as a difference
     assert by_row["+ no pixel pathway"] == {"model.pixel_pathway": ("True", "False")}
+    above = {label: dict(zip(g["key"], zip(g["baseline"], g["value"])))
+             for label, g in config_differences(sweep, "previous").groupby("label")}
+    assert set(above) == {"pixel-wise", "diverges", "+ no pixel pathway"}          # each against the row above
+    assert above["pixel-wise"] == by_row["pixel-wise"]                              # the row above is the baseline
+    assert above["+ no pixel pathway"]["optim.lr"] == ("1000000000000.0", "0.001")
+    assert above["+ no pixel pathway"]["model.pixel_pathway"] == ("True", "False")
     failed = failed_runs(sweep)
     assert list(zip(failed["label"], failed["seed"])) == [("diverges", 0), ("diverges", 1)]
     assert all(r.startswith("NonFiniteLoss") for r in failed["reason"])
@@ -170,13 +183,13 @@ def test_report_executes_and_shows_table_diffs_failures(report, sweep):
         assert reason.split(" or ")[0] in failures                                  # the reason, per run
     assert "diverges-s0-" in failures and "diverges-s1-" in failures
     # the kernel was this interpreter, and the runs' git commit is reported
-    interpreter = text.split("| interpreter | ")[1].split(" |")[0]
-    assert Path(interpreter).resolve() == Path(sys.executable).resolve()
+    interpreter = text.split("| interpreter | ")[1].split(" |")[0]                # relative to the sweep folder
+    assert (sweep.spec.folder / interpreter).resolve() == Path(sys.executable).resolve()
     commit = sweep.client.get_run(sweep.frame["mlflow_run_id"].iloc[0]).data.tags["git_commit"]
     assert f"| runs' git commit | {commit}" in text
     # the figures are embedded, so the notebook and the HTML stand alone: 5 plots (the runs' efficiency among them)
-    # and 3 sample grids
-    assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) == 5 + 3
+    # and the sample grids side by side
+    assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) == 5 + 1
     html = html_path.read_text()
     assert html_path.suffix == ".html" and "data:image/png;base64" in html
     assert "Ablation report: rep" in html and "NonFiniteLoss" in html and "model.adaln" in html
@@ -184,25 +197,67 @@ def test_report_executes_and_shows_table_diffs_failures(report, sweep):
         assert (notebook_path.parent / name).read_text().startswith(("|", "\\begin{table*}", "label,"))
 
 
-def sample_cell(nb):
-    return next(c for c in nb.cells if c.cell_type == "code" and "sample_grids(" in c.source)
+def sections(nb) -> dict[str, list[dict]]:
+    """The executed notebook's outputs under each `##` heading (`###` belong to their `##`)."""
+    out, heading = {}, None
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("## "):
+                    heading = line[3:]
+                    out[heading] = []
+        elif heading is not None:
+            out[heading] += cell.get("outputs", [])
+    return out
 
 
-def test_report_has_one_sample_grid_per_row(report, sweep):
-    """Exactly one grid per finished row, each under its row's name with the run's distance and class
-    accuracy; the failed row says why it has none."""
+def test_report_opens_with_question_answer_table_and_samples_then_the_shared_recipe(report, sweep):
+    """The first section answers: the sweep's question, the table's verdict, the table at a glance and every
+    row's samples side by side, then the recipe every row shares; nowhere an absolute path of this machine."""
     nb = nbformat.read(report[0], as_version=4)
-    outputs = sample_cell(nb)["outputs"]
-    images = [i for i, o in enumerate(outputs) if "image/png" in o.get("data", {})]
-    assert len(images) == len(FINISHED)
-    captions = [outputs[i - 1]["data"]["text/markdown"] for i in images]
-    for label, caption in zip(FINISHED, captions):                                  # the file's order
+    found = sections(nb)
+    assert list(found) == ["Summary", "What each row changes", "Details"]
+    summary = found["Summary"]
+    texts = [o["data"]["text/markdown"] for o in summary if "text/markdown" in o.get("data", {})]
+    answer = texts[0]
+    assert answer.startswith("**Question.** How does each row change FD") and "**Answer.**" in answer
+    assert "No row is significantly best on FD" in answer or "Best FD" in answer                # the verdict
+    assert answer.index("**Answer.**") < answer.index("| row") and "FD ↓" in answer              # then the table
+    assert [i for i, o in enumerate(summary) if "image/png" in o.get("data", {})] == [1]        # then the grids
+    side_by_side = sweep.spec.folder / "report" / "samples" / "side_by_side.png"
+    assert side_by_side.exists() and f"seed {GRID_SEED}" in texts[1] and "samples/side_by_side.png" in texts[1]
+    recipe = texts[2]
+    assert recipe == recipe_markdown(sweep) and recipe.startswith("> **The recipe every row shares**")
+    shared = shared_recipe(sweep)
+    assert shared["train.steps"] == "4" and shared["data.name"] == "digits"
+    assert "model.adaln" not in shared and "optim.lr" not in shared and "run.seed" not in shared
+    assert "`model.adaln`, " in recipe.split("*Varied between rows*")[1]
+    html = report[1].read_text()
+    for absolute in (str(sweep.spec.folder.resolve()), str(Path.cwd()), str(Path(sys.executable).parent)):
+        assert absolute not in outputs_text(nb) and absolute not in html, absolute
+
+
+def test_report_names_every_difference_against_the_baseline_and_the_row_above(report):
+    text = outputs_text(nbformat.read(report[0], as_version=4))
+    last = text[text.index("**\\+ no pixel pathway**"):]
+    assert last.startswith("**\\+ no pixel pathway**: 1 key differs from the baseline, 3 keys differ")
+    assert "| key | baseline | row above | this row |" in last
+    assert "| `optim.lr` | = | 1000000000000\\.0 | 0\\.001 |" in last                 # same as the baseline's
+    assert "| `model.pixel_pathway` | True | True | False |" in last
+
+
+def test_report_says_which_run_each_sample_grid_shows(report, sweep):
+    """One caption per row under Details: the finished rows' run (seed, step, its distance and class accuracy,
+    the grid's file); the failed row says why it has none."""
+    nb = nbformat.read(report[0], as_version=4)
+    texts = [o["data"]["text/markdown"] for o in sections(nb)["Details"] if "text/markdown" in o.get("data", {})]
+    captions = [t for t in texts if t.startswith("**") and ("seed 0, step" in t or "no grid" in t)]
+    assert len(captions) == len(LABELS)
+    for label, caption in zip(FINISHED, [c for c in captions if "no grid" not in c]):    # the file's order
         run = sweep.frame[(sweep.frame["label"] == label) & (sweep.frame["seed"] == 0)].iloc[0]
-        assert label.lstrip("+ ") in caption and "seed 0, step 4" in caption
+        assert label.lstrip("+ ") in caption and "seed 0, step 4" in caption and "(`report/samples/" in caption
         assert f"fd {run['metric.fd']:.4g}" in caption and f"class_acc {run['metric.class_acc']:.4g}" in caption
-    texts = [o.get("data", {}).get("text/markdown", "") for o in outputs]
-    assert "**diverges**: no grid (no finished run)." in texts
-    assert f"Noise: seed {GRID_SEED}, the same tensor for every row." in texts
+    assert "**diverges**: no grid (no finished run)." in captions
 
 
 def test_sample_grids_use_the_same_noise_and_labels_in_every_row(sweep, tmp_path, monkeypatch):
@@ -235,7 +290,7 @@ def test_report_html_hides_code_and_shows_plus_labels_as_text(report):
     assert any(loading in source for source in code)                   # the notebook keeps it
     assert loading not in html and "hl-ipython3" not in html           # the HTML does not show it
     # "+ no pixel pathway" is a label, not a bullet list: as text in the rows list and in bold captions
-    assert "<ul" not in html
+    assert "<li>no pixel pathway</li>" not in html
     assert "<li>+ no pixel pathway</li>" in html
     assert re.search(r"<strong>\+ no pixel pathway</strong>", html)
 
@@ -246,6 +301,15 @@ def test_report_is_logged_to_the_parent_run(report, sweep):
     assert {notebook_path.name, html_path.name} <= logged
     plots = {Path(a.path).name for a in sweep.client.list_artifacts(sweep.parent_run_id, "plots")}
     assert {"fd_per_row.png", "fd_per_row.pdf", "fd_vs_cost.png", "loss.pdf"} <= plots
+    samples = {Path(a.path).name for a in sweep.client.list_artifacts(sweep.parent_run_id, "samples")}
+    assert "side_by_side.png" in samples
+    # the parent run's description links to them (in the UI: tests/test_ui.py), once however often it is written
+    for _ in range(2):
+        note = sweep.client.get_run(sweep.parent_run_id).data.tags["mlflow.note.content"]
+        assert note.count("**The report:**") == 1
+        assert f"artifactPath/report/{html_path.name}?workflowType=machine_learning)" in note
+        assert f"get-artifact?path=samples%2Fside_by_side.png&run_uuid={sweep.parent_run_id})" in note
+        link_report(sweep.client, sweep.parent_run_id, html_path.name, True)
 
 
 def test_report_notebook_reruns_on_its_own(report, sweep, tmp_path, monkeypatch):

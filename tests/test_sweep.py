@@ -216,6 +216,24 @@ def test_logs_shows_one_runs_lines_when_one_job_runs_several(sweep_dir, capsys):
     assert "label='wise': matches 2 rows: ['0 patch-wise', '1 pixel-wise']" in capsys.readouterr().err
 
 
+def test_logs_follow_prints_a_running_runs_log_as_it_grows_until_its_job_ends(sweep_dir, capsys):
+    path = write_sweep(sweep_dir, name="follow", overrides={**SLOW, "train.steps": 200}, seeds=[0],
+                       rows=[{"label": "patch-wise", "set": {"model.adaln": "B"}}])
+    assert main([str(path)]) == 0
+    spec = load_sweep(path)
+    (record,) = json.loads((spec.folder / "manifest.json").read_text())["runs"].values()
+    log = spec.folder / record["run_name"] / "job.log"
+    wait_until(lambda: log.exists() and "step 5/200 loss" in log.read_text(), what="the run's first lines")
+    assert "step 200/200 loss" not in log.read_text()           # followed while it runs
+    capsys.readouterr()
+    assert main(["logs", str(path), "patch", "-f"]) == 0          # returns when the job has ended
+    out = capsys.readouterr().out
+    assert states(path)[("patch-wise", 0)].state == "done"
+    assert out.startswith("==> patch-wise · seed 0 (") and out.count("step 200/200 loss") == 1
+    assert out.count("step 5/200 loss") == 1                    # every line once
+    assert out.endswith(log.read_text())
+
+
 def test_runs_are_named_by_row_and_seed_and_the_parent_carries_the_description(sweep_dir):
     """Run names `LABEL · seed S`; the parent run's description is the sweep's description and notes; each
     evaluation point is logged under the name it was asked by (`fd/step_3`, `fd/epoch_0.02`) and nothing else
@@ -233,6 +251,16 @@ def test_runs_are_named_by_row_and_seed_and_the_parent_carries_the_description(s
             "fd/step_3", "class_acc/step_3", "fd/epoch_0.02", "class_acc/epoch_0.02", "system/step",
             "system/heartbeat"}
         assert [m.step for m in client.get_metric_history(kid.info.run_id, "fd")] == [2, 3, 4]
+
+
+def test_row_tags_sort_as_text_in_the_files_row_order(sweep_dir):
+    """MLflow's UI sorts tags as text: the `row` tag is zero-padded, so row 10 comes after row 9, not after row 1."""
+    rows = [{"label": f"lr {i}", "set": {"optim.lr": 1e-3 * (i + 1)}} for i in range(11)]
+    spec = load_sweep(write_sweep(sweep_dir, name="eleven", rows=rows, seeds=[0]))
+    tags = [next(o for o in run.overrides(spec, "sqlite:///x.db") if o.startswith("+tracking.tags.row="))
+            for run in plan_sweep(spec)]
+    assert tags[2] == '+tracking.tags.row="02"' and tags[10] == '+tracking.tags.row="10"'
+    assert sorted(tags) == tags
 
 
 @pytest.mark.skipif(SLURM_SKIP is not None, reason=str(SLURM_SKIP))

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_evaluated_sweep
+from conftest import run_counting_imports, run_evaluated_sweep
 from scipy import stats
 
 from analysis.runs import SweepRuns, load_sweep_runs
@@ -381,3 +381,30 @@ def test_efficiency_columns_show_the_runs_telemetry_when_asked_for(sweep, sweep_
     assert main(["table", str(sweep_path), "--metric", "fd", "--format", "csv", "--columns", "row", "data_wait"]) == 0
     csv = pd.read_csv(StringIO(capsys.readouterr().out))
     assert list(csv.columns) == ["label", "row", "data_wait"] and csv["data_wait"].dropna().between(0, 1).all()
+
+
+# ---- the read-only verbs, as a user types them --------------------------------------------------------
+
+def test_read_only_verbs_never_import_torch_and_logs_reads_no_store(sweep_path, tmp_path):
+    """status, table, logs (by a piece of a label) and errors about the file read the plan cache and the store,
+    never torch; logs reads a text file, so it imports no MLflow either. (The fixture edited its file after the
+    submission: its plan is cached again first, as a submission leaves it.)"""
+    sweep = Sweep.open(sweep_path)
+    sweep.plan_fresh()
+    sweep.write_plan_cache()
+    status, imported = run_counting_imports("run_sweep.py", "status", str(sweep_path))
+    assert status.returncode == 0 and "done=6" in status.stdout and "torch" not in imported, status.stderr[-2000:]
+    table, imported = run_counting_imports("run_sweep.py", "table", str(sweep_path))
+    assert table.returncode == 0 and "patch-wise" in table.stdout and "torch" not in imported, table.stderr[-2000:]
+    logs, imported = run_counting_imports("run_sweep.py", "logs", str(sweep_path), "PIXEL-W", "--seed", "1")
+    assert logs.returncode == 0 and logs.stdout.startswith("==> pixel-wise · seed 1 ("), logs.stderr[-2000:]
+    assert "torch" not in imported and "mlflow" not in imported
+    text = sweep_path.read_text()
+    for typo, where in ((text.replace("seeds:", "sedes:"), "sedes"),
+                        (text.replace("model.adaln: B", "model.adaln: Z"), "model.adaln")):
+        bad = sweep_path.with_name("bad.yaml")
+        bad.write_text(typo)
+        error, imported = run_counting_imports("run_sweep.py", "status", str(bad))
+        (line,) = error.stderr.splitlines()[:-1]                 # one line, then the probe's
+        assert error.returncode == 2 and line.startswith(f"error: {bad}") and where in line, error.stderr
+        assert "torch" not in imported

@@ -22,6 +22,8 @@ import pytest
 from conftest import TINY, TINY_OFFLINE_EVAL, write_sweep
 from mlflow.tracking import MlflowClient
 
+from analysis.plots import row_colours
+from analysis.report import write_report
 from analysis.ui import start_ui, stop_ui
 from commands.cli import main
 from harness.sweep.processes import pid_alive
@@ -176,6 +178,24 @@ ON_SCREEN_JS = """(texts => {
 })(%s)"""
 
 
+def keep(shot: Path) -> Path:
+    """Say where a screenshot is (`pytest -rP` shows it); copy it to $DITLAB_SCREENSHOT_DIR when set."""
+    print(f"screenshot: {shot}")
+    if os.environ.get("DITLAB_SCREENSHOT_DIR"):
+        target = Path(os.environ["DITLAB_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, target / shot.name)
+    return shot
+
+
+def wait_for(page: Page, expression: str, timeout: float = 60):
+    """The value of a JavaScript expression once it is truthy (the React app fetches after loading), else the last."""
+    deadline = time.time() + timeout
+    while not (value := page.evaluate(expression)) and time.time() < deadline:
+        time.sleep(1)
+    return value
+
+
 def test_first_screen_shows_each_row_its_metric_and_switched_parameter(finished_sweep, ui, page, tmp_path):
     """The URL `ui` prints opens the sweep's view: its runs under their row labels (`LABEL · seed S`, grouped by
     row), the metric and the switched parameter as columns, the parent run and the sweep's description — all on
@@ -187,12 +207,7 @@ def test_first_screen_shows_each_row_its_metric_and_switched_parameter(finished_
     deadline = time.time() + 60              # the React app fetches the runs after loading
     while (missing := page.evaluate(ON_SCREEN_JS % json.dumps(wanted))) and time.time() < deadline:
         time.sleep(1)
-    shot = page.screenshot(tmp_path / "mlflow_ui_first_screen.png")
-    print(f"screenshot of the first screen: {shot}")
-    if os.environ.get("DITLAB_SCREENSHOT_DIR"):
-        target = Path(os.environ["DITLAB_SCREENSHOT_DIR"])
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, target / shot.name)
+    shot = keep(page.screenshot(tmp_path / "mlflow_ui_first_screen.png"))
     assert not missing, f"not on the first screen: {missing}; see {shot}"
     assert "Additional runs" in page.evaluate("document.body.innerText")     # the parent runs' group, open
     from PIL import Image
@@ -239,3 +254,34 @@ def test_ui_command_serves_until_sigterm_and_leaves_no_process(finished_sweep):
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_the_parent_run_links_the_report_and_shows_the_samples_and_runs_wear_their_row_colours(finished_sweep, page,
+                                                                                                tmp_path):
+    """After `report`, the parent run's page shows the links to the report, its table and plots, and every row's
+    samples side by side (an image the browser loaded from the UI's server); the report's link opens MLflow's
+    artifact view of it; every run carries its row's colour, the report's."""
+    _, html = write_report(finished_sweep)
+    proc, url = start_ui(finished_sweep, timeout=60)
+    try:
+        client, parent = finished_sweep.client, finished_sweep.parent_run_id
+        experiment = client.get_run(parent).info.experiment_id
+        colours = row_colours([row.label for row in finished_sweep.spec.rows])
+        runs = [r for r in client.search_runs([experiment], "tags.sweep = 'ui_sweep'") if "label" in r.data.tags]
+        assert len(runs) == 2 and all(r.data.tags["mlflow.runColor"] == colours[r.data.tags["label"]] for r in runs)
+        base = url.split("/#/")[0]
+        page.goto(f"{base}/#/experiments/{experiment}/runs/{parent}?workflowType=machine_learning")
+        images = ("[...document.images].filter(i => i.src.includes('get-artifact') && i.src.includes('side_by_side')"
+                  " && i.complete && i.naturalWidth > 0).length")
+        loaded = wait_for(page, images)
+        text = page.evaluate("document.body.innerText")
+        keep(page.screenshot(tmp_path / "mlflow_ui_parent_run.png"))
+        assert loaded == 1 and "The report:" in text and DESCRIPTION in text
+        assert "Model registry" in text and "Evaluation runs" not in text          # the model-training navigation
+        link = page.evaluate(f"[...document.links].find(a => a.textContent === {json.dumps(html.name)})?.href")
+        assert link and link.endswith(f"/runs/{parent}/artifactPath/report/{html.name}?workflowType=machine_learning")
+        page.goto(link)
+        assert wait_for(page, "document.body.innerText.includes('table.md')"), "the artifact view lists no report"
+        assert "Evaluation runs" not in page.evaluate("document.body.innerText")
+    finally:
+        stop_ui(proc)

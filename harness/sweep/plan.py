@@ -19,7 +19,6 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from models.complexity import measure
 from models.config import ModelConfig
 from toolkit.errors import ConfigError
 from toolkit.files import atomic_write_text
@@ -35,7 +34,6 @@ from ..configure import (
     flatten,
     validate,
 )
-from ..data import validate_data
 from ..protocol import EvalProtocol
 from ..retention import Footprint, footprint
 from .executors import ExecutorSpec
@@ -78,12 +76,18 @@ class PlannedRun:
                  f"tracking.run_name={hydra_value(self.title)}",
                  f"+tracking.tags.sweep={hydra_value(spec.name)}", f"+tracking.tags.label={hydra_value(self.label)}",
                  f"+tracking.tags.seed={hydra_value(str(self.seed))}",
-                 f"+tracking.tags.row={hydra_value(str(self.row))}"]
+                 f"+tracking.tags.row={hydra_value(row_tag(self.row, len(spec.rows)))}"]
         if self.grid:
             extra.append(f"+tracking.tags.grid={hydra_value(json.dumps(self.grid, sort_keys=True))}")
         if parent_run_id:
             extra.append(f"tracking.parent_run_id={parent_run_id}")
         return [f"+experiment={spec.experiment}", *self.config_overrides, *extra]
+
+
+def row_tag(row: int, rows: int) -> str:
+    """A row's index as its MLflow tag, zero-padded to the widest index so that text order is row order (the UI
+    sorts tags as text: row 10 after row 9, not after row 1)."""
+    return f"{row:0{len(str(rows - 1))}d}"
 
 
 def hydra_value(value) -> str:
@@ -117,6 +121,7 @@ def complexity(model: ModelConfig) -> tuple[int, float, int]:
     """(params, GFLOPs, trained params: with the REPA projector) of a model config, built once on the meta device."""
     key = repr(model)
     if key not in _complexity_cache:
+        from models.complexity import measure  # torch: only when planning (read-only verbs read the plan cache)
         result = measure(model)
         _complexity_cache[key] = (result.params, result.gflops, result.params + result.repa_params)
     return _complexity_cache[key]
@@ -227,6 +232,7 @@ def _describe(spec: SweepSpec, run: PlannedRun) -> str:
 def check_data_paths(spec: SweepSpec, runs: list[PlannedRun]) -> None:
     """The data paths, initial weights and VAE weights a dry run leaves unchecked, checked once per distinct config
     before submission (`runs` freshly planned: their configs are resolved)."""
+    from ..data import validate_data
     from ..vae import image_channels, is_latent, validate_vae
     seen = set()
     for run in runs:
@@ -273,22 +279,31 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def _plan_key(spec: SweepSpec) -> str:
-    return hashlib.sha256(spec.text.encode()).hexdigest()[:16] + code_fingerprint()
+def _plan_key(spec: SweepSpec, code: str) -> str:
+    return hashlib.sha256(spec.text.encode()).hexdigest()[:16] + code
 
 
 def write_plan_cache(spec: SweepSpec, runs: list[PlannedRun]) -> None:
+    """`<folder>/plan.json`: the planned runs, and the parameter and FLOP counts of their models."""
+    code = code_fingerprint()
+    counts = {key: _complexity_cache[key] for key in {repr(run.cfg.model) for run in runs if run.cfg is not None}
+              if key in _complexity_cache}
     atomic_write_text(spec.folder / "plan.json", json.dumps(
-        {"key": _plan_key(spec), "runs": [{name: getattr(run, name) for name in CACHED_FIELDS} for run in runs]}))
+        {"key": _plan_key(spec, code), "code": code, "complexity": counts,
+         "runs": [{name: getattr(run, name) for name in CACHED_FIELDS} for run in runs]}))
 
 
 def load_plan(spec: SweepSpec) -> list[PlannedRun]:
     """The plan, from `<folder>/plan.json` when neither the sweep file nor the code changed since a
-    submission wrote it; otherwise planned (and validated) again."""
+    submission wrote it; otherwise planned (and validated) again — with the cached models' counts while the code
+    is the same, so that a sweep file edited after its submission is planned again without building a model
+    (the read-only verbs never import torch)."""
     path = spec.folder / "plan.json"
     if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == _plan_key(spec):
+        cached, code = json.loads(path.read_text()), code_fingerprint()
+        if cached.get("key") == _plan_key(spec, code):
             return [PlannedRun(**entry, executor=spec.executor_for(spec.rows[entry["row"]]), cfg=None)
                     for entry in cached["runs"]]
+        if cached.get("code") == code:
+            _complexity_cache.update({key: tuple(counts) for key, counts in cached.get("complexity", {}).items()})
     return plan_sweep(spec)

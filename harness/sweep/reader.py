@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from mlflow.tracking import MlflowClient
-
-from ..tracking import mlflow_client
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 CLOCK_MARGIN_MS = 5 * 60 * 1000         # how far back "since the previous read" looks: clock skew between machines
 BY_ID = 100                             # run ids per `run_id IN (...)` query
@@ -97,6 +97,7 @@ class Readers:
     def client(self, uri: str) -> MlflowClient:
         """One client per store for the command's lifetime."""
         if uri not in self._clients:
+            from ..tracking import mlflow_client  # mlflow: imported when a store is first read
             self._clients[uri] = mlflow_client(uri)
         return self._clients[uri]
 

@@ -11,8 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from toolkit.errors import reason_line
 
@@ -22,6 +21,9 @@ from .plan import PlannedRun
 from .reader import Readers
 from .spec import SweepSpec
 from .store import finished_runs, reuse_stores, store_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 # ---- the manifest: what was submitted, as which job (`Sweep.manifest` reads and writes it) ---------
 

@@ -8,6 +8,9 @@ every later command checks both before reading, so a deleted or replaced store (
 instead of being silently recreated empty — opening a missing sqlite file with MLflow would create it. A
 submission without a manifest (or with another sweep's) into a store that already holds this sweep's runs is
 refused too, saying what the store holds: a new manifest would lose the job ids of those runs.
+
+MLflow is imported when a store is first opened: a verb that reads no store (`logs`, an error about the file) never
+imports it.
 """
 from __future__ import annotations
 
@@ -15,14 +18,15 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from toolkit.errors import ConfigError
 
-from ..tracking import ensure_experiment, mlflow_client
 from .reader import Readers, all_runs
 from .spec import SweepSpec
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 STORE_ID_TAG = "ditlab.store_id"
 
@@ -52,6 +56,7 @@ def sqlite_path(uri: str) -> Path | None:
 def prepare_store(spec: SweepSpec, manifest: dict) -> str:
     """Create (first submission) or check (later ones) the store and the experiment, before any job fans out;
     records the store's identity in the manifest; returns the experiment id."""
+    from ..tracking import ensure_experiment, mlflow_client
     check_manifest_of(spec, manifest)
     if manifest["runs"] or manifest.get("store"):
         client = open_store(spec, manifest)       # refuses a store that is gone or was replaced
@@ -72,6 +77,7 @@ def prepare_store(spec: SweepSpec, manifest: dict) -> str:
 def check_no_earlier_runs(spec: SweepSpec) -> None:
     """A first submission (no submission in the manifest) into a store that already holds runs of this sweep means
     its manifest was deleted or replaced: refused, with what the store holds. Creates no file."""
+    from ..tracking import mlflow_client
     uri = store_uri(spec)
     if sqlite_path(uri) is not None and not sqlite_path(uri).exists():
         return
@@ -107,8 +113,9 @@ def _exists(uri: str) -> bool:
     return path is not None and path.exists()
 
 
-def open_store(spec: SweepSpec, manifest: dict | None) -> MlflowClient:
-    """A client of the sweep's store, after checking it is the store the sweep was submitted to. Creates no file."""
+def check_submitted(spec: SweepSpec, manifest: dict | None) -> None:
+    """Refuse, without opening the store, a sweep never submitted from its folder, another sweep's manifest, a
+    sqlite store that is gone, or a `tracking.uri` changed since the submission."""
     uri = store_uri(spec)
     if manifest is None:
         raise NotSubmitted(None, reason=f"nothing submitted for {spec.name} under {spec.folder} (no manifest.json"
@@ -125,6 +132,13 @@ def open_store(spec: SweepSpec, manifest: dict | None) -> MlflowClient:
     if recorded.get("uri") not in (None, uri):
         raise StoreProblem(None, reason=f"the sweep was submitted to {recorded['uri']} but now points at {uri} "
                                         f"(tracking.uri changed)", source=str(spec.path))
+
+
+def open_store(spec: SweepSpec, manifest: dict | None) -> MlflowClient:
+    """A client of the sweep's store, after checking it is the store the sweep was submitted to. Creates no file."""
+    from ..tracking import mlflow_client
+    check_submitted(spec, manifest)
+    uri, recorded = store_uri(spec), manifest.get("store") or {}
     client = mlflow_client(uri)
     experiment = client.get_experiment_by_name(spec.experiment_name)
     found = experiment.tags.get(STORE_ID_TAG) if experiment is not None else None

@@ -8,15 +8,15 @@
 
 A command opens the sweep once and hands it to the verbs (`commands/`), the analysis (`analysis/`) and the report
 notebook; each reads the manifest and opens the store at most once, through this object (as Dora's Shepherd owns
-the bookkeeping of a grid). What is read lazily is cached: a verb that only prints a log never opens MLflow.
+the bookkeeping of a grid). What is read lazily is cached: a verb that only prints a log never imports MLflow, and
+no read-only verb imports torch (the plan comes from its cache).
 """
 from __future__ import annotations
 
 import json
 from functools import cached_property
 from pathlib import Path
-
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from toolkit.files import atomic_write_text
 
@@ -25,7 +25,10 @@ from .plan import PlannedRun, load_plan, plan_sweep, write_plan_cache
 from .reader import Readers
 from .spec import SweepSpec, load_sweep
 from .state import RunState, new_manifest, read_manifest, record_submission, sweep_states
-from .store import open_store, prepare_store, store_uri
+from .store import check_submitted, open_store, prepare_store, store_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 MANIFEST_FILE = "manifest.json"
 
@@ -92,6 +95,11 @@ class Sweep:
         a sweep never submitted, or whose store or manifest is gone or replaced, is refused in one line (and
         no file is created)."""
         return open_store(self.spec, self.manifest)
+
+    def check_submitted(self) -> None:
+        """Refuse, in one line and without opening the store, a sweep never submitted from its folder or whose
+        manifest or sqlite store is gone (what a verb that reads no store, `logs`, checks)."""
+        check_submitted(self.spec, self.manifest)
 
     def check_store(self) -> None:
         """Refuse, in one line and before a verb does anything else, a sweep never submitted or whose store or
