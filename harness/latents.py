@@ -359,7 +359,8 @@ class LatentDataset:
 def main(argv: list[str] | None = None) -> int:
     from toolkit.cli import COMMAND_LINE, ArgumentParser, add_verbose, quiet, run
     parser = ArgumentParser(prog="python -m harness.latents", description=__doc__.split("\n\n")[0],
-                            epilog="See the module's docstring (harness/latents.py) and README.md, 'Latent models'.")
+                            epilog="See the module's docstring (harness/latents.py) and docs/training.md, "
+                                   "'Latent models'.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="encode a latent run's training images once (its data, VAE and key)")
     p.add_argument("overrides", nargs="+", metavar="KEY=VALUE", help="the training run's overrides: "

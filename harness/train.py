@@ -4,7 +4,7 @@
     python -m harness.train --help [GROUP]        experiments, presets, every field with its default and doc
     python -m harness.train +experiment=tiny_digits --cfg job    the resolved config (YAML); nothing runs
     python -m harness.train +experiment=tiny_digits --info       where it comes from: defaults, signature, delta
-    python -m harness.train --switch-table [--readme README.md]   the loss and optimizer switches as Markdown
+    python -m harness.train --switch-table [--write docs/training.md]   the loss and optimizer switches as Markdown
 
 As hydra's own flags do (`--help`, `--cfg job`, `--info`), for a config composed with hydra's compose API.
 The field docs are the comments beside the fields in harness/config.py and models/config.py
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from models.papers import cite
 from toolkit.cli import COMMAND_LINE, ArgumentParser, add_verbose, quiet, run
-from toolkit.docs import field_docs, switch_table, value_text, write_readme_span
+from toolkit.docs import field_docs, switch_table, value_text, write_marked_span
 from toolkit.errors import unknown
 from toolkit.fields import field_meta, no_effect
 
@@ -34,7 +34,7 @@ CONF_DIR = Path(__file__).parent / "conf"
 USAGE = ("python -m harness.train [+experiment=NAME] [model=PRESET] [KEY=VALUE ...] [--cfg job] [--info] [--restart] "
          "[-v]\n"
          "       python -m harness.train --help [GROUP]\n"
-         "       python -m harness.train --switch-table [--readme README.md]")
+         "       python -m harness.train --switch-table [--write docs/training.md]")
 EXIT_INTERRUPTED = 3          # SIGTERM/SIGUSR2: a checkpoint was written; the job is requeued
 
 
@@ -55,8 +55,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--switch-table", action="store_true",
                    help="print the table of the recipe's loss and optimizer switches (Markdown), generated from "
                         "harness/config.py")
-    p.add_argument("--readme", type=Path, metavar="FILE",
-                   help="with --switch-table: write it into FILE between its recipe-switch-table markers")
+    p.add_argument("--write", type=Path, metavar="FILE",
+                   help=f"with --switch-table: write it into FILE between its recipe-switch-table markers "
+                        f"({RECIPE_TABLE_FILE})")
     add_verbose(p)
     return p
 
@@ -72,8 +73,8 @@ def _main(argv: list[str]) -> int:
         print(help_text(args.help))
         return 0
     if args.switch_table:
-        if args.readme:
-            write_readme_span(args.readme, RECIPE_TABLE_BEGIN, RECIPE_TABLE_END, recipe_switch_table())
+        if args.write:
+            write_marked_span(args.write, RECIPE_TABLE_BEGIN, RECIPE_TABLE_END, recipe_switch_table())
         else:
             print(recipe_switch_table(), end="")
         return 0
@@ -94,9 +95,10 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
-# ---- --switch-table: the README's table of the recipe's loss and optimizer switches ---------------------------
+# ---- --switch-table: docs/training.md's table of the recipe's loss and optimizer switches -------------------
 
-RECIPE_TABLE_COMMAND = "python -m harness.train --switch-table --readme README.md"
+RECIPE_TABLE_FILE = "docs/training.md"             # where the table lives, relative to the project root
+RECIPE_TABLE_COMMAND = f"python -m harness.train --switch-table --write {RECIPE_TABLE_FILE}"
 RECIPE_TABLE_BEGIN = f"<!-- recipe switch table, generated (do not edit): {RECIPE_TABLE_COMMAND} -->"
 RECIPE_TABLE_END = "<!-- end recipe switch table -->"
 RECIPE_GROUPS = ("objective", "repa", "perceptual", "optim")   # the loss and optimizer groups (the rest: --help)

@@ -7,7 +7,7 @@ official code describe it; presets (`models.presets`) are overrides of these def
 Each field declares itself once (`toolkit.fields`): its comment documents its values; `cite=` says where each
 paper (key of `models.papers.PAPERS`) or its official code sets it; `family=` names the architectures where it
 acts (default: both); `inert_when=` the settings under which it has no effect. `inert_fields()`, the audit's
-citations (`python -m harness.audit`), `python -m harness.train --help` and the README's switch table
+citations (`python -m harness.audit`), `python -m harness.train --help` and the switch table of docs/models.md
 (`python -m models.inspect --switch-table`) are derived from them.
 """
 from __future__ import annotations

@@ -5,8 +5,8 @@
     python -m models.inspect pixeldit_xl --resolution 1024 --json
     python -m models.inspect pixeldit_b pixeldit_l pixeldit_xl  # several: a comparison table
     python -m models.inspect --all                              # every preset against its paper and official code
-    python -m models.inspect --switch-table                     # the README's table of every model switch
-    python -m models.inspect --switch-table --readme README.md  # ... written into README.md between its markers
+    python -m models.inspect --switch-table                        # the table of every model switch (Markdown)
+    python -m models.inspect --switch-table --write docs/models.md # ... written into the file between its markers
 """
 from __future__ import annotations
 
@@ -62,9 +62,10 @@ def default_resolution(preset: str) -> int:
     return model_config(preset).image_size
 
 
-# ---- the README's switch table -------------------------------------------------------------------------
+# ---- the switch table of docs/models.md ----------------------------------------------------------------
 
-TABLE_COMMAND = "python -m models.inspect --switch-table --readme README.md"
+TABLE_FILE = "docs/models.md"                      # where the table lives, relative to the project root
+TABLE_COMMAND = f"python -m models.inspect --switch-table --write {TABLE_FILE}"
 TABLE_BEGIN = f"<!-- switch table, generated (do not edit): {TABLE_COMMAND} -->"
 TABLE_END = "<!-- end switch table -->"
 
@@ -78,15 +79,15 @@ def switch_table() -> str:
     return table(ModelConfig)
 
 
-def readme_table(text: str, source: str = "README.md") -> tuple[int, int]:
-    """The character span of the switch table between the README's markers."""
-    from toolkit.docs import readme_span
-    return readme_span(text, TABLE_BEGIN, TABLE_END, source)
+def table_span(text: str, source: str = TABLE_FILE) -> tuple[int, int]:
+    """The character span of the switch table between its markers in `text` (the text of `source`)."""
+    from toolkit.docs import marked_span
+    return marked_span(text, TABLE_BEGIN, TABLE_END, source)
 
 
-def write_readme_table(path: Path) -> None:
-    from toolkit.docs import write_readme_span
-    write_readme_span(path, TABLE_BEGIN, TABLE_END, switch_table())
+def write_table(path: Path) -> None:
+    from toolkit.docs import write_marked_span
+    write_marked_span(path, TABLE_BEGIN, TABLE_END, switch_table())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,12 +104,13 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--all", action="store_true", help="every preset")
     parser.add_argument("--switch-table", action="store_true",
                         help="print the table of every model switch (Markdown), generated from models/config.py")
-    parser.add_argument("--readme", type=Path, metavar="FILE",
-                        help="with --switch-table: write it into FILE between its switch-table markers")
+    parser.add_argument("--write", type=Path, metavar="FILE",
+                        help=f"with --switch-table: write it into FILE between its switch-table markers "
+                        f"({TABLE_FILE})")
     args = parser.parse_args(argv)
     if args.switch_table:
-        if args.readme:
-            write_readme_table(args.readme)
+        if args.write:
+            write_table(args.write)
         else:
             print(switch_table(), end="")
         return 0

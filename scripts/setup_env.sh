@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install the project with the known-good versions of constraints.txt.
-# pip only: it is the client that sees this machine kind's local torch wheels (see README).
+# pip only: it is the client that sees this machine kind's local torch wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then

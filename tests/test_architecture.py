@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import ROOT
 
 PACKAGES = ("toolkit", "models", "harness", "analysis", "commands")
-# What each layer may import of the project (itself always): the README's ARCHITECTURE section.
+# What each layer may import of the project (itself always): docs/architecture.md, "The layers".
 ALLOWED = {"toolkit": (), "models": ("toolkit",), "harness": ("toolkit", "models"),
            "analysis": ("toolkit", "models", "harness"), "commands": ("toolkit", "models", "harness", "analysis")}
 

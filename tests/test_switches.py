@@ -1,7 +1,7 @@
 """Each model switch's metadata, declared once on its field, is right and complete: a field declared without
 effect (`family=`, `inert_when=`) changes nothing in the model, every other field changes the model (its
 parameters or its output), the conditions name existing fields and values, the citations name papers of the
-bibliography, and the README's switch table is the one the metadata generates."""
+bibliography, and the switch tables of docs/models.md and docs/training.md are the ones the metadata generates."""
 import dataclasses
 
 import pytest
@@ -11,7 +11,7 @@ from conftest import ROOT, randomize
 from harness.config import TrainConfig
 from models.config import ModelConfig
 from models.families import build_model, miniature
-from models.inspect import TABLE_COMMAND, readme_table, switch_table
+from models.inspect import TABLE_COMMAND, TABLE_FILE, switch_table, table_span
 from models.papers import PAPERS
 from models.presets import PRESETS, model_config
 from toolkit.errors import ConfigError
@@ -219,28 +219,32 @@ def test_a_condition_naming_an_unknown_field_or_value_is_refused_in_one_line():
                               "of ['swiglu', 'gelu'] (did you mean swiglu?)")
 
 
-def test_readme_switch_table_is_the_generated_one():
-    text = (ROOT / "README.md").read_text()
-    start, end = readme_table(text)
-    assert text[start:end] == switch_table(), f"README.md's switch table is out of date; regenerate it: {TABLE_COMMAND}"
+def test_docs_switch_table_is_the_generated_one():
+    """docs/models.md's table of every model switch (`python -m models.inspect --switch-table --write ...`)."""
+    text = (ROOT / TABLE_FILE).read_text()
+    start, end = table_span(text)
+    assert text[start:end] == switch_table(), \
+        f"{TABLE_FILE}'s switch table is out of date; regenerate it: {TABLE_COMMAND}"
     for name in field_meta(ModelConfig):
         assert f"| `{name}` |" in text[start:end]
 
 
-def test_readme_recipe_switch_table_is_the_generated_one():
-    """The loss and optimizer groups' table (`python -m harness.train --switch-table --readme README.md`)."""
+def test_docs_recipe_switch_table_is_the_generated_one():
+    """docs/training.md's table of the loss and optimizer groups (`python -m harness.train --switch-table --write
+    ...`)."""
     from harness.train import (
         RECIPE_GROUPS,
         RECIPE_TABLE_BEGIN,
         RECIPE_TABLE_COMMAND,
         RECIPE_TABLE_END,
+        RECIPE_TABLE_FILE,
         recipe_switch_table,
     )
-    from toolkit.docs import readme_span
-    text = (ROOT / "README.md").read_text()
-    start, end = readme_span(text, RECIPE_TABLE_BEGIN, RECIPE_TABLE_END)
+    from toolkit.docs import marked_span
+    text = (ROOT / RECIPE_TABLE_FILE).read_text()
+    start, end = marked_span(text, RECIPE_TABLE_BEGIN, RECIPE_TABLE_END, RECIPE_TABLE_FILE)
     assert text[start:end] == recipe_switch_table(), \
-        f"README.md's recipe switch table is out of date; regenerate it: {RECIPE_TABLE_COMMAND}"
+        f"{RECIPE_TABLE_FILE}'s recipe switch table is out of date; regenerate it: {RECIPE_TABLE_COMMAND}"
     for group in RECIPE_GROUPS:
         for name in field_meta(type(getattr(TrainConfig(), group))):
             assert f"| `{group}.{name}` |" in text[start:end]

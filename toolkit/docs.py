@@ -9,8 +9,8 @@ comment on its line and the indented comment lines under it:
 
 `field_docs(cls)` reads those comments back (parsed once per source file), so `--help` shows the same text
 a reader of the source sees. Section comments at the indentation of the fields (`# ---- input ----`) belong
-to no field: `field_sections(cls)` gives the section each field is declared in (the README's switch table is
-grouped by them).
+to no field: `field_sections(cls)` gives the section each field is declared in (the switch tables of docs/models.md
+and docs/training.md are grouped by them).
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def value_text(value) -> str:
     return str(list(value) if isinstance(value, tuple) else value)
 
 
-# ---- switch tables (the README's) ----------------------------------------------------------------------
+# ---- switch tables (docs/models.md's and docs/training.md's) ---------------------------------------------
 
 TABLE_HEADER = "| switch | values (default first) | what it does | set by | no effect when |"
 
@@ -132,8 +132,8 @@ def switch_table(cls: type, prefix: str = "", untitled: str = "") -> str:
     return "\n".join(lines[1:]) + "\n"
 
 
-def readme_span(text: str, begin: str, end: str, source: str = "README.md") -> tuple[int, int]:
-    """The character span between a README's two marker lines (a generated table's place)."""
+def marked_span(text: str, begin: str, end: str, source: str) -> tuple[int, int]:
+    """The character span between a document's two marker lines (a generated table's place)."""
     start, stop = text.find(begin), text.find(end)
     if start < 0 or stop < start:
         from .errors import ConfigError
@@ -141,9 +141,9 @@ def readme_span(text: str, begin: str, end: str, source: str = "README.md") -> t
     return start + len(begin) + 1, stop
 
 
-def write_readme_span(path, begin: str, end: str, content: str) -> None:
-    """Replace what lies between a README's two marker lines."""
+def write_marked_span(path, begin: str, end: str, content: str) -> None:
+    """Replace what lies between a document's two marker lines."""
     from .files import atomic_write_text
     text = path.read_text()
-    start, stop = readme_span(text, begin, end, str(path))
+    start, stop = marked_span(text, begin, end, str(path))
     atomic_write_text(path, text[:start] + content + text[stop:])

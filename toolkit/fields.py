@@ -16,8 +16,8 @@ The metadata keys (all optional):
               tuple of conditions (or)
 
 Everything else is derived: `check_choices` refuses values outside `choices`, `inert_fields` lists the fields
-without effect on a config with the setting that makes it so, the `--help` texts and the README's switch table
-show the citations and conditions.
+without effect on a config with the setting that makes it so, the `--help` texts and the switch tables of
+docs/models.md and docs/training.md show the citations and conditions.
 """
 from __future__ import annotations
 
