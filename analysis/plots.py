@@ -480,23 +480,27 @@ def make_plots(sweep: SweepRuns, out_dir: str | Path, metric: str) -> list[Path]
     return paths
 
 
-def samples_side_by_side(sweep: SweepRuns, grids: list, path: str | Path, per_line: int = 4) -> Path:
-    """The rows' sample grids (`analysis.samples.RowGrid`) in one figure, `per_line` to a line, each under its row's
-    label in the row's colour; a row without a grid says why in its place. The report's summary shows it."""
+def samples_side_by_side(sweep: SweepRuns, grids: list, path: str | Path, per_line: int = 2,
+                         width: float = 5.0) -> Path:
+    """The rows' sample grids (`analysis.samples.RowGrid`) in one figure, `per_line` to a line, each `width` inches
+    wide under its row's label in the row's colour; a row without a grid says why in its place. The report's
+    summary shows it."""
     import matplotlib.image
     colours = row_colours(sweep.labels)
+    pictures = {id(grid): matplotlib.image.imread(grid.path) for grid in grids if grid.path is not None}
+    aspect = max((p.shape[0] / p.shape[1] for p in pictures.values()), default=1.0)     # height / width
     lines = -(-max(1, len(grids)) // per_line)
     columns = min(per_line, max(1, len(grids)))
-    fig = Figure(figsize=(3.2 * columns, 3.6 * lines), layout="constrained")
+    fig = Figure(figsize=(width * columns, (width * aspect + 0.5) * lines), layout="constrained")
     axes = fig.subplots(lines, columns, squeeze=False).ravel()
     for ax, grid in zip(axes, grids):
         name = grid.label + ("" if grid.grid in ("{}", "", None) else f" {grid.grid}")
-        ax.set_title(textwrap.fill(name, 30), fontsize=9, color=colours.get(grid.label, "black"))
+        ax.set_title(textwrap.fill(name, 50), fontsize=9, color=colours.get(grid.label, "black"))
         if grid.path is None:
             ax.text(0.5, 0.5, textwrap.fill(f"no grid: {grid.reason}", 30), ha="center", va="center",
                     transform=ax.transAxes, color="0.4", fontsize=8)
         else:
-            ax.imshow(matplotlib.image.imread(grid.path), interpolation="nearest")
+            ax.imshow(pictures[id(grid)], interpolation="nearest")
         ax.set_axis_off()
     for ax in axes[len(grids):]:
         ax.set_axis_off()
