@@ -125,19 +125,22 @@ LIVE_KEYS = ("loss", "grad_norm", "lr", "images_per_s", "epoch", "system/step", 
 
 def fill(uri: str, experiment_id: str, runs: list[tuple[str, str]], running: int) -> list[str]:
     """Runs (sweep, signature) as a trainer leaves them: tags, params, metrics; all FINISHED but the last
-    `running`. Returns the ids of the running ones."""
+    `running`. Returns the ids of the running ones. Their start and end times are stamped an hour back, as a
+    sweep's runs are when someone watches it (filled seconds ago, every run would look just started: a poll
+    re-reads what started or ended within harness/sweep/reader.py's clock margin)."""
     client = mlflow_client(uri)
+    hour_ago = int(time.time() * 1000) - 3600 * 1000
 
     def one(item):
         index, (sweep, signature) = item
-        run = client.create_run(experiment_id, tags={"sweep": sweep, "signature": signature,
-                                                     "total_steps": "1000"}).info.run_id
+        run = client.create_run(experiment_id, start_time=hour_ago, tags={"sweep": sweep, "signature": signature,
+                                                                          "total_steps": "1000"}).info.run_id
         for start in range(0, len(PARAMS), 100):
             client.log_batch(run, params=PARAMS[start:start + 100])
         now = int(time.time() * 1000)
         client.log_batch(run, metrics=[Metric(k, 0.5, now, 500) for k in LIVE_KEYS])
         if index < len(runs) - running:
-            client.set_terminated(run, "FINISHED")
+            client.set_terminated(run, "FINISHED", end_time=hour_ago + 60 * 1000)
         return run
 
     with ThreadPoolExecutor(8) as pool:
