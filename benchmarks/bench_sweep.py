@@ -170,7 +170,7 @@ def watch(sweep: Sweep, seconds: float, every_s: float, incremental: bool) -> tu
         if not incremental:
             sweep.__dict__["readers"] = Readers()          # every store read in full, as before
         states = sweep.states()
-        console.print(progress.table(states))
+        console.print(progress.table(states, fold_done_after=44))          # the live view of a 50-line terminal
         refreshes.append(time.perf_counter() - tick)
         time.sleep(max(0.0, every_s - (time.perf_counter() - tick)))
     return refreshes, time.process_time() - cpu

@@ -75,6 +75,21 @@ def test_wait_redraws_in_place_on_a_terminal_until_every_run_has_ended():
     assert "NonFiniteLoss" in drawn and "done=1 running=0 pending=0 failed=1" in drawn
 
 
+def test_the_live_view_folds_each_rows_finished_runs_beyond_a_screen():
+    """More runs than fit: each row's finished runs are one line counting them; the others are listed."""
+    states = [run_state(label, seed, "done", step=400, loss=0.4, fd=9.0) for label in ("patch-wise", "pixel-wise")
+              for seed in range(20)] + RUNNING
+    terminal, out = console(True)
+    terminal.print(progress.table(states, fold_done_after=10))
+    drawn = out.getvalue()
+    assert "20 done" in drawn and drawn.count("done") == 2 + 1                   # two folded rows, the caption
+    assert "running" in drawn and "150/400" in drawn and "pending" in drawn      # the live runs, in full
+    assert "done=40 running=1 pending=1" in drawn
+    terminal, out = console(True)
+    terminal.print(progress.table(states))                                        # `status`: every run
+    assert out.getvalue().count("400/400") == 40
+
+
 def test_wait_prints_each_change_once_when_not_a_terminal():
     polls = iter([RUNNING, RUNNING, ENDED])
     piped, out = console(False)

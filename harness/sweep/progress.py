@@ -88,13 +88,23 @@ def counts(states: list[RunState]) -> str:
     return " ".join(f"{k}={sum(s.state == k for s in states)}" for k in STATES)
 
 
-def table(states: list[RunState]) -> Table:
-    """The rich table of a sweep's runs, with the counts as its caption."""
+def table(states: list[RunState], fold_done_after: int | None = None) -> Table:
+    """The rich table of a sweep's runs, with the counts as its caption. With more runs than `fold_done_after`
+    (the live view: more than a screen), each row's finished runs fold into one line that counts them, and the
+    runs still running, pending, failed or new are listed: redrawing a thousand finished runs every poll costs
+    more than reading what changed (BENCHMARKS.md, the live case)."""
     view = Table(*HEADER, caption=f"{time.strftime('%H:%M:%S')}  {counts(states)}", caption_justify="left")
+    fold = fold_done_after is not None and len(states) > fold_done_after
+    folded: dict[str, int] = {}
     for s in states:
+        if fold and s.state == "done":
+            folded[s.run.label] = folded.get(s.run.label, 0) + 1
+            continue
         cells = Line.of(s).cells()
         cells[2] = f"[{STYLE.get(s.state, '')}]{cells[2]}[/]"
         view.add_row(*cells)
+    for label, done in folded.items():
+        view.add_row(label, "", f"[{STYLE['done']}]{done} done[/]", *[""] * (len(HEADER) - 3))
     return view
 
 
@@ -123,14 +133,16 @@ def ended(states: list[RunState]) -> bool:
 def follow(poll: Callable[[], list[RunState]], console: Console, every_s: float = 10.0,
            sleep: Callable[[float], None] = time.sleep) -> list[RunState]:
     """Poll until no run is running or pending; returns the last states. On a terminal the table is redrawn in
-    place; otherwise every run is printed once, then each run whose state or step changed, then the counts."""
+    place (finished runs folded per row beyond a screen of runs); otherwise every run is printed once, then each
+    run whose state or step changed, then the counts."""
     states = poll()
     if console.is_terminal:
-        with Live(table(states), console=console, auto_refresh=False) as live:
+        fold = max(10, console.height - 6)          # what fits under the header and the caption
+        with Live(table(states, fold), console=console, auto_refresh=False) as live:
             while not ended(states):
                 sleep(every_s)
                 states = poll()
-                live.update(table(states), refresh=True)
+                live.update(table(states, fold), refresh=True)
         return states
     shown: dict[tuple, tuple] = {}
     while True:
