@@ -13,8 +13,9 @@
 5. the live case (`--live`; needs DITLAB_POSTGRES_URI and PGPASSFILE: `eval "$(scripts/local_postgres.sh env)"`):
    the same 1,000-run sweep on a PostgreSQL store holding 1,000 runs with their ~190 params each — 900 finished,
    100 running and logging (every 10 s each, from another process, as jobs do) — and two reuse stores of 1,000
-   finished runs each; the live view (`--wait`, `status --watch`: a poll every 10 s, the table redrawn) for a
-   minute — targets: a refresh under 2 s, the watcher under 5% of a core. The same minute re-reading every store
+   finished runs each; the live view (`--wait`, `status --watch`: a poll every 10 s, or further apart when a poll
+   costs more than 5% of a core over that time; the table redrawn to a 50-line terminal) for a minute — targets:
+   a refresh under 2 s, the watcher under 5% of a core. The same minute re-reading every store
    at every poll (as before harness/sweep/reader.py) is printed beside it.
 
     python benchmarks/bench_sweep.py [--live]
@@ -160,20 +161,23 @@ def log_on(uri: str, run_ids: list[str], every_s: float, stop) -> None:
         stop.wait(max(0.0, every_s - (time.time() - started)))
 
 
-def watch(sweep: Sweep, seconds: float, every_s: float, incremental: bool) -> tuple[list[float], float]:
-    """The live view for `seconds`: a poll every `every_s` s and the table redrawn (to a terminal in memory).
-    Returns (each refresh's seconds, CPU seconds of this process)."""
-    console = Console(file=io.StringIO(), force_terminal=True, width=200)
-    refreshes, cpu, began = [], time.process_time(), time.perf_counter()
+def watch(sweep: Sweep, seconds: float, every_s: float, incremental: bool) -> tuple[list[float], list[float], float]:
+    """The live view for `seconds`, the table redrawn to a 50-line terminal in memory; paced as `progress.follow`
+    paces it (a poll every `every_s` s, or further apart when one costs more than its share of a core), except
+    when every store is re-read at every poll (the view before harness/sweep/reader.py: every `every_s` s).
+    Returns (each refresh's seconds, each refresh's CPU seconds, CPU seconds of this process)."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=200, height=50)
+    refreshes, costs, cpu, began = [], [], time.process_time(), time.perf_counter()
     while time.perf_counter() - began < seconds:
-        tick = time.perf_counter()
+        tick, poll_cpu = time.perf_counter(), time.process_time()
         if not incremental:
             sweep.__dict__["readers"] = Readers()          # every store read in full, as before
         states = sweep.states()
-        console.print(progress.table(states, fold_done_after=44))          # the live view of a 50-line terminal
+        console.print(progress.table(states, rows=console.height - 6))
         refreshes.append(time.perf_counter() - tick)
-        time.sleep(max(0.0, every_s - (time.perf_counter() - tick)))
-    return refreshes, time.process_time() - cpu
+        costs.append(time.process_time() - poll_cpu)
+        time.sleep(progress.pause(every_s, costs[-1]) if incremental else every_s)
+    return refreshes, costs, time.process_time() - cpu
 
 
 def live(minutes: float = 1.0) -> None:
@@ -206,13 +210,15 @@ def live(minutes: float = 1.0) -> None:
             first = time.perf_counter()
             states = watcher.states()
             first = time.perf_counter() - first
-            refreshes, cpu = watch(watcher, 60 * minutes, 10.0, incremental)
-            later = sorted(refreshes)                  # the polls after the first
-            label = "reads what changed (harness/sweep/reader.py)" if incremental else "re-reads every store (before)"
+            refreshes, costs, cpu = watch(watcher, 60 * minutes, 10.0, incremental)
+            later, costs = sorted(refreshes), sorted(costs)
+            label = "reads what changed, paced (harness/sweep/reader.py, progress.pause)" if incremental else \
+                "re-reads every store every 10 s (before)"
             print(f"  live view, {label}: first poll {first:.2f} s ({sum(s.state == 'running' for s in states)} "
-                  f"running); {len(later)} later polls: median {later[len(later) // 2]:.2f} s, max {later[-1]:.2f} s "
-                  f"(target < 2 s); watcher CPU {cpu:.1f} s in {minutes:g} min = {100 * cpu / (60 * minutes):.1f}% "
-                  f"of a core (target < 5%)")
+                  f"running); {len(later)} polls in {minutes:g} min (one every {60 * minutes / len(later):.1f} s): "
+                  f"refresh median {later[len(later) // 2]:.2f} s, max {later[-1]:.2f} s (target < 2 s), CPU a poll "
+                  f"median {costs[len(costs) // 2]:.2f} s; watcher CPU {cpu:.1f} s in {minutes:g} min = "
+                  f"{100 * cpu / (60 * minutes):.1f}% of a core (target < 5%)")
     finally:
         stop.set()
         logger.join()

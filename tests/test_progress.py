@@ -2,6 +2,7 @@
 step/total, last loss, last metric, ETA and job id — a rich table redrawn in place on a terminal, plain lines
 without control characters otherwise (a pipe, a log). Terminals are rich's own (`Console(force_terminal=...)`)."""
 import io
+import time
 from types import SimpleNamespace
 
 from rich.console import Console
@@ -80,14 +81,47 @@ def test_the_live_view_folds_each_rows_finished_runs_beyond_a_screen():
     states = [run_state(label, seed, "done", step=400, loss=0.4, fd=9.0) for label in ("patch-wise", "pixel-wise")
               for seed in range(20)] + RUNNING
     terminal, out = console(True)
-    terminal.print(progress.table(states, fold_done_after=10))
+    terminal.print(progress.table(states, rows=10))
     drawn = out.getvalue()
     assert "20 done" in drawn and drawn.count("done") == 2 + 1                   # two folded rows, the caption
     assert "running" in drawn and "150/400" in drawn and "pending" in drawn      # the live runs, in full
-    assert "done=40 running=1 pending=1" in drawn
+    assert "done=40 running=1 pending=1" in drawn and "more" not in drawn
     terminal, out = console(True)
     terminal.print(progress.table(states))                                        # `status`: every run
     assert out.getvalue().count("400/400") == 40
+
+
+def test_the_live_view_keeps_failed_runs_on_screen_and_counts_what_does_not_fit():
+    """Still more live runs than a screen holds: the failed ones first, then running, pending, new, in the plan's
+    order; one line counts the rest (the caption still counts every run)."""
+    states = ([run_state("patch-wise", seed, "new") for seed in range(6)]
+              + [run_state("pixel-wise", seed, "running", step=150, loss=0.5) for seed in range(6)]
+              + [run_state("pixel-wise", 9, "failed", step=20, loss=0.5, reason="NonFiniteLoss: nan")])
+    terminal, out = console(True)
+    terminal.print(progress.table(states, rows=5))
+    drawn = out.getvalue()
+    assert "NonFiniteLoss" in drawn and drawn.count("150/400") == 3               # failed, then 3 running
+    assert "... 9 more" in drawn and "running=3 new=6" in drawn                   # what was left out, counted
+    assert "done=0 running=6 pending=0 failed=1 new=6" in drawn
+    assert drawn.index("150/400") < drawn.index("NonFiniteLoss")                 # shown in the plan's order
+
+
+def test_the_live_view_polls_further_apart_when_a_poll_costs_more_than_its_share_of_a_core():
+    """A poll of a large sweep on a remote store can cost a second of CPU: the wait before the next one grows so
+    that the watcher takes at most CPU_SHARE of a core (a login node is shared)."""
+    assert progress.pause(10.0, 0.1) == 10.0
+    assert progress.pause(10.0, 1.0) == 1.0 / progress.CPU_SHARE - 1.0
+    polls, waits = iter([RUNNING, RUNNING, ENDED]), []
+
+    def costly_poll():
+        began = time.process_time()
+        while time.process_time() - began < 0.05:                                 # 50 ms of CPU
+            pass
+        return next(polls)
+
+    piped, _ = console(False)
+    progress.follow(costly_poll, piped, every_s=0.1, sleep=waits.append)
+    assert len(waits) == 2 and all(wait >= 0.05 * (1 / progress.CPU_SHARE - 1) for wait in waits)
 
 
 def test_wait_prints_each_change_once_when_not_a_terminal():

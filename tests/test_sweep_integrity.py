@@ -33,6 +33,7 @@ from harness.sweep.plan import plan_sweep
 from harness.sweep.processes import pid_alive
 from harness.sweep.spec import load_sweep
 from harness.sweep.store import store_uri
+from harness.sweep.sweep import Sweep
 from harness.trainer import RunFolderLock, train
 from models.config import ModelConfig
 
@@ -99,6 +100,15 @@ def test_finished_runs_are_reused_across_sweeps_and_no_reuse_trains_anew(trackin
     assert "1 of 2 runs to submit" in capsys.readouterr().out
     own = states(second)[("pixel-wise", 0)]
     assert own.source is None and own.mlflow_run.data.tags["sweep"] == "second"
+    # a poll of a sweep whose run is running (here logged from outside its jobs) reads no other store
+    third = debug_sweep(sweep_dir, "third", seeds=[0], reuse_from=["first.yaml"], tracking=tracking,
+                        rows=[{"label": "pixel-wise", "set": {"model.adaln": "C"}}])
+    watched = Sweep.open(third)
+    experiment = watched.prepare_store()
+    watched.save_manifest()
+    watched.client.create_run(experiment, tags={"sweep": "third", "signature": watched.plan[0].signature})
+    assert [s.state for s in watched.states()] == ["running"]
+    assert [key[1] for key in watched.readers._readers] == ["tags.sweep = 'third'"]
 
 
 @pytest.mark.parametrize("tracking", STORES, indirect=True)

@@ -25,6 +25,8 @@ from .state import RunState
 
 STATES = ("done", "running", "pending", "failed", "new")
 STYLE = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "bold red", "new": "dim"}
+SHOWN_FIRST = ("failed", "running", "pending", "new")   # which runs a screen keeps when not all fit
+CPU_SHARE = 0.05        # the most of a core the live view takes between polls: a login node is shared
 
 
 def age(seconds: float | None) -> str:
@@ -84,27 +86,38 @@ class Line:
 HEADER = ["run", "seed", "state", "step", "loss", "metric", "ETA", "job", ""]
 
 
-def counts(states: list[RunState]) -> str:
-    return " ".join(f"{k}={sum(s.state == k for s in states)}" for k in STATES)
+def counts(states: list[RunState], zero: bool = True) -> str:
+    tally = {k: sum(s.state == k for s in states) for k in STATES}
+    return " ".join(f"{k}={n}" for k, n in tally.items() if n or zero)
 
 
-def table(states: list[RunState], fold_done_after: int | None = None) -> Table:
-    """The rich table of a sweep's runs, with the counts as its caption. With more runs than `fold_done_after`
-    (the live view: more than a screen), each row's finished runs fold into one line that counts them, and the
-    runs still running, pending, failed or new are listed: redrawing a thousand finished runs every poll costs
-    more than reading what changed (BENCHMARKS.md, the live case)."""
+def table(states: list[RunState], rows: int | None = None) -> Table:
+    """The rich table of a sweep's runs, with the counts as its caption. With more runs than `rows` (the live
+    view: a screen), each row's finished runs fold into one line that counts them; if the rest still do not fit,
+    the failed, then running, pending and new runs fill the screen (in the plan's order) and one line counts the
+    others: drawing runs that a terminal crops away costs more than reading what changed (BENCHMARKS.md, the
+    live case). `status` lists every run."""
     view = Table(*HEADER, caption=f"{time.strftime('%H:%M:%S')}  {counts(states)}", caption_justify="left")
-    fold = fold_done_after is not None and len(states) > fold_done_after
-    folded: dict[str, int] = {}
-    for s in states:
-        if fold and s.state == "done":
-            folded[s.run.label] = folded.get(s.run.label, 0) + 1
-            continue
+    listed, folded, hidden = list(states), {}, []
+    if rows is not None and len(states) > rows:
+        listed = [s for s in states if s.state != "done"]
+        for s in states:
+            if s.state == "done":
+                folded[s.run.label] = folded.get(s.run.label, 0) + 1
+        room = max(1, rows - len(folded))
+        if len(listed) > room:
+            kept = {id(s) for s in sorted(listed, key=lambda s: SHOWN_FIRST.index(s.state))[:room - 1]}
+            hidden = [s for s in listed if id(s) not in kept]
+            listed = [s for s in listed if id(s) in kept]
+    for s in listed:
         cells = Line.of(s).cells()
         cells[2] = f"[{STYLE.get(s.state, '')}]{cells[2]}[/]"
         view.add_row(*cells)
     for label, done in folded.items():
         view.add_row(label, "", f"[{STYLE['done']}]{done} done[/]", *[""] * (len(HEADER) - 3))
+    if hidden:
+        view.add_row(f"... {len(hidden)} more", "", f"[dim]{counts(hidden, zero=False)}[/]",
+                     *[""] * (len(HEADER) - 4), "run_sweep.py status lists every run")
     return view
 
 
@@ -130,19 +143,28 @@ def ended(states: list[RunState]) -> bool:
     return not any(s.state in ("running", "pending") for s in states)
 
 
+def pause(every_s: float, poll_cpu_s: float) -> float:
+    """Seconds until the next poll: `every_s`, or longer when the last poll cost so much CPU (a large sweep on a
+    remote store) that polling every `every_s` would take more than CPU_SHARE of a core."""
+    return max(every_s, poll_cpu_s * (1 / CPU_SHARE - 1))
+
+
 def follow(poll: Callable[[], list[RunState]], console: Console, every_s: float = 10.0,
            sleep: Callable[[float], None] = time.sleep) -> list[RunState]:
     """Poll until no run is running or pending; returns the last states. On a terminal the table is redrawn in
-    place (finished runs folded per row beyond a screen of runs); otherwise every run is printed once, then each
-    run whose state or step changed, then the counts."""
+    place (what fits a screen: `table`); otherwise every run is printed once, then each run whose state or step
+    changed, then the counts. Polls come every `every_s` seconds, or further apart when one costs more than
+    CPU_SHARE of a core over that time (`pause`)."""
+    cpu = time.process_time()
     states = poll()
     if console.is_terminal:
-        fold = max(10, console.height - 6)          # what fits under the header and the caption
-        with Live(table(states, fold), console=console, auto_refresh=False) as live:
+        rows = max(10, console.height - 6)          # what fits under the header and the caption
+        with Live(table(states, rows), console=console, auto_refresh=False) as live:
             while not ended(states):
-                sleep(every_s)
+                sleep(pause(every_s, time.process_time() - cpu))
+                cpu = time.process_time()
                 states = poll()
-                live.update(table(states, fold), refresh=True)
+                live.update(table(states, rows), refresh=True)
         return states
     shown: dict[tuple, tuple] = {}
     while True:
@@ -156,5 +178,6 @@ def follow(poll: Callable[[], list[RunState]], console: Console, every_s: float 
             shown.update({(line.run, line.seed): (line.state, line.step) for line in changed})
         if ended(states):
             return states
-        sleep(every_s)
+        sleep(pause(every_s, time.process_time() - cpu))
+        cpu = time.process_time()
         states = poll()

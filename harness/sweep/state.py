@@ -100,17 +100,13 @@ def sweep_states(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient, 
     tracked = mlflow_runs(client, spec.experiment_name, spec.name, readers)
     submitted = [manifest["runs"][r.run_name] for r in runs if r.run_name in manifest["runs"]]
     jobs = scheduler_states(spec, submitted) if submitted else {}
-    wanted = {r.signature for r in runs if tracked.get(r.signature) is None
-              or tracked[r.signature].info.status != "FINISHED"}
-    elsewhere = finished_runs(reuse_stores(spec), wanted, readers) if reuse and wanted else {}
-    now = time.time()
-    states = []
+    here = {}                                     # run name -> (state here, job id, job state)
     for run in runs:
         record = manifest["runs"].get(run.run_name)
         job_id = record["job_id"] if record else None
         job_state = jobs.get(job_id) if job_id else None
         alive = job_state is not None and job_state in executor_class(record["executor"]).LIVE
-        found, store, source = tracked.get(run.signature), store_uri(spec), None
+        found = tracked.get(run.signature)
         status = found.info.status if found else None
         if status == "FINISHED":
             state = "done"
@@ -122,7 +118,16 @@ def sweep_states(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient, 
             state = "running"
         else:
             state = "new"
-        if state in ("new", "failed") and run.signature in elsewhere:
+        here[run.run_name] = state, job_id, job_state
+    # only a run that is new or failed here may be done elsewhere: a poll of a running sweep reads no other store
+    wanted = {r.signature for r in runs if here[r.run_name][0] in ("new", "failed")}
+    elsewhere = finished_runs(reuse_stores(spec), wanted, readers) if reuse and wanted else {}
+    now = time.time()
+    states = []
+    for run in runs:
+        state, job_id, job_state = here[run.run_name]
+        found, store, source = tracked.get(run.signature), store_uri(spec), None
+        if run.signature in elsewhere:
             other = elsewhere[run.signature]
             found, store, state = other.run, other.store, "done"
             source = other.sweep if other.sweep != spec.name or other.store != store_uri(spec) else None
