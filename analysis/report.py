@@ -54,6 +54,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BOOKKEEPING_KEYS = ("run.name", "run.out_dir", "run.resume", "run.seed", "tracking.")
 SIDE_BY_SIDE = "side_by_side.png"        # the summary's sample grids, under the report's `samples/`
 REPORT_LINKS = "**The report:**"         # where the links start in the parent run's description
+GLANCE = "table_glance.md"               # the table at a glance, rounded: shown in the parent run's description
+DESCRIPTION_LIMIT = 8000                 # MLflow's longest tag value (its MAX_TAG_VAL_LENGTH): a larger table is linked
 STATE_REASON = {"new": "not submitted", "pending": "queued, not started", "running": "still running"}
 
 
@@ -533,11 +535,13 @@ def build_notebook(sweep: Sweep, out_dir: str | Path, metric: str | None = None,
 
 def write_tables(table, out_dir: str | Path) -> list[Path]:
     """The table as `table.md` (in full, as the report shows it), `table.tex` (fitted to a page:
-    analysis/glance.py) and `table.csv` in `out_dir`."""
+    analysis/glance.py), `table.csv` and `table_glance.md` (the verdict, the table at a glance, its legend: what
+    the parent run's description shows) in `out_dir`."""
     paths = []
-    for fmt, suffix in (("markdown", ".md"), ("latex", ".tex"), ("csv", ".csv")):
-        path = Path(out_dir) / f"table{suffix}"
-        path.write_text(render(table, fmt, wide=fmt == "markdown"), encoding="utf-8")
+    for name, fmt, wide in (("table.md", "markdown", True), ("table.tex", "latex", False),
+                            ("table.csv", "csv", False), (GLANCE, "markdown", False)):
+        path = Path(out_dir) / name
+        path.write_text(render(table, fmt, wide=wide), encoding="utf-8")
         paths.append(path)
     return paths
 
@@ -585,29 +589,37 @@ def write_report(sweep: Sweep, out_dir: Path | None = None, metric: str | None =
         if parent:
             for path in (notebook_path, html_path):
                 client.log_artifact(parent, str(path), "report")
-            for path in sorted(out_dir.glob("table.*")):           # the tables this execution wrote
+            for path in sorted(out_dir.glob("table*")):            # the tables this execution wrote
                 if path.stat().st_mtime >= started:
                     client.log_artifact(parent, str(path), "report")
             for folder in ("plots", "samples"):                     # the figures this execution wrote
                 for path in sorted((out_dir / folder).glob("*")):
                     if path.suffix in (".png", ".pdf") and path.stat().st_mtime >= started:
                         client.log_artifact(parent, str(path), folder)
-            link_report(client, parent, html_path.name, (out_dir / "samples" / SIDE_BY_SIDE).exists())
+            glance = out_dir / GLANCE
+            link_report(client, parent, html_path.name, (out_dir / "samples" / SIDE_BY_SIDE).exists(),
+                        glance.read_text(encoding="utf-8") if glance.exists() and glance.stat().st_mtime >= started
+                        else None)
     return notebook_path, html_path
 
 
 
-def link_report(client, parent: str, html_name: str, with_samples: bool) -> None:
+def link_report(client, parent: str, html_name: str, with_samples: bool, glance: str | None = None) -> None:
     """Append to the parent run's description (MLflow's `mlflow.note.content`, Markdown) links to the report, its
-    table and plots in the UI's artifact view, and the rows' samples side by side; links of an earlier report are
-    replaced. Relative links: they hold on any host and port the UI is served from."""
+    table and plots in the UI's artifact view, the table at a glance (`glance`: its verdict and numbers rounded as
+    the terminal's table rounds them, where MLflow's run list shows every digit logged; left out when the
+    description would pass MLflow's DESCRIPTION_LIMIT) and the rows' samples side by side; what an earlier report
+    appended is replaced. Relative links: they hold on any host and port the UI is
+    served from."""
     run = client.get_run(parent)
     note = run.data.tags.get("mlflow.note.content", "").split("\n\n" + REPORT_LINKS)[0].split(REPORT_LINKS)[0]
     view = f"#/experiments/{run.info.experiment_id}/runs/{parent}/artifactPath"
     training = "?workflowType=machine_learning"        # MLflow's model-training navigation, not its GenAI one
     links = (f"{REPORT_LINKS} [{_md(html_name)}]({view}/report/{html_name}{training}) · "
              f"[the table]({view}/report/table.md{training}) · [the plots]({view}/plots{training})")
-    if with_samples:
-        links += (f"\n\n![every row's samples, from the same noise](get-artifact?path=samples%2F{SIDE_BY_SIDE}"
-                  f"&run_uuid={parent})")
-    client.set_tag(parent, "mlflow.note.content", (note + "\n\n" if note else "") + links)
+    samples = (f"\n\n![every row's samples, from the same noise](get-artifact?path=samples%2F{SIDE_BY_SIDE}"
+               f"&run_uuid={parent})") if with_samples else ""
+    text = (note + "\n\n" if note else "") + links
+    if glance and len(text + glance + samples) + 4 <= DESCRIPTION_LIMIT:
+        text += "\n\n" + glance.strip()
+    client.set_tag(parent, "mlflow.note.content", text + samples)

@@ -303,13 +303,21 @@ def test_report_is_logged_to_the_parent_run(report, sweep):
     assert {"fd_per_row.png", "fd_per_row.pdf", "fd_vs_cost.png", "loss.pdf"} <= plots
     samples = {Path(a.path).name for a in sweep.client.list_artifacts(sweep.parent_run_id, "samples")}
     assert "side_by_side.png" in samples
-    # the parent run's description links to them (in the UI: tests/test_ui.py), once however often it is written
+    assert {"table.md", "table.tex", "table.csv", "table_glance.md"} <= logged
+    # the parent run's description links to them and shows the table at a glance, rounded (in the UI:
+    # tests/test_ui.py), once however often it is written
+    glance = (html_path.parent / "table_glance.md").read_text().strip()
+    assert "FD ↓" in glance and re.search(r"\d ± \d", glance) and "| 3 + no pixel pathway |" in glance
     for _ in range(2):
         note = sweep.client.get_run(sweep.parent_run_id).data.tags["mlflow.note.content"]
-        assert note.count("**The report:**") == 1
+        assert note.count("**The report:**") == 1 and note.count(glance) == 1
         assert f"artifactPath/report/{html_path.name}?workflowType=machine_learning)" in note
         assert f"get-artifact?path=samples%2Fside_by_side.png&run_uuid={sweep.parent_run_id})" in note
-        link_report(sweep.client, sweep.parent_run_id, html_path.name, True)
+        link_report(sweep.client, sweep.parent_run_id, html_path.name, True, glance)
+    # a table too long for a run's description (MLflow keeps 8,000 characters) is left to the links
+    link_report(sweep.client, sweep.parent_run_id, html_path.name, True, "| a |\n" * 2000)
+    note = sweep.client.get_run(sweep.parent_run_id).data.tags["mlflow.note.content"]
+    assert "| a |" not in note and glance not in note and "**The report:**" in note and "side_by_side" in note
 
 
 def test_report_notebook_reruns_on_its_own(report, sweep, tmp_path, monkeypatch):

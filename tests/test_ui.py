@@ -9,6 +9,7 @@ import base64
 import fcntl
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -277,6 +278,17 @@ def test_the_parent_run_links_the_report_and_shows_the_samples_and_runs_wear_the
         text = page.evaluate("document.body.innerText")
         keep(page.screenshot(tmp_path / "mlflow_ui_parent_run.png"))
         assert loaded == 1 and "The report:" in text and DESCRIPTION in text
+        # the table at a glance, drawn as a table, its numbers rounded as the terminal's table rounds them (the
+        # run list shows every digit logged)
+        page.evaluate("[...document.querySelectorAll('button')].find(b => b.textContent === 'Show more')?.click()")
+        header = page.evaluate("[...document.querySelectorAll('th')].map(th => th.textContent.trim())")
+        assert "row" in header and "FD ↓" in header, header
+        rows = page.evaluate("[...document.querySelectorAll('tr')].map(tr => [...tr.querySelectorAll('td')]"
+                             ".map(td => td.textContent.trim()))")
+        shown = [row[header.index("FD ↓")] for row in rows if len(row) == len(header)]
+        assert len(shown) == 2 and all(re.fullmatch(r"[\d.]+†?", cell) and len(re.sub(r"\D", "", cell)) <= 4
+                                       for cell in shown), shown
+        keep(page.screenshot(tmp_path / "mlflow_ui_parent_run_description.png"))
         assert "Model registry" in text and "Evaluation runs" not in text          # the model-training navigation
         link = page.evaluate(f"[...document.links].find(a => a.textContent === {json.dumps(html.name)})?.href")
         assert link and link.endswith(f"/runs/{parent}/artifactPath/report/{html.name}?workflowType=machine_learning")
