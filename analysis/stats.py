@@ -1,9 +1,12 @@
 """How sure a table is: t-intervals over seeds, paired t-tests between rows, and when a row may be bold.
 
 - A cell is the mean over the finished seeds with the 95% t-interval, mean ± t(0.975, n-1) · s / sqrt(n)
-  (s: the sample standard deviation; scipy's `stats.t.interval`).
-- Two rows are compared with the paired t-test over the seeds both finished (scipy's `ttest_rel`,
-  df = pairs - 1), with the 95% interval of the mean difference. Seeds pair up because a seed fixes
+  (s: the sample standard deviation; what scipy's `stats.t.interval` gives).
+- Two rows are compared with the paired t-test over the seeds both finished (what scipy's `ttest_rel` gives:
+  t = mean difference / (s / sqrt(pairs)), df = pairs - 1, two-sided p), with the 95% interval of the mean
+  difference. The t distribution's quantile and CDF are scipy's `special.stdtrit` and `stdtr`, which
+  `stats.t` computes with: `scipy.stats` itself takes 0.5 s to import, an eighth of `run_sweep.py table`
+  (tests/test_table.py checks both against `scipy.stats`). Seeds pair up because a seed fixes
   a run's data order, noise and initialisation (`harness.train`), whatever the row.
 - Fewer than MIN_N values (or seed pairs) make an interval or a test unreliable: it is shown, marked,
   and never counts as a win.
@@ -13,11 +16,10 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 CONFIDENCE = 0.95
 ALPHA = 0.05          # a paired test with p below this is significant
@@ -55,8 +57,13 @@ def t_interval(values) -> Interval:
     std = float(v.std(ddof=1))
     if std == 0:
         return Interval(n, mean, 0.0, mean, mean)
-    low, high = stats.t.interval(CONFIDENCE, n - 1, loc=mean, scale=std / math.sqrt(n))
-    return Interval(n, mean, std, float(low), float(high))
+    half = t_quantile(n - 1) * std / math.sqrt(n)
+    return Interval(n, mean, std, mean - half, mean + half)
+
+
+def t_quantile(df: int) -> float:
+    """The two-sided CONFIDENCE quantile of Student's t with `df` degrees of freedom."""
+    return float(special.stdtrit(df, (1 + CONFIDENCE) / 2))
 
 
 @dataclass(frozen=True)
@@ -96,11 +103,11 @@ def paired_t(values: dict, other: dict) -> Paired:
     delta = float((a - b).mean())
     if len(seeds) < 2 or np.ptp(a - b) == 0:       # no variance of the differences: no t-test
         return Paired(len(seeds), delta, NAN, NAN, NAN, len(seeds) - 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)    # near-identical differences: p is still right
-        result = stats.ttest_rel(a, b)
-        ci = result.confidence_interval(CONFIDENCE)
-    return Paired(len(seeds), delta, float(ci.low), float(ci.high), float(result.pvalue), int(result.df))
+    df = len(seeds) - 1
+    se = float((a - b).std(ddof=1)) / math.sqrt(len(seeds))
+    p = 2 * float(special.stdtr(df, -abs(delta) / se))
+    half = t_quantile(df) * se
+    return Paired(len(seeds), delta, delta - half, delta + half, p, df)
 
 
 def better(a: float, b: float, lower_is_better: bool) -> bool:

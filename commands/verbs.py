@@ -28,15 +28,17 @@ from toolkit.sizes import format_size
 
 from .address import pick_row, pick_run
 
+READ_ONLY = ("status", "logs", "cancel")   # verbs that need only the runs and their signatures (no torch)
+
 
 def run_command(args: argparse.Namespace) -> int:
     """Open the sweep once and run one parsed verb on it; an error that names no file is located in the sweep
     file."""
-    sweep = Sweep.open(args.sweep)
+    sweep = Sweep.open(args.sweep, full=args.command not in READ_ONLY)
     try:
         if getattr(args, "executor", None):
             try:
-                sweep = Sweep(sweep.spec.with_executor(args.executor))
+                sweep = Sweep(sweep.spec.with_executor(args.executor), sweep.full)
             except ConfigError as err:
                 raise err.at(key="--executor") from None
         return VERBS[args.command](sweep, args)

@@ -17,9 +17,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -47,6 +44,7 @@ EVALUATION_KEYS = ("eval.", "ema.eval_decay")
 @lru_cache(maxsize=1)
 def register_configs() -> None:
     """The schema and one `model` group option per preset, so `model=dit_xl16` picks a preset."""
+    from hydra.core.config_store import ConfigStore  # hydra: imported when a config is first composed, not by `status`
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for name, fields in PRESETS.items():
@@ -128,6 +126,8 @@ class ResolvedConfig:
 
 def compose_config(overrides: Iterable[str] = (), source: str = "overrides") -> tuple[DictConfig, str]:
     """Hydra composition only (no validation): the config tree and the chosen model preset."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

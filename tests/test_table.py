@@ -101,6 +101,10 @@ def test_interval_and_paired_test_equal_scipy():
         assert (test.p, test.low, test.high, test.df) == (pytest.approx(reference.pvalue), pytest.approx(ci.low),
                                                           pytest.approx(ci.high), n - 1)
         assert test.reliable == (n >= 3)
+    v, w = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 1.5 + 1e-9, 2.5 - 1e-9, 3.5])  # near-identical differences
+    test, reference = paired_t(dict(enumerate(v)), dict(enumerate(w))), stats.ttest_rel(v, w)
+    assert (test.p, test.low) == (pytest.approx(reference.pvalue, abs=1e-300), pytest.approx(
+        reference.confidence_interval(0.95).low))
     assert t_interval([4.0]).n == 1 and math.isnan(t_interval([4.0]).low)
     assert paired_t({0: 1.0, 1: 2.0, 7: 3.0}, {1: 1.5, 7: 2.0}).pairs == 2     # only the seeds both finished
 
@@ -399,6 +403,19 @@ def test_read_only_verbs_never_import_torch_and_logs_reads_no_store(sweep_path, 
     logs, imported = run_counting_imports("run_sweep.py", "logs", str(sweep_path), "PIXEL-W", "--seed", "1")
     assert logs.returncode == 0 and logs.stdout.startswith("==> pixel-wise · seed 1 ("), logs.stderr[-2000:]
     assert "torch" not in imported and "mlflow" not in imported
+    # after an upgrade of ditlab the cache is another code's: status and logs plan the runs again, still without torch
+    cache = sweep.folder / "plan.json"
+    written = cache.read_text()
+    entry = json.loads(written)
+    entry["code"], entry["key"] = "0" * 16, entry["key"][:16] + "0" * 16
+    cache.write_text(json.dumps(entry))
+    try:
+        upgraded, imported = run_counting_imports("run_sweep.py", "status", str(sweep_path))
+        assert upgraded.stdout == status.stdout and "torch" not in imported, upgraded.stderr[-2000:]
+        logs, imported = run_counting_imports("run_sweep.py", "logs", str(sweep_path), "PIXEL-W", "--seed", "1")
+        assert logs.returncode == 0 and "torch" not in imported and "mlflow" not in imported, logs.stderr[-2000:]
+    finally:
+        cache.write_text(written)
     text = sweep_path.read_text()
     for typo, where in ((text.replace("seeds:", "sedes:"), "sedes"),
                         (text.replace("model.adaln: B", "model.adaln: Z"), "model.adaln")):

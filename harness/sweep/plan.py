@@ -54,8 +54,8 @@ class PlannedRun:
     signature: str
     executor: ExecutorSpec
     cfg: TrainConfig | None             # None when the plan was read back from the plan cache
-    params: int = 0
-    gflops: float = 0.0
+    params: int | None = 0               # None: not counted (`plan_sweep(full=False)`)
+    gflops: float | None = 0.0
     paper: dict = field(default_factory=dict)
     same_as: int | None = None          # the index of an earlier planned run that is the same run (one signature:
                                         # a grid point that only moves a switch without effect on this row's model)
@@ -128,7 +128,7 @@ def complexity(model: ModelConfig) -> tuple[int, float, int]:
 
 
 @lru_cache(maxsize=4096)
-def _resolve_cached(experiment: str, overrides_json: str) -> tuple[TrainConfig, Interpolated]:
+def _resolve_cached(experiment: str, overrides_json: str, check: bool = True) -> tuple[TrainConfig, Interpolated]:
     overrides = json.loads(overrides_json)
     groups = tuple((k, str(v)) for k, v in overrides.items() if k in GROUP_KEYS)
     composed, _ = _composed(experiment, groups)
@@ -138,7 +138,8 @@ def _resolve_cached(experiment: str, overrides_json: str) -> tuple[TrainConfig, 
         merged = OmegaConf.merge(composed, OmegaConf.from_dotlist(fields))
         interpolated = Interpolated.of(merged)
         cfg = OmegaConf.to_object(merged)
-        validate(cfg, check_paths=False)         # data paths: at submission (`check_data_paths`), not in a dry run
+        if check:                                # data paths: at submission (`check_data_paths`), not in a dry run
+            validate(cfg, check_paths=False)
     except OmegaConfBaseException as err:
         raise interpolated.error(config_error(err, None)) from None
     except ConfigError as err:
@@ -146,13 +147,14 @@ def _resolve_cached(experiment: str, overrides_json: str) -> tuple[TrainConfig, 
     return cfg, interpolated
 
 
-def resolve_fast(experiment: str, overrides: dict) -> tuple[TrainConfig, Interpolated]:
-    """Equivalent to `configure.resolve` for plain `key: value` overrides. Composition is cached per
-    model preset and resolution per distinct override set; runs that differ only in `run.seed` share
-    everything but their `run` section (the returned configs are read, never mutated)."""
+def resolve_fast(experiment: str, overrides: dict, check: bool = True) -> tuple[TrainConfig, Interpolated]:
+    """Equivalent to `configure.resolve` for plain `key: value` overrides (without `check`, resolved but not
+    validated). Composition is cached per model preset and resolution per distinct override set; runs that
+    differ only in `run.seed` share everything but their `run` section (the returned configs are read, never
+    mutated)."""
     seed = overrides.get("run.seed")
     rest = {k: v for k, v in overrides.items() if k != "run.seed"}
-    cfg, interpolated = _resolve_cached(experiment, json.dumps(rest))
+    cfg, interpolated = _resolve_cached(experiment, json.dumps(rest), check)
     if seed is None:
         return cfg, interpolated
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed)), interpolated
@@ -179,8 +181,12 @@ def check_world_size(cfg: TrainConfig, executor: ExecutorSpec) -> None:
                           f"ranks (executor nodes x tasks_per_node) x train.grad_accum={accum}")
 
 
-def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
-    """Validate every run of the sweep; the first failure is one line naming the file and the key."""
+def plan_sweep(spec: SweepSpec, full: bool = True) -> list[PlannedRun]:
+    """Validate every run of the sweep; the first failure is one line naming the file and the key. Not `full`:
+    the runs and their signatures only, what a verb that reads the store and shows no model's size needs when
+    the code changed since the submission wrote the plan cache (an upgrade): resolved, not validated, no model
+    built (no torch); parameters, FLOPs and checkpoint sizes None. Validation never changes a config (the
+    signatures equal a full plan's: tests/test_plan_cache.py)."""
     grid_keys = list(spec.grid)
     grid_points = [dict(zip(grid_keys, values)) for values in itertools.product(*spec.grid.values())] or [{}]
     runs: list[PlannedRun] = []
@@ -190,9 +196,9 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
             for seed in spec.seeds:
                 overrides = {**spec.overrides, **row.set, **point, "run.seed": seed}
                 try:
-                    cfg, interpolated = resolve_fast(spec.experiment, overrides)
+                    cfg, interpolated = resolve_fast(spec.experiment, overrides, check=full)
                     check_world_size(cfg, executor)
-                    params, gflops, trained = complexity(cfg.model)
+                    params, gflops, trained = complexity(cfg.model) if full else (None, None, None)
                 except ConfigError as err:
                     raise err.at(source=str(spec.path), key=_where(spec, row_index, err.key)) from None
                 signature = config_signature(cfg)
@@ -202,7 +208,8 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                     index=len(runs), label=row.label, row=row_index, seed=seed, grid=point,
                     config_overrides=[to_override(k, v) for k, v in overrides.items()],
                     run_name=run_name, signature=signature, executor=executor, cfg=cfg,
-                    params=params, gflops=gflops, paper=row.paper, disk=footprint(cfg, trained),
+                    params=params, gflops=gflops, paper=row.paper,
+                    disk=footprint(cfg, trained) if full else None,
                     interpolated=interpolated))
     first: dict[str, PlannedRun] = {}
     for run in runs:                             # one signature is one run, trained once
@@ -293,11 +300,11 @@ def write_plan_cache(spec: SweepSpec, runs: list[PlannedRun]) -> None:
          "runs": [{name: getattr(run, name) for name in CACHED_FIELDS} for run in runs]}))
 
 
-def load_plan(spec: SweepSpec) -> list[PlannedRun]:
+def load_plan(spec: SweepSpec, full: bool = True) -> list[PlannedRun]:
     """The plan, from `<folder>/plan.json` when neither the sweep file nor the code changed since a
     submission wrote it; otherwise planned (and validated) again — with the cached models' counts while the code
     is the same, so that a sweep file edited after its submission is planned again without building a model
-    (the read-only verbs never import torch)."""
+    (the read-only verbs never import torch); not `full` (`plan_sweep`) after the code changed."""
     path = spec.folder / "plan.json"
     if path.exists():
         cached, code = json.loads(path.read_text()), code_fingerprint()
@@ -305,5 +312,6 @@ def load_plan(spec: SweepSpec) -> list[PlannedRun]:
             return [PlannedRun(**entry, executor=spec.executor_for(spec.rows[entry["row"]]), cfg=None)
                     for entry in cached["runs"]]
         if cached.get("code") == code:
-            _complexity_cache.update({key: tuple(counts) for key, counts in cached.get("complexity", {}).items()})
-    return plan_sweep(spec)
+            _complexity_cache.update({key: tuple(n) for key, n in cached.get("complexity", {}).items()})
+            full = True                           # every model's counts are cached: none is built
+    return plan_sweep(spec, full)

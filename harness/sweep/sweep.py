@@ -34,15 +34,17 @@ MANIFEST_FILE = "manifest.json"
 
 
 class Sweep:
-    def __init__(self, spec: SweepSpec):
+    def __init__(self, spec: SweepSpec, full: bool = True):
         self.spec = spec
+        self.full = full                  # False: a plan made again holds only the runs and their signatures
 
     @classmethod
-    def open(cls, path: str | Path, executor: str | None = None) -> "Sweep":
+    def open(cls, path: str | Path, executor: str | None = None, full: bool = True) -> "Sweep":
         """The sweep of a file (refused in one line naming the file and key when malformed); `executor` runs it
-        with another kind of executor than the file's (`--executor`)."""
+        with another kind of executor than the file's (`--executor`); not `full`: a plan made again (the code
+        changed since the submission) is only the runs and their signatures (`plan.plan_sweep`), no torch."""
         spec = load_sweep(path)
-        return cls(spec.with_executor(executor) if executor else spec)
+        return cls(spec.with_executor(executor) if executor else spec, full)
 
     # ---- what the file says --------------------------------------------------------------------
 
@@ -121,7 +123,7 @@ class Sweep:
     def plan(self) -> list[PlannedRun]:
         """The planned runs: from the plan cache a submission wrote when neither the file nor the code changed
         since, else planned (and validated) again."""
-        return load_plan(self.spec)
+        return load_plan(self.spec, self.full)
 
     def plan_fresh(self) -> list[PlannedRun]:
         """Every run planned and validated now, with its resolved config (what a submission needs)."""
