@@ -18,9 +18,9 @@ sweep as it is then. It opens with its answer:
   (versions, the runs' git commits).
 
 Paths are shown relative to the sweep folder. The HTML shows the outputs only; the notebook keeps the code.
-The notebook, the HTML and the table (`table.md`, `.tex`, `.csv`) are logged to the sweep's latest parent MLflow
-run under `report/` (the plots under `plots/`, the sample grids under `samples/`), and the parent run's description
-links to them (`link_report`).
+The notebook, the HTML and the table (`table.md`, `.tex`, `.csv`, `table_glance.md`) are logged to the sweep's latest
+parent MLflow run under `report/` (the plots under `plots/`, the sample grids under `samples/`), and the parent run's
+description links to them and shows the table at a glance (`link_report`).
 """
 from __future__ import annotations
 
@@ -603,14 +603,12 @@ def write_report(sweep: Sweep, out_dir: Path | None = None, metric: str | None =
     return notebook_path, html_path
 
 
-
 def link_report(client, parent: str, html_name: str, with_samples: bool, glance: str | None = None) -> None:
     """Append to the parent run's description (MLflow's `mlflow.note.content`, Markdown) links to the report, its
     table and plots in the UI's artifact view, the table at a glance (`glance`: its verdict and numbers rounded as
     the terminal's table rounds them, where MLflow's run list shows every digit logged; left out when the
     description would pass MLflow's DESCRIPTION_LIMIT) and the rows' samples side by side; what an earlier report
-    appended is replaced. Relative links: they hold on any host and port the UI is
-    served from."""
+    appended is replaced. Relative links: they hold on any host and port the UI is served from."""
     run = client.get_run(parent)
     note = run.data.tags.get("mlflow.note.content", "").split("\n\n" + REPORT_LINKS)[0].split(REPORT_LINKS)[0]
     view = f"#/experiments/{run.info.experiment_id}/runs/{parent}/artifactPath"
@@ -620,6 +618,6 @@ def link_report(client, parent: str, html_name: str, with_samples: bool, glance:
     samples = (f"\n\n![every row's samples, from the same noise](get-artifact?path=samples%2F{SIDE_BY_SIDE}"
                f"&run_uuid={parent})") if with_samples else ""
     text = (note + "\n\n" if note else "") + links
-    if glance and len(text + glance + samples) + 4 <= DESCRIPTION_LIMIT:
-        text += "\n\n" + glance.strip()
+    if glance and len(with_glance := text + "\n\n" + glance.strip()) + len(samples) <= DESCRIPTION_LIMIT:
+        text = with_glance
     client.set_tag(parent, "mlflow.note.content", text + samples)

@@ -186,7 +186,7 @@ def plan_sweep(spec: SweepSpec, full: bool = True) -> list[PlannedRun]:
     the runs and their signatures only, what a verb that reads the store and shows no model's size needs when
     the code changed since the submission wrote the plan cache (an upgrade): resolved, not validated, no model
     built (no torch); parameters, FLOPs and checkpoint sizes None. Validation never changes a config (the
-    signatures equal a full plan's: tests/test_plan_cache.py)."""
+    signatures equal a full plan's: tests/test_signatures.py)."""
     grid_keys = list(spec.grid)
     grid_points = [dict(zip(grid_keys, values)) for values in itertools.product(*spec.grid.values())] or [{}]
     runs: list[PlannedRun] = []

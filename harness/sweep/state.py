@@ -122,15 +122,15 @@ def sweep_states(spec: SweepSpec, runs: list[PlannedRun], client: MlflowClient, 
     # only a run that is new or failed here may be done elsewhere: a poll of a running sweep reads no other store
     wanted = {r.signature for r in runs if here[r.run_name][0] in ("new", "failed")}
     elsewhere = finished_runs(reuse_stores(spec), wanted, readers) if reuse and wanted else {}
-    now = time.time()
+    own, now = store_uri(spec), time.time()
     states = []
     for run in runs:
         state, job_id, job_state = here[run.run_name]
-        found, store, source = tracked.get(run.signature), store_uri(spec), None
+        found, store, source = tracked.get(run.signature), own, None
         if run.signature in elsewhere:
             other = elsewhere[run.signature]
             found, store, state = other.run, other.store, "done"
-            source = other.sweep if other.sweep != spec.name or other.store != store_uri(spec) else None
+            source = other.sweep if other.sweep != spec.name or other.store != own else None
         metrics = dict(found.data.metrics) if found else {}
         # (`heartbeat` and `step` without the prefix: runs logged before the prefix)
         heartbeat = metrics.pop("system/heartbeat", metrics.pop("heartbeat", None))
